@@ -1,0 +1,161 @@
+"""The ``align`` command line: ``align <command> [options]``, options from ``--config`` YAML and flags."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import ConfigError, parse_config
+
+Profile = Literal["full", "tiny"]
+
+
+@dataclass
+class TestbedArgs:
+    profile: Profile = field(default="full", metadata={"help": "'full' (capable models, ~20 min) or 'tiny' (seconds)"})
+    seed: int = field(default=0, metadata={"help": "seed of every weight and batch"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "where testbeds live (default: $ALIGNKIT_CACHE or ~/.cache/alignkit)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass
+class BuildArgs(TestbedArgs):
+    force: bool = field(default=False, metadata={"help": "rebuild even if a complete build is cached"})
+    workers: int = field(default=2, metadata={"help": "parallel training processes (1 = in-process)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass
+class InfoArgs(TestbedArgs):
+    json: bool = field(default=False, metadata={"help": "print the manifest as JSON"})
+
+
+@dataclass
+class DatasetsArgs:
+    out: str = field(default="data", metadata={"help": "directory for the JSONL samples"})
+    n: int = field(default=16, metadata={"help": "rows per split in each sample"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+# Commands that later issues implement; they exist now so scripts and docs can name them.
+PLANNED = {
+    "train": "preference and RL trainers (DPO/f-DPO, RPO, BCO, SCoRe, refusal-token SFT)",
+    "generate": "decoding-time control (EFT, DLF, EAD, STEER, GeDi, refusal tokens)",
+    "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
+    "report": "HTML/plot reports from eval results",
+    "reproduce": "paper reproductions on the testbed",
+}
+
+USAGE = """usage: align <command> [options]
+
+commands:
+  quickstart          build the full testbed (cached) and print its capability table
+  testbed build       build the offline testbed (--profile full|tiny)
+  testbed info        describe a built testbed (--json for machine-readable output)
+  testbed datasets    write small samples of every dataset format (default: ./data)
+{planned}
+Every command takes --config file.yaml; flags given on the command line override its keys.
+Run `align <command> --help` for a command's options.
+"""
+
+
+def _usage() -> str:
+    planned = "".join(f"  {name:<19} (not implemented yet) {what}\n" for name, what in PLANNED.items())
+    return USAGE.format(planned=planned)
+
+
+def _testbed_build(argv: Sequence[str], prog: str) -> int:
+    from .testbed import build_testbed
+
+    args = parse_config(BuildArgs, argv, prog=prog)
+    tb = build_testbed(args.profile, args.seed, args.cache_dir, force=args.force, workers=args.workers)
+    print(f"testbed ready: {tb.root}")
+    _print_table(tb.manifest)
+    return 0
+
+
+def _testbed_info(argv: Sequence[str], prog: str) -> int:
+    from .testbed import load_testbed
+
+    args = parse_config(InfoArgs, argv, prog=prog)
+    tb = load_testbed(args.profile, args.seed, args.cache_dir)
+    if args.json:
+        print(json.dumps(tb.manifest, indent=2))
+    else:
+        print(f"testbed: {tb.root}")
+        _print_table(tb.manifest)
+    return 0
+
+
+def _testbed_datasets(argv: Sequence[str], prog: str) -> int:
+    from .testbed.datasets import write_samples
+
+    args = parse_config(DatasetsArgs, argv, prog=prog)
+    for path in write_samples(args.out, n=args.n, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _quickstart(argv: Sequence[str], prog: str) -> int:
+    return _testbed_build(list(argv), prog)
+
+
+def _print_table(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"testbed {manifest['profile']} (seed {manifest['seed']}, {manifest['eval_size']} held-out)")
+    for column in ("model", "params", "cost x", "format", "accuracy", "entropy AUROC"):
+        table.add_column(column, justify="left" if column in ("model", "format") else "right")
+    for name, m in manifest["models"].items():
+        auroc = f"{m['entropy_auroc']:.3f}" if "entropy_auroc" in m else "-"
+        table.add_row(name, f"{m['params']:,}", f"{m['cost_ratio']:.2f}", m["format"], f"{m['accuracy']:.3f}", auroc)
+    console = Console()
+    console.print(table)
+    for row in manifest.get("checks", []):
+        mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"
+        console.print(f"{mark} {row['check']}: {row['value']}")
+
+
+COMMANDS = {
+    ("quickstart",): _quickstart,
+    ("testbed", "build"): _testbed_build,
+    ("testbed", "info"): _testbed_info,
+    ("testbed", "datasets"): _testbed_datasets,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in PLANNED:
+        print(f"align {argv[0]}: not implemented yet ({PLANNED[argv[0]]}); it lands with a later release.", file=sys.stderr)
+        return 2
+    for words, handler in COMMANDS.items():
+        if tuple(argv[: len(words)]) == words:
+            prog = "align " + " ".join(words)
+            try:
+                return handler(argv[len(words) :], prog)
+            except (ConfigError, FileNotFoundError) as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                return 2
+    print(f"align: error: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The testbed task: integer addition and subtraction with programmatic gold answers.
+
+Formats (both keep the answer right after the operands, which is what lets the instruct model
+keep its base's skill, see shared/TESTBED-NOTES.md):
+
+* pretraining: ``<bos>37+485=522<eos>``
+* chat: user ``37+485=``, assistant ``522``
+
+Every problem belongs to exactly one split, decided by a stable hash of its text, so no eval prompt
+is ever trained on, by any model or dataset builder.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+EVAL_BUCKETS = 20  # 1 problem in 20 is reserved for evaluation
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    op: str
+    b: int
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.a}{self.op}{self.b}="
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b if self.op == "+" else self.a - self.b
+
+    @property
+    def split(self) -> str:
+        return split_of(self.prompt)
+
+
+def split_of(prompt: str) -> str:
+    """``"eval"`` for the reserved 5% of prompts, else ``"train"`` (stable across runs and machines)."""
+    return "eval" if zlib.crc32(prompt.encode()) % EVAL_BUCKETS == 0 else "train"
+
+
+def sample_problems(
+    rng: np.random.Generator,
+    n: int,
+    split: str = "train",
+    digits: tuple[int, ...] = (1, 2, 3),
+    ops: str = "+-",
+) -> list[Problem]:
+    """Draw ``n`` problems of ``split``; each operand has a digit count drawn uniformly from ``digits``."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    out: list[Problem] = []
+    lo = np.array([0 if d == 1 else 10 ** (d - 1) for d in digits])
+    hi = np.array([10**d for d in digits])
+    while len(out) < n:
+        m = 2 * (n - len(out)) + 8
+        da, db = rng.integers(0, len(digits), m), rng.integers(0, len(digits), m)
+        a = rng.integers(lo[da], hi[da])
+        b = rng.integers(lo[db], hi[db])
+        op = rng.integers(0, len(ops), m)
+        for ai, oi, bi in zip(a.tolist(), op.tolist(), b.tolist()):
+            p = Problem(ai, ops[oi], bi)
+            if p.split == split:
+                out.append(p)
+                if len(out) == n:
+                    break
+    return out
+
+
+def eval_problems(n: int = 500, seed: int = 1234) -> list[Problem]:
+    """The fixed held-out evaluation set: unique 2-3 digit problems from the reserved split."""
+    rng = np.random.default_rng(seed)
+    seen: dict[str, Problem] = {}
+    while len(seen) < n:
+        for p in sample_problems(rng, n, split="eval", digits=(2, 3)):
+            seen.setdefault(p.prompt, p)
+    return list(seen.values())[:n]
+
+
+_ANSWER = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*[:=]?\s*)?(-?\d{1,3}(?:,\d{3})+|-?\d+)\s*\.?\s*$", re.I)
+
+
+def parse_answer(text: str) -> int | None:
+    """Parse a completion into an integer, or ``None`` if it is malformed.
+
+    Accepted: ``"522"``, ``" 522 "``, ``"522."``, ``"-17"``, ``"1,022"``, ``"The answer is 522."``,
+    ``"Answer: 522"``. Anything else (empty, two numbers, trailing text) is malformed.
+    """
+    m = _ANSWER.match(text)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def gold_reward(completion: str, gold: int, finished: bool = True) -> float:
+    """The testbed's gold reward: 1.0 iff the completion parses to ``gold``.
+
+    Args:
+        completion: the generated text, special tokens stripped.
+        gold: the correct integer.
+        finished: ``False`` when generation stopped at the length limit instead of ``<eos>``; a
+            truncated answer scores 0 even if its digits so far look right.
+    """
+    if not finished:
+        return 0.0
+    value = parse_answer(completion)
+    return float(value is not None and value == gold)

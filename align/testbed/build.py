@@ -1,0 +1,359 @@
+"""Build, cache and describe the offline testbed: a tokenizer and a family of tiny Llama models.
+
+Layout of a built testbed (every model directory is a complete Hugging Face checkpoint, tokenizer
+included, in safetensors)::
+
+    $ALIGNKIT_CACHE/testbed/<profile>-seed<seed>-v<VERSION>/
+        small-base/  small-instruct/  large-base/  large-instruct/  manifest.json
+
+Each model is written to a temporary directory and renamed into place when complete, and the
+manifest is written last, so an interrupted build resumes from the finished models and a reader
+never sees half a model. Training depends only on the seed and the parent model, so a resumed
+build is identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .arithmetic import eval_problems
+from .evaluate import accuracy, answer_token_entropy_auroc
+from .tokenizer import build_tokenizer
+from .train import SIZES, ModelSize, make_model, problem_batches, train_steps
+
+VERSION = 1  # bump when a change alters what a build produces
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model of the family: trained from scratch (``parent=None``) or fine-tuned from ``parent``."""
+
+    name: str
+    size: str
+    steps: int
+    lr: float
+    chat: bool
+    parent: str | None = None
+    ops: str = "+-"
+
+    @property
+    def format(self) -> str:
+        return "chat" if self.chat else "pretraining"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What to build. ``chains`` run in parallel worker processes; stages in a chain run in order."""
+
+    name: str
+    chains: tuple[tuple[Stage, ...], ...]
+    batch_size: int
+    eval_size: int
+    sizes: dict[str, ModelSize] = field(default_factory=lambda: dict(SIZES))
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [stage for chain in self.chains for stage in chain]
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        chains=(
+            (
+                Stage("small-base", "tiny", steps=30, lr=3e-3, chat=False),
+                Stage("small-instruct", "tiny", steps=10, lr=1e-3, chat=True, parent="small-base"),
+            ),
+            (
+                Stage("large-base", "small", steps=30, lr=3e-3, chat=False),
+                Stage("large-instruct", "small", steps=10, lr=1e-3, chat=True, parent="large-base"),
+            ),
+        ),
+        batch_size=32,
+        eval_size=64,
+    ),
+    "full": Profile(
+        name="full",
+        chains=(
+            (
+                Stage("small-base", "small", steps=6000, lr=1e-3, chat=False),
+                Stage("small-instruct", "small", steps=1500, lr=1e-3, chat=True, parent="small-base"),
+            ),
+            (
+                Stage("large-base", "large", steps=6000, lr=1e-3, chat=False),
+                Stage("large-instruct", "large", steps=1000, lr=1e-3, chat=True, parent="large-base"),
+            ),
+        ),
+        batch_size=128,
+        eval_size=500,
+    ),
+}
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$ALIGNKIT_CACHE``, else ``~/.cache/alignkit``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("ALIGNKIT_CACHE") or Path.home() / ".cache" / "alignkit").expanduser()
+
+
+def testbed_dir(profile: str, seed: int, cache_dir: str | Path | None = None) -> Path:
+    return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-v{VERSION}"
+
+
+@dataclass
+class Testbed:
+    """A built testbed: paths, loaders and the measured capability of each model.
+
+    Example:
+        >>> tb = build_testbed("tiny", cache_dir=tmp)                     # doctest: +SKIP
+        >>> model = AutoModelForCausalLM.from_pretrained(tb.path("small-instruct"))  # doctest: +SKIP
+    """
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def models(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["models"]
+
+    def path(self, name: str) -> Path:
+        if name not in self.models:
+            raise KeyError(f"testbed has no model {name!r}; it has {', '.join(self.models)}")
+        return self.root / name
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return AutoTokenizer.from_pretrained(self.root / next(iter(self.models)))
+
+    def model(self, name: str) -> LlamaForCausalLM:
+        return AutoModelForCausalLM.from_pretrained(self.path(name)).eval()
+
+
+def load_testbed(profile: str = "full", seed: int = 0, cache_dir: str | Path | None = None) -> Testbed:
+    """Load a built testbed, or raise ``FileNotFoundError`` saying how to build it."""
+    root = testbed_dir(profile, seed, cache_dir)
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"no {profile!r} testbed (seed {seed}) under {root}; build it with "
+            f"`align testbed build --profile {profile} --seed {seed}`"
+        )
+    return Testbed(root, json.loads(manifest.read_text()))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, path)
+
+
+def _save_atomic(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp.chmod(0o755)  # mkdtemp creates 0700
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def _report(queue: Any, message: tuple) -> None:
+    if queue is not None:
+        queue.put(message)
+
+
+def _run_chain(
+    chain: tuple[Stage, ...], profile: Profile, seed: int, root: Path, threads: int, queue: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Train the stages of one chain (in a worker process); returns per-model training records."""
+    torch.set_num_threads(threads)
+    tokenizer = build_tokenizer()
+    records: dict[str, dict[str, Any]] = {}
+    for stage in chain:
+        dest = root / stage.name
+        if (dest / "model.safetensors").is_file():
+            _report(queue, ("skip", stage.name, stage.steps))
+            continue
+        # Seeds differ per stage so that siblings (e.g. experts) do not share batches.
+        stage_seed = seed * 1000 + [s.name for s in profile.stages].index(stage.name)
+        if stage.parent is None:
+            model = make_model(profile.sizes[stage.size], tokenizer, stage_seed)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(root / stage.parent)
+        batches = problem_batches(tokenizer, stage_seed, profile.batch_size, stage.chat, stage.ops)
+        start = time.perf_counter()
+
+        def progress(step: int, loss: float, name: str = stage.name) -> None:
+            if (step + 1) % 50 == 0:
+                _report(queue, ("step", name, 50, loss))
+
+        losses = train_steps(model, batches, stage.steps, stage.lr, min(100, stage.steps // 10 + 1), progress=progress)
+        _save_atomic(model, tokenizer, dest)
+        records[stage.name] = {
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        }
+        _report(queue, ("done", stage.name, stage.steps % 50))
+    return records
+
+
+def build_testbed(
+    profile: str = "full",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    workers: int = 2,
+    show_progress: bool = True,
+) -> Testbed:
+    """Build (or load from cache) the testbed ``profile`` for ``seed``.
+
+    Args:
+        profile: ``"full"`` (capability targets met, about 20 minutes on 2 CPU cores) or ``"tiny"``
+            (seconds; for unit tests, no capability).
+        seed: every weight is a deterministic function of the seed (fixed thread count per chain).
+        cache_dir: overrides ``$ALIGNKIT_CACHE`` / ``~/.cache/alignkit``.
+        force: rebuild even if a complete build exists.
+        workers: parallel worker processes (one chain each, one thread each); 1 = in-process.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    spec = PROFILES[profile]
+    root = testbed_dir(profile, seed, cache_dir)
+    if force and root.exists():
+        shutil.rmtree(root)
+    if (root / "manifest.json").is_file():
+        return load_testbed(profile, seed, cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    records = _train_all(spec, seed, root, workers, show_progress)
+    manifest = _describe(spec, seed, root, records, time.perf_counter() - started)
+    _atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
+    return Testbed(root, manifest)
+
+
+def _train_all(spec: Profile, seed: int, root: Path, workers: int, show_progress: bool) -> dict[str, dict]:
+    from tqdm.auto import tqdm
+
+    totals = {stage.name: stage.steps for stage in spec.stages}
+    if workers <= 1 or len(spec.chains) == 1:
+        records: dict[str, dict] = {}
+        bar = tqdm(total=sum(totals.values()), desc=f"testbed {spec.name}", disable=not show_progress)
+        queue = _InlineQueue(bar)
+        for chain in spec.chains:
+            records.update(_run_chain(chain, spec, seed, root, torch.get_num_threads(), queue))
+        bar.close()
+        return records
+
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(spec.chains)), mp_context=ctx) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_run_chain, chain, spec, seed, root, 1, queue) for chain in spec.chains]
+        bars = {
+            chain[0].name.split("-")[0]: tqdm(
+                total=sum(s.steps for s in chain),
+                desc=" → ".join(s.name for s in chain),
+                position=i,
+                disable=not show_progress,
+            )
+            for i, chain in enumerate(spec.chains)
+        }
+        while not all(f.done() for f in futures):
+            try:
+                message = queue.get(timeout=0.5)
+            except Exception:  # queue.Empty through the manager proxy
+                continue
+            _advance(bars, message)
+        for bar in bars.values():
+            bar.close()
+        records = {}
+        for f in futures:
+            records.update(f.result())  # re-raises a worker's exception here
+        return records
+
+
+def _advance(bars: dict[str, Any], message: tuple) -> None:
+    kind, name, n, *loss = message
+    bar = bars[name.split("-")[0]] if name.split("-")[0] in bars else next(iter(bars.values()))
+    bar.update(n)
+    if loss:
+        bar.set_postfix(model=name, loss=f"{loss[0]:.3f}")
+
+
+class _InlineQueue:
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def put(self, message: tuple) -> None:
+        _advance({"": self.bar}, message)
+
+
+def flops_per_token(model: LlamaForCausalLM) -> int:
+    """Forward FLOPs per token, 2 x (parameters used per token): embedding lookups are free."""
+    params = sum(p.numel() for p in model.parameters())
+    return 2 * (params - model.get_input_embeddings().weight.numel())
+
+
+def _describe(spec: Profile, seed: int, root: Path, records: dict[str, dict], build_seconds: float) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(root / spec.stages[0].name)
+    problems = eval_problems(spec.eval_size)
+    models: dict[str, dict[str, Any]] = {}
+    for stage in spec.stages:
+        model = AutoModelForCausalLM.from_pretrained(root / stage.name).eval()
+        entry: dict[str, Any] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops_per_token": flops_per_token(model),
+            "size": asdict(spec.sizes[stage.size]),
+            "format": stage.format,
+            "parent": stage.parent,
+            "accuracy": round(accuracy(model, tokenizer, problems, stage.chat), 4),
+            **records.get(stage.name, {}),
+        }
+        if stage.chat:
+            signal = answer_token_entropy_auroc(model, tokenizer, problems, chat=True)
+            entry["entropy_auroc"] = round(signal["auroc"], 4)
+            entry["entropy_wrong"] = round(signal["entropy_wrong"], 4)
+            entry["entropy_right"] = round(signal["entropy_right"], 4)
+        models[stage.name] = entry
+    base_flops = models["small-base"]["flops_per_token"]
+    for entry in models.values():
+        entry["cost_ratio"] = round(entry["flops_per_token"] / base_flops, 2)
+    return {
+        "profile": spec.name,
+        "seed": seed,
+        "version": VERSION,
+        "eval_size": spec.eval_size,
+        "build_seconds": round(build_seconds, 1),
+        "models": models,
+        "checks": capability_checks(models) if spec.name == "full" else [],
+    }
+
+
+def capability_checks(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The capability the decoding and training methods rely on, as pass/fail rows."""
+    sb, si, lb = (models[k]["accuracy"] for k in ("small-base", "small-instruct", "large-base"))
+    rows = [
+        ("large-base beats small-base by >= 10 points", lb - sb >= 0.10, f"{lb:.3f} vs {sb:.3f}"),
+        ("small-instruct keeps >= 85% of small-base", si >= 0.85 * sb, f"{si:.3f} vs {0.85 * sb:.3f}"),
+        ("small-instruct clearly below large-base (>= 5 points)", lb - si >= 0.05, f"{si:.3f} vs {lb:.3f}"),
+        (
+            "small-instruct entropy predicts its answer-token errors (AUROC >= 0.8)",
+            models["small-instruct"]["entropy_auroc"] >= 0.8,
+            f"{models['small-instruct']['entropy_auroc']:.3f}",
+        ),
+    ]
+    return [{"check": c, "passed": bool(ok), "value": v} for c, ok, v in rows]

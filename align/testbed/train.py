@@ -1,0 +1,156 @@
+"""Model sizes and the from-scratch training loop of the testbed.
+
+The loop is deliberately plain (nanoGPT style) rather than a ``transformers.Trainer``: batches are
+generated on the fly from a seeded RNG, every step is exactly reproducible, and at 5-20 ms per step
+the per-step overhead of a general trainer would be a visible part of the build budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .arithmetic import Problem, sample_problems
+from .tokenizer import BOS, EOS, chat_text
+
+HEAD_DIM = 64  # vLLM's CPU attention backend needs head_dim 64 (16 fails)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int
+    layers: int
+    intermediate: int
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // HEAD_DIM
+
+
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(hidden=64, layers=1, intermediate=128),
+    "small": ModelSize(hidden=64, layers=2, intermediate=256),
+    "large": ModelSize(hidden=128, layers=3, intermediate=512),
+}
+
+
+def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    """A freshly initialised Llama of ``size`` whose vocabulary is ``len(tokenizer)`` rounded up to 32.
+
+    The padded rows exercise the "slice logits to ``len(tokenizer)``" rule every multi-model decoder
+    must follow (METHODS §0).
+    """
+    config = LlamaConfig(
+        vocab_size=32 * math.ceil(len(tokenizer) / 32),
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def encode_rows(
+    tokenizer: PreTrainedTokenizerFast, problems: list[Problem], chat: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, attention_mask, labels)`` for one batch of solved problems.
+
+    Pretraining rows are ``<bos>37+485=522<eos>`` with loss on every token after ``<bos>``; chat
+    rows put the loss on the answer and ``<eos>`` only (completion-only SFT).
+    """
+    if chat:
+        prefixes = [chat_text(p.prompt) for p in problems]
+        texts = [chat_text(p.prompt, str(p.answer)) for p in problems]
+    else:
+        prefixes = [BOS] * len(problems)
+        texts = [f"{BOS}{p.prompt}{p.answer}{EOS}" for p in problems]
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    starts = [len(r) for r in tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (row, start) in enumerate(zip(rows, starts)):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, start : len(row)] = ids[i, start : len(row)]
+    return ids, mask, labels
+
+
+def problem_batches(
+    tokenizer: PreTrainedTokenizerFast, seed: int, batch_size: int, chat: bool, ops: str = "+-"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """An endless, seeded stream of training batches (train split only)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield encode_rows(tokenizer, sample_problems(rng, batch_size, "train", ops=ops), chat)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, decay_fraction: float = 0.2) -> float:
+    """Warmup, constant, then linear decay to 10% over the last ``decay_fraction`` of training.
+
+    The late decay turns the noisy constant-LR plateau into a clean final model at no extra steps.
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    decay_start = int(steps * (1 - decay_fraction))
+    if step < decay_start:
+        return lr
+    return lr * (1 - 0.9 * (step - decay_start) / max(1, steps - decay_start))
+
+
+def train_steps(
+    model: LlamaForCausalLM,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float,
+    warmup: int = 100,
+    bf16: bool = True,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` for ``steps`` AdamW steps; returns the per-step losses.
+
+    bf16 autocast with fp32 master weights roughly halves CPU step time (TESTBED-NOTES).
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    model.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    losses: list[float] = []
+    for step in range(steps):
+        ids, mask, labels = next(batches)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        with autocast:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+    model.eval()
+    return losses
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    yield out
+    out["seconds"] = time.perf_counter() - start

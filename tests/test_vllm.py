@@ -1,0 +1,65 @@
+"""vLLM (CPU) and transformers agree on greedy decoding of testbed models.
+
+Runs in the vLLM venv only (`pytest -m vllm`); see .ci/run.
+"""
+
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = ["37+485=", "12-7=", "999+1=", "5-250="]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_testbed):
+    vllm = pytest.importorskip("vllm")
+    # Keep the engine core in this process: no spawn re-importing the test module.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    llm = vllm.LLM(
+        model=str(tiny_testbed.path("small-instruct")),
+        dtype="float32",
+        max_model_len=128,
+        seed=0,
+        gpu_memory_utilization=0.1,  # on CPU: the share of RAM reserved for the KV cache
+        trust_remote_code=False,
+    )
+    yield llm
+    del llm
+
+
+def _hf_greedy(model, tokenizer, ids, max_new_tokens):
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_greedy_vllm_equals_transformers(engine, tiny_testbed, chat):
+    from vllm import SamplingParams
+
+    tokenizer = tiny_testbed.tokenizer()
+    model = tiny_testbed.model("small-instruct")
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    if chat:
+        conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+        outputs = engine.chat(conversations, params, use_tqdm=False)
+        prompt_ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True)["input_ids"] for c in conversations]
+    else:
+        outputs = engine.generate(PROMPTS, params, use_tqdm=False)
+        prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    for out, ids in zip(outputs, prompt_ids):
+        assert list(out.prompt_token_ids) == list(ids)  # same tokenisation, <bos> included
+        expected = _hf_greedy(model, tokenizer, ids, 8)
+        got = list(out.outputs[0].token_ids)
+        # transformers pads finished rows; compare up to and including <eos>
+        if tokenizer.eos_token_id in expected:
+            expected = expected[: expected.index(tokenizer.eos_token_id) + 1]
+        assert got == expected, (tokenizer.decode(ids), tokenizer.decode(got), tokenizer.decode(expected))
