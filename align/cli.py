@@ -117,12 +117,20 @@ def _print_table(manifest: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"testbed {manifest['profile']} (seed {manifest['seed']}, {manifest['eval_size']} held-out)")
-    for column in ("model", "params", "cost x", "format", "accuracy", "entropy AUROC"):
+    columns = ("model", "params", "hidden x layers", "cost x", "format", "accuracy", "acc +", "acc -", "entropy AUROC")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "format") else "right")
+
+    def pct(m: dict, key: str) -> str:
+        return f"{m[key]:.3f}" if key in m else "-"
+
     for name, m in manifest["models"].items():
-        auroc = f"{m['entropy_auroc']:.3f}" if "entropy_auroc" in m else "-"
-        table.add_row(name, f"{m['params']:,}", f"{m['cost_ratio']:.2f}", m["format"], f"{m['accuracy']:.3f}", auroc)
-    console = Console()
+        shape = f"{m['size']['hidden']} x {m['size']['layers']}"
+        table.add_row(
+            name, f"{m['params']:,}", shape, f"{m['cost_ratio']:.2f}", m["format"],
+            pct(m, "accuracy"), pct(m, "accuracy_add"), pct(m, "accuracy_sub"), pct(m, "entropy_auroc"),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs and pipes
     console.print(table)
     for row in manifest.get("checks", []):
         mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"

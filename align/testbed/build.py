@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .arithmetic import eval_problems
-from .evaluate import accuracy, answer_token_entropy_auroc
+from .evaluate import accuracy_by_op, answer_token_entropy_auroc
 from .tokenizer import build_tokenizer
 from .train import SIZES, ModelSize, make_model, problem_batches, train_steps
 
@@ -87,11 +87,13 @@ PROFILES: dict[str, Profile] = {
         name="full",
         chains=(
             (
-                Stage("small-base", "small", steps=6000, lr=1e-3, chat=False),
+                Stage("small-base", "small", steps=8000, lr=1e-3, chat=False),
                 Stage("small-instruct", "small", steps=1500, lr=1e-3, chat=True, parent="small-base"),
+                Stage("small-expert-add", "small", steps=800, lr=1e-3, chat=True, parent="small-base", ops="+"),
+                Stage("small-expert-sub", "small", steps=800, lr=1e-3, chat=True, parent="small-base", ops="-"),
             ),
             (
-                Stage("large-base", "large", steps=6000, lr=1e-3, chat=False),
+                Stage("large-base", "large", steps=8000, lr=1e-3, chat=False),
                 Stage("large-instruct", "large", steps=1000, lr=1e-3, chat=True, parent="large-base"),
             ),
         ),
@@ -170,22 +172,30 @@ def _save_atomic(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, de
     os.replace(tmp, dest)
 
 
-def _report(queue: Any, message: tuple) -> None:
-    if queue is not None:
-        queue.put(message)
-
-
 def _run_chain(
-    chain: tuple[Stage, ...], profile: Profile, seed: int, root: Path, threads: int, queue: Any = None
+    index: int, profile: Profile, seed: int, root: Path, threads: int, progress: Any
 ) -> dict[str, dict[str, Any]]:
-    """Train the stages of one chain (in a worker process); returns per-model training records."""
+    """Train the stages of one chain; returns per-model training records.
+
+    Runs with exactly ``threads`` intra-op threads (restored afterwards): float reductions depend
+    on the thread count, and a fixed count makes weights identical in-process and in workers.
+    """
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _train_chain(index, profile, seed, root, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_chain(index: int, profile: Profile, seed: int, root: Path, progress: Any) -> dict[str, dict]:
+    """``progress.put((chain index, steps done, model name, loss or None))`` reports as it goes."""
     tokenizer = build_tokenizer()
     records: dict[str, dict[str, Any]] = {}
-    for stage in chain:
+    for stage in profile.chains[index]:
         dest = root / stage.name
         if (dest / "model.safetensors").is_file():
-            _report(queue, ("skip", stage.name, stage.steps))
+            progress.put((index, stage.steps, stage.name, None))  # finished by an earlier run
             continue
         # Seeds differ per stage so that siblings (e.g. experts) do not share batches.
         stage_seed = seed * 1000 + [s.name for s in profile.stages].index(stage.name)
@@ -196,17 +206,17 @@ def _run_chain(
         batches = problem_batches(tokenizer, stage_seed, profile.batch_size, stage.chat, stage.ops)
         start = time.perf_counter()
 
-        def progress(step: int, loss: float, name: str = stage.name) -> None:
+        def report(step: int, loss: float, name: str = stage.name) -> None:
             if (step + 1) % 50 == 0:
-                _report(queue, ("step", name, 50, loss))
+                progress.put((index, 50, name, loss))
 
-        losses = train_steps(model, batches, stage.steps, stage.lr, min(100, stage.steps // 10 + 1), progress=progress)
+        losses = train_steps(model, batches, stage.steps, stage.lr, min(100, stage.steps // 10 + 1), progress=report)
         _save_atomic(model, tokenizer, dest)
         records[stage.name] = {
             "train_seconds": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         }
-        _report(queue, ("done", stage.name, stage.steps % 50))
+        progress.put((index, stage.steps % 50, stage.name, None))
     return records
 
 
@@ -226,7 +236,8 @@ def build_testbed(
         seed: every weight is a deterministic function of the seed (fixed thread count per chain).
         cache_dir: overrides ``$ALIGNKIT_CACHE`` / ``~/.cache/alignkit``.
         force: rebuild even if a complete build exists.
-        workers: parallel worker processes (one chain each, one thread each); 1 = in-process.
+        workers: parallel worker processes, one chain each; 1 = in-process. Every chain trains
+            with one thread either way, so ``workers`` never changes the weights.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -245,61 +256,52 @@ def build_testbed(
 
 
 def _train_all(spec: Profile, seed: int, root: Path, workers: int, show_progress: bool) -> dict[str, dict]:
-    from tqdm.auto import tqdm
+    bars = _Bars(spec, show_progress)
+    records: dict[str, dict] = {}
+    try:
+        if workers <= 1 or len(spec.chains) == 1:
+            for index in range(len(spec.chains)):
+                records.update(_run_chain(index, spec, seed, root, 1, bars))
+            return records
+        import multiprocessing as mp
+        import queue as queue_module
 
-    totals = {stage.name: stage.steps for stage in spec.stages}
-    if workers <= 1 or len(spec.chains) == 1:
-        records: dict[str, dict] = {}
-        bar = tqdm(total=sum(totals.values()), desc=f"testbed {spec.name}", disable=not show_progress)
-        queue = _InlineQueue(bar)
-        for chain in spec.chains:
-            records.update(_run_chain(chain, spec, seed, root, torch.get_num_threads(), queue))
-        bar.close()
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(spec.chains)), mp_context=ctx) as pool:
+            messages = manager.Queue()
+            futures = [pool.submit(_run_chain, i, spec, seed, root, 1, messages) for i in range(len(spec.chains))]
+            while not all(f.done() for f in futures) or not messages.empty():
+                try:
+                    bars.put(messages.get(timeout=0.5))
+                except queue_module.Empty:
+                    pass
+            for future in futures:
+                records.update(future.result())  # re-raises a worker's exception here
         return records
+    finally:
+        bars.close()
 
-    import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(min(workers, len(spec.chains)), mp_context=ctx) as pool:
-        queue = manager.Queue()
-        futures = [pool.submit(_run_chain, chain, spec, seed, root, 1, queue) for chain in spec.chains]
-        bars = {
-            chain[0].name.split("-")[0]: tqdm(
-                total=sum(s.steps for s in chain),
-                desc=" → ".join(s.name for s in chain),
-                position=i,
-                disable=not show_progress,
-            )
+class _Bars:
+    """One tqdm bar per chain, fed ``(chain index, steps, model, loss)`` messages."""
+
+    def __init__(self, spec: Profile, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bars = [
+            tqdm(total=sum(s.steps for s in chain), desc=" → ".join(s.name for s in chain), position=i, disable=not enabled)
             for i, chain in enumerate(spec.chains)
-        }
-        while not all(f.done() for f in futures):
-            try:
-                message = queue.get(timeout=0.5)
-            except Exception:  # queue.Empty through the manager proxy
-                continue
-            _advance(bars, message)
-        for bar in bars.values():
+        ]
+
+    def put(self, message: tuple[int, int, str, float | None]) -> None:
+        index, steps, name, loss = message
+        self.bars[index].update(steps)
+        if loss is not None:
+            self.bars[index].set_postfix(model=name, loss=f"{loss:.3f}")
+
+    def close(self) -> None:
+        for bar in self.bars:
             bar.close()
-        records = {}
-        for f in futures:
-            records.update(f.result())  # re-raises a worker's exception here
-        return records
-
-
-def _advance(bars: dict[str, Any], message: tuple) -> None:
-    kind, name, n, *loss = message
-    bar = bars[name.split("-")[0]] if name.split("-")[0] in bars else next(iter(bars.values()))
-    bar.update(n)
-    if loss:
-        bar.set_postfix(model=name, loss=f"{loss[0]:.3f}")
-
-
-class _InlineQueue:
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def put(self, message: tuple) -> None:
-        _advance({"": self.bar}, message)
 
 
 def flops_per_token(model: LlamaForCausalLM) -> int:
@@ -320,7 +322,7 @@ def _describe(spec: Profile, seed: int, root: Path, records: dict[str, dict], bu
             "size": asdict(spec.sizes[stage.size]),
             "format": stage.format,
             "parent": stage.parent,
-            "accuracy": round(accuracy(model, tokenizer, problems, stage.chat), 4),
+            **accuracy_by_op(model, tokenizer, problems, stage.chat),
             **records.get(stage.name, {}),
         }
         if stage.chat:

@@ -35,10 +35,22 @@ def greedy_completions(
     return out
 
 
-def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], chat: bool) -> float:
-    """Fraction of ``problems`` solved by greedy decoding, scored by the gold reward."""
+def accuracy_by_op(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], chat: bool
+) -> dict[str, float]:
+    """Greedy accuracy on ``problems`` (gold reward), overall and per operator.
+
+    Returns ``{"accuracy": ..., "accuracy_add": ..., "accuracy_sub": ...}`` (operator keys only for
+    operators present).
+    """
     completions = greedy_completions(model, tokenizer, prompts_for(problems, chat))
-    return sum(gold_reward(text, p.answer, done) for (text, done), p in zip(completions, problems)) / len(problems)
+    scores = [gold_reward(text, p.answer, done) for (text, done), p in zip(completions, problems)]
+    out = {"accuracy": round(sum(scores) / len(scores), 4)}
+    for op, key in (("+", "accuracy_add"), ("-", "accuracy_sub")):
+        mine = [s for s, p in zip(scores, problems) if p.op == op]
+        if mine:
+            out[key] = round(sum(mine) / len(mine), 4)
+    return out
 
 
 @torch.inference_mode()

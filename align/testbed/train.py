@@ -37,7 +37,7 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(hidden=64, layers=1, intermediate=128),
     "small": ModelSize(hidden=64, layers=2, intermediate=256),
-    "large": ModelSize(hidden=128, layers=3, intermediate=512),
+    "large": ModelSize(hidden=128, layers=2, intermediate=512),
 }
 
 
