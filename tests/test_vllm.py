@@ -23,7 +23,8 @@ def engine(tiny_testbed):
         dtype="float32",
         max_model_len=128,
         seed=0,
-        gpu_memory_utilization=0.1,  # on CPU: the share of RAM reserved for the KV cache
+        # an explicit KV budget: the RAM-fraction default depends on what else this machine runs
+        kv_cache_memory_bytes=256 * 2**20,
         trust_remote_code=False,
     )
     yield llm

@@ -1,0 +1,165 @@
+"""The one abstraction every multi-model decoder shares: an auxiliary model that follows the tokens
+the main model generates, under its own prompt, with its own KV cache.
+
+Multi-model decoding (EFT, DLF, STEER, CFG-style negative prompting, GeDi) runs ``generate`` on one
+model and asks other models, at every step, for their next-token distribution given *their own*
+prompt (their own chat template, a negative prompt, a control code) followed by the tokens
+generated so far. :class:`AuxiliaryModel` does that incrementally: it prefills its prompt once,
+then feeds only the new tokens, with ``position_ids`` computed from its own left-padded attention
+mask (METHODS §I.1). All distributions are fp32 ``log_softmax`` over the shared tokenizer's
+``len(tokenizer)`` ids; padded logit rows beyond it are dropped (METHODS §0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
+
+
+def check_same_vocab(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> int:
+    """Check every tokenizer maps every token to the same id; return the shared ``len(tokenizer)``.
+
+    Same size is not enough: two vocabularies can agree in size and differ in order.
+
+    Raises:
+        ValueError: naming the first two models whose vocabularies differ, and a differing token.
+    """
+    names = list(tokenizers)
+    first = names[0]
+    ref = tokenizers[first].get_vocab()
+    for name in names[1:]:
+        other = tokenizers[name].get_vocab()
+        if other != ref:
+            diff = sorted(set(ref.items()) ^ set(other.items()), key=lambda kv: kv[1])[:1]
+            token = diff[0][0] if diff else "?"
+            raise ValueError(
+                f"models {first!r} and {name!r} do not share a vocabulary ({len(ref)} vs {len(other)} tokens; "
+                f"token {token!r} maps to {ref.get(token)} vs {other.get(token)}): multi-model decoding "
+                "needs one tokenizer"
+            )
+    return len(tokenizers[first])
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]) -> list[list[int]]:
+    """Token ids of each prompt: strings through ``tokenizer(text)`` (its special tokens included),
+    message lists through the chat template with the generation prompt, id lists as they are."""
+    out = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            out.append(tokenizer(prompt)["input_ids"])
+        elif len(prompt) and isinstance(prompt[0], Mapping):
+            out.append(list(tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)["input_ids"]))
+        else:
+            out.append([int(i) for i in prompt])
+        if not out[-1]:
+            raise ValueError(f"prompt {len(out) - 1} encodes to no tokens")
+    return out
+
+
+def log_probs(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """fp32 ``log_softmax`` over the first ``vocab_size`` logits (the shared tokenizer's ids)."""
+    return torch.log_softmax(logits[..., :vocab_size].float(), dim=-1)
+
+
+def widen(logprobs: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad ``[B, V]`` scores with ``-inf`` to the main model's logit width ``[B, width]``."""
+    if logprobs.shape[-1] == width:
+        return logprobs
+    out = logprobs.new_full((*logprobs.shape[:-1], width), float("-inf"))
+    out[..., : logprobs.shape[-1]] = logprobs
+    return out
+
+
+class AuxiliaryModel:
+    """A model that follows the main model's generation under its own prompt and KV cache.
+
+    Call it from a logits processor with the ``input_ids`` ``generate`` passes; it returns this
+    model's next-token log-probabilities ``[B, vocab_size]`` for ``own prompt + generated tokens``.
+    The first call fixes where the main prompt ends; later calls feed only the new tokens. One
+    instance serves one ``generate`` call: reusing it raises.
+
+    Args:
+        model: any causal LM sharing the main model's tokenizer.
+        tokenizer: that shared tokenizer (only used to encode ``prompts`` and for ``pad_token_id``).
+        prompts: one prompt per batch row: a string (encoded as the tokenizer does, ``<bos>``
+            included), chat messages (rendered with the generation prompt), or token ids.
+        name: used in error messages.
+
+    Example:
+        >>> aux = AuxiliaryModel(small_instruct, tok, [[{"role": "user", "content": "37+485="}]])  # doctest: +SKIP
+        >>> aux(input_ids).shape   # inside a LogitsProcessor                               # doctest: +SKIP
+        torch.Size([1, 96])
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[Prompt],
+        name: str = "auxiliary",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.vocab_size = len(tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.prompt_ids = encode_prompts(tokenizer, prompts)
+        self.device = next(model.parameters()).device
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+        self._main_prompt: torch.Tensor | None = None
+        self._seen = 0  # generated tokens already fed to this model
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompt_ids)
+
+    def _start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, self.prompt_ids))
+        ids = torch.full((self.batch_size, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(self.prompt_ids):  # left padding, like generate's inputs
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != self.batch_size:
+            raise ValueError(
+                f"{self.name}: generate runs {input_ids.shape[0]} sequences but {self.batch_size} prompts were "
+                "given (num_return_sequences and beam search need one auxiliary prompt per sequence)"
+            )
+        if self._main_prompt is None:
+            self._main_prompt = input_ids.clone()
+            feed, self._mask = self._start()
+            self._cache = DynamicCache()
+        else:
+            start = self._main_prompt.shape[1]
+            if input_ids.shape[1] <= start + self._seen or not torch.equal(input_ids[:, :start], self._main_prompt):
+                raise RuntimeError(
+                    f"{self.name}: this auxiliary model (and its processor) already served another generate() "
+                    "call; build a new processor for every call"
+                )
+            feed = input_ids[:, start + self._seen :].to(self.device)
+            self._seen += feed.shape[1]
+            self._mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)
+        positions = (self._mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]
+        out = self.model(
+            input_ids=feed,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return log_probs(out.logits[:, -1], self.vocab_size).to(input_ids.device)
+
+    def state(self) -> dict[str, Any]:
+        """Tokens this model has consumed so far (prompt and generated), for logging and tests."""
+        return {"name": self.name, "prompt_tokens": [len(p) for p in self.prompt_ids], "generated_tokens": self._seen}

@@ -1,0 +1,70 @@
+"""Naive, cache-free reference decoding for multi-model processors.
+
+Every model re-reads its own full prompt plus everything generated so far, one row at a time and
+without padding, so neither KV caches nor left padding nor batching can hide a bug in the
+processors under test.
+"""
+
+import torch
+
+from decoding.auxiliary import encode_prompts
+
+
+def full_logprobs(model, ids, vocab_size):
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1, :vocab_size]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def naive_greedy(tokenizer, models, combine, steps, main="main"):
+    """Greedy decoding with ``combine({name: logprobs[V]}) -> scores[V]`` recomputed from scratch.
+
+    ``models``: name -> (model, prompts as accepted by AuxiliaryModel). Returns, per row, the
+    generated ids (up to and including <eos>) and the list of per-step score vectors.
+    """
+    vocab = len(tokenizer)
+    encoded = {name: encode_prompts(tokenizer, prompts) for name, (_, prompts) in models.items()}
+    rows = len(next(iter(encoded.values())))
+    results = []
+    for i in range(rows):
+        generated, step_scores = [], []
+        for _ in range(steps):
+            lps = {name: full_logprobs(models[name][0], encoded[name][i] + generated, vocab) for name in models}
+            scores = combine(lps)
+            step_scores.append(scores)
+            token = int(scores.argmax())
+            generated.append(token)
+            if token == tokenizer.eos_token_id:
+                break
+        results.append((generated, step_scores))
+    return results
+
+
+def processor_greedy(model, tokenizer, prompts, processor, steps):
+    """``model.generate`` with ``processor`` on left-padded ``prompts``; per-row ids and scores."""
+    enc = tokenizer(prompts, padding=True, return_tensors="pt") if isinstance(prompts[0], str) else None
+    out = model.generate(
+        **enc,
+        logits_processor=[processor],
+        do_sample=False,
+        max_new_tokens=steps,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out.sequences[:, enc["input_ids"].shape[1] :]
+    results = []
+    for i in range(new.shape[0]):
+        ids = new[i].tolist()
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        results.append((ids, [out.scores[t][i, : len(tokenizer)] for t in range(len(ids))]))
+    return results
+
+
+def assert_same_decoding(got, expected, atol=1e-4):
+    assert len(got) == len(expected)
+    for (ids, scores), (ref_ids, ref_scores) in zip(got, expected):
+        assert ids == ref_ids
+        for s, r in zip(scores, ref_scores):
+            torch.testing.assert_close(s, r, atol=atol, rtol=0)

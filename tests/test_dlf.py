@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from decoding import AuxiliaryModel, DLFLogitsProcessor, dlf_select
+from naive import assert_same_decoding, naive_greedy, processor_greedy
+
+PROMPTS = ["7+8=", "37+485=", "123-45="]
+STEPS = 6
+GRID = [round(0.1 * i, 1) for i in range(21)]
+
+
+def chat(prompts):
+    return [[{"role": "user", "content": p}] for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_testbed):
+    return {name: tiny_testbed.model(name) for name in ("small-base", "small-instruct", "large-base", "large-instruct")}
+
+
+def naive_kl(p_log, q_log):
+    return sum(float(pl.exp() * (pl - ql)) for pl, ql in zip(p_log, q_log))
+
+
+def naive_dlf(lp, expert_names, picks):
+    """Grid search written out with Python loops; records the (expert, α) chosen."""
+    best = None
+    for e, name in enumerate(expert_names):
+        for alpha in GRID:
+            z = lp["main"] + alpha * (lp[name] - lp["small"])
+            fused = z - torch.logsumexp(z, -1)
+            a, b = naive_kl(fused, lp["main"]), naive_kl(lp["main"], fused)
+            objective = sum(
+                (a - naive_kl(lp[t], lp["small"])) ** 2 + (b - naive_kl(lp["small"], lp[t])) ** 2 for t in expert_names
+            )
+            if best is None or objective < best[0]:
+                best = (objective, e, alpha, fused)
+    picks.append((best[1], best[2]))
+    return best[3]
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[1:2], PROMPTS], ids=["batch1", "batch3"])
+@pytest.mark.parametrize("n_experts", [1, 2])
+def test_dlf_equals_naive_recomputation(tiny_testbed, models, prompts, n_experts):
+    tok = tiny_testbed.tokenizer()
+    names = ["small-instruct", "large-instruct"][:n_experts]
+    proc = DLFLogitsProcessor(
+        tok,
+        small_base=AuxiliaryModel(models["small-base"], tok, prompts, "small"),
+        experts=[AuxiliaryModel(models[n], tok, chat(prompts), n) for n in names],
+    )
+    got = processor_greedy(models["large-base"], tok, prompts, proc, STEPS)
+    picks = []
+    expected = naive_greedy(
+        tok,
+        {
+            "main": (models["large-base"], prompts),
+            "small": (models["small-base"], prompts),
+            **{n: (models[n], chat(prompts)) for n in names},
+        },
+        lambda lp: naive_dlf(lp, names, picks),
+        STEPS,
+    )
+    assert_same_decoding(got, expected)
+    # the recorded choices are the naive search's, row by row
+    k = 0
+    for row, (ids, _) in enumerate(expected):
+        for step in range(len(ids)):
+            expert, alpha = picks[k]
+            assert int(proc.choices[step]["expert"][row]) == expert
+            assert float(proc.choices[step]["alpha"][row]) == pytest.approx(alpha)
+            k += 1
+    assert any(p[1] > 0 for p in picks)  # the search is not degenerate on these models
+
+
+def test_expert_equal_to_small_base_reproduces_large(tiny_testbed, models):
+    tok = tiny_testbed.tokenizer()
+    proc = DLFLogitsProcessor(
+        tok,
+        small_base=AuxiliaryModel(models["small-base"], tok, PROMPTS, "small"),
+        experts=[AuxiliaryModel(models["small-base"], tok, PROMPTS, "same-as-small")],
+    )
+    got = processor_greedy(models["large-base"], tok, PROMPTS, proc, STEPS)
+    expected = naive_greedy(tok, {"main": (models["large-base"], PROMPTS)}, lambda lp: lp["main"], STEPS)
+    assert_same_decoding(got, expected)
+    assert all((c["alpha"] == 0).all() for c in proc.choices)  # every α ties: the first (0) is kept
+
+
+def test_select_hand_example():
+    # one expert whose shift equals the large model's own: KL targets are met exactly at α = 1
+    small = torch.log_softmax(torch.tensor([[0.0, 0.0, 0.0]]), -1)
+    expert = torch.log_softmax(torch.tensor([[1.0, 0.0, -1.0]]), -1)
+    large = torch.log_softmax(torch.tensor([[0.0, 0.0, 0.0]]), -1)
+    fused, e, alpha = dlf_select(large, small, [expert], torch.tensor(GRID))
+    assert int(e) == 0 and float(alpha) == pytest.approx(1.0)
+    torch.testing.assert_close(fused, expert)
+
+
+def test_bad_configuration(tiny_testbed, models):
+    tok = tiny_testbed.tokenizer()
+    small = AuxiliaryModel(models["small-base"], tok, PROMPTS, "small")
+    with pytest.raises(ValueError, match="at least one expert"):
+        DLFLogitsProcessor(tok, small_base=small, experts=[])
+    with pytest.raises(ValueError, match="finite"):
+        DLFLogitsProcessor(tok, small_base=small, experts=[small], grid=[0.0, float("nan")])
