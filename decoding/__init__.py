@@ -5,21 +5,34 @@ auxiliary models, each reading its own prompt through its own KV cache (:class:`
 |---|---|---|
 | emulated fine-tuning (up/down-scaling) | 2310.12962 | :class:`EFTLogitsProcessor` |
 | dynamic logits fusion | 2406.15480 | :class:`DLFLogitsProcessor` |
+| STEER (contrastive expert guidance + negative prompting) | 2308.07645 | :class:`SteerLogitsProcessor` |
+| CFG-style negative prompting | 2306.17806 | :class:`NegativePromptLogitsProcessor` |
+| refusal-token control | 2412.06748 | :class:`RefusalTokenLogitsProcessor` |
 """
 
 from .auxiliary import AuxiliaryModel, check_same_vocab, encode_prompts, log_probs, widen
 from .dlf import DLFLogitsProcessor, dlf_select
 from .eft import EFTLogitsProcessor, eft_logprobs, top_p_mask
+from .negative_prompt import NegativePromptLogitsProcessor, guided_logprobs
+from .refusal import RefusalTokenLogitsProcessor, strip_control_tokens
+from .steer import NegativePool, SteerLogitsProcessor, steer_logprobs
 
 __all__ = [
     "AuxiliaryModel",
     "DLFLogitsProcessor",
     "EFTLogitsProcessor",
+    "NegativePool",
+    "NegativePromptLogitsProcessor",
+    "RefusalTokenLogitsProcessor",
+    "SteerLogitsProcessor",
     "check_same_vocab",
     "dlf_select",
     "eft_logprobs",
     "encode_prompts",
+    "guided_logprobs",
     "log_probs",
+    "steer_logprobs",
+    "strip_control_tokens",
     "top_p_mask",
     "widen",
 ]
