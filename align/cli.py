@@ -49,13 +49,23 @@ class DatasetsArgs:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
 
+@dataclass
+class ReproduceArgs(TestbedArgs):
+    n: int = field(default=500, metadata={"help": "held-out problems to evaluate on"})
+    out: str = field(default="runs/reproduce", metadata={"help": "results go to OUT/NAME/result.json"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+
+
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
     "train": "preference and RL trainers (DPO/f-DPO, RPO, BCO, SCoRe, refusal-token SFT)",
     "generate": "decoding-time control (EFT, DLF, EAD, STEER, GeDi, refusal tokens)",
     "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
-    "reproduce": "paper reproductions on the testbed",
 }
 
 USAGE = """usage: align <command> [options]
@@ -65,6 +75,7 @@ commands:
   testbed build       build the offline testbed (--profile full|tiny)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
+  reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
@@ -73,7 +84,9 @@ Run `align <command> --help` for a command's options.
 
 def _usage() -> str:
     planned = "".join(f"  {name:<19} (not implemented yet) {what}\n" for name, what in PLANNED.items())
-    return USAGE.format(planned=planned)
+    from .reproduce import CLAIMS
+
+    return USAGE.format(planned=planned, claims=", ".join(CLAIMS))
 
 
 def _testbed_build(argv: Sequence[str], prog: str) -> int:
@@ -105,6 +118,22 @@ def _testbed_datasets(argv: Sequence[str], prog: str) -> int:
     args = parse_config(DatasetsArgs, argv, prog=prog)
     for path in write_samples(args.out, n=args.n, seed=args.seed):
         print(path)
+    return 0
+
+
+def _reproduce(argv: Sequence[str], prog: str) -> int:
+    from .reproduce import CLAIMS, reproduce
+    from .testbed import load_testbed
+
+    if not argv or argv[0].startswith("-"):
+        raise ConfigError(f"name a claim: {prog} NAME, with NAME one of {', '.join(CLAIMS)}")
+    name, rest = argv[0], argv[1:]
+    if name not in CLAIMS:
+        raise ConfigError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
+    args = parse_config(ReproduceArgs, rest, prog=f"{prog} {name}")
+    result, path = reproduce(name, load_testbed(args.profile, args.seed, args.cache_dir), args.n, args.out)
+    print(json.dumps(result, indent=2))
+    print(f"written: {path}")
     return 0
 
 
@@ -142,6 +171,7 @@ COMMANDS = {
     ("testbed", "build"): _testbed_build,
     ("testbed", "info"): _testbed_info,
     ("testbed", "datasets"): _testbed_datasets,
+    ("reproduce",): _reproduce,
 }
 
 

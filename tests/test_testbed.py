@@ -13,7 +13,7 @@ from align.testbed.evaluate import answer_token_entropy_auroc, greedy_completion
 from align.testbed.tokenizer import build_tokenizer
 from align.testbed.train import encode_rows, lr_at
 
-MODELS = ["small-base", "small-instruct", "large-base", "large-instruct"]
+MODELS = ["small-base", "small-instruct", "small-expert-add", "small-expert-sub", "large-base", "large-instruct"]
 
 
 def weights(root, name):
@@ -55,6 +55,7 @@ def test_interrupted_build_resumes_to_identical_weights(tiny_testbed, tmp_path):
     # simulate a crash after the small chain: later models and the manifest are missing
     (root / "manifest.json").unlink()
     shutil.rmtree(root / "large-instruct")
+    shutil.rmtree(root / "small-expert-sub")
     small_mtime = (root / "small-base" / "model.safetensors").stat().st_mtime_ns
     resumed = build_testbed("tiny", seed=0, cache_dir=tmp_path, workers=1, show_progress=False)
     assert (root / "small-base" / "model.safetensors").stat().st_mtime_ns == small_mtime  # not retrained

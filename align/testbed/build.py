@@ -3,8 +3,8 @@
 Layout of a built testbed (every model directory is a complete Hugging Face checkpoint, tokenizer
 included, in safetensors)::
 
-    $ALIGNKIT_CACHE/testbed/<profile>-seed<seed>-v<VERSION>/
-        small-base/  small-instruct/  large-base/  large-instruct/  manifest.json
+    $ALIGNKIT_CACHE/testbed/<profile>-seed<seed>-<fingerprint of the profile>/
+        small-base/  small-instruct/  small-expert-{add,sub}/  large-base/  large-instruct/  manifest.json
 
 Each model is written to a temporary directory and renamed into place when complete, and the
 manifest is written last, so an interrupted build resumes from the finished models and a reader
@@ -14,6 +14,7 @@ build is identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..io import atomic_write_text
 from .arithmetic import eval_problems
 from .evaluate import accuracy_by_op, answer_token_entropy_auroc
 from .tokenizer import build_tokenizer
@@ -74,6 +76,8 @@ PROFILES: dict[str, Profile] = {
             (
                 Stage("small-base", "tiny", steps=30, lr=3e-3, chat=False),
                 Stage("small-instruct", "tiny", steps=10, lr=1e-3, chat=True, parent="small-base"),
+                Stage("small-expert-add", "tiny", steps=5, lr=1e-3, chat=True, parent="small-base", ops="+"),
+                Stage("small-expert-sub", "tiny", steps=5, lr=1e-3, chat=True, parent="small-base", ops="-"),
             ),
             (
                 Stage("large-base", "small", steps=30, lr=3e-3, chat=False),
@@ -110,8 +114,16 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(os.environ.get("ALIGNKIT_CACHE") or Path.home() / ".cache" / "alignkit").expanduser()
 
 
+def fingerprint(spec: Profile) -> str:
+    """A short hash of everything that decides a build's weights (changing a profile changes its directory)."""
+    text = json.dumps({"version": VERSION, "profile": asdict(spec)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def testbed_dir(profile: str, seed: int, cache_dir: str | Path | None = None) -> Path:
-    return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-v{VERSION}"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-{fingerprint(PROFILES[profile])}"
 
 
 @dataclass
@@ -152,14 +164,6 @@ def load_testbed(profile: str = "full", seed: int = 0, cache_dir: str | Path | N
             f"`align testbed build --profile {profile} --seed {seed}`"
         )
     return Testbed(root, json.loads(manifest.read_text()))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
 
 
 def _save_atomic(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, dest: Path) -> None:
@@ -251,7 +255,7 @@ def build_testbed(
     started = time.perf_counter()
     records = _train_all(spec, seed, root, workers, show_progress)
     manifest = _describe(spec, seed, root, records, time.perf_counter() - started)
-    _atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2))
     return Testbed(root, manifest)
 
 

@@ -20,9 +20,6 @@ completions with ``[{"role": "assistant", ...}]`` (``refusal_sft``: a ``messages
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from ..io import atomic_write_jsonl
 from .arithmetic import Problem, sample_problems, split_of
 
 Row = dict[str, Any]
@@ -212,16 +210,6 @@ BUILDERS: dict[str, Callable[..., DatasetDict]] = {
 }
 
 
-def write_jsonl(rows: list[Row], path: Path) -> None:
-    """Write ``rows`` as JSON lines, atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
 def write_samples(out: str | Path, n: int = 16, seed: int = 0) -> list[Path]:
     """Write ``n`` train and ``n // 2`` eval rows of every builder, both formats, under ``out``."""
     out = Path(out)
@@ -231,6 +219,6 @@ def write_samples(out: str | Path, n: int = 16, seed: int = 0) -> list[Path]:
             ds = builder(n, max(1, n // 2), seed=seed, conversational=conversational)
             for split, rows in ds.items():
                 path = out / name / f"{'conversational' if conversational else 'standard'}-{split}.jsonl"
-                write_jsonl(rows.to_list(), path)
+                atomic_write_jsonl(path, rows.to_list())
                 written.append(path)
     return written

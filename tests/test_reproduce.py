@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from align.cli import main
+from align.reproduce import CLAIMS, reproduce
+from decoding.generate import generate_with
+
+
+@pytest.mark.parametrize("name", list(CLAIMS))
+def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
+    result, path = reproduce(name, tiny_testbed, n=8, out_dir=tmp_path)
+    assert path == tmp_path / name / "result.json"
+    saved = json.loads(path.read_text())
+    assert saved == result
+    assert {"claim", "metric", "value", "baseline", "holds", "sweep"} <= set(saved)
+    assert 0 <= saved["value"] <= 1 and 0 <= saved["baseline"] <= 1
+    assert saved["holds"] == (saved["value"] > saved["baseline"])
+
+
+def test_cli_reproduce(tiny_testbed, tmp_path, capsys):
+    cache = str(tiny_testbed.root.parents[1])
+    code = main(["reproduce", "eft-upscaling", "--profile", "tiny", "--cache_dir", cache, "--n", "4", "--out", str(tmp_path)])
+    assert code == 0 and (tmp_path / "eft-upscaling" / "result.json").is_file()
+    assert main(["reproduce", "nope"]) == 2
+    assert "unknown claim 'nope'" in capsys.readouterr().err
+    assert main(["reproduce"]) == 2
+
+
+def test_generate_with_matches_plain_generate_per_prompt(tiny_testbed):
+    tok = tiny_testbed.tokenizer()
+    model = tiny_testbed.model("small-base")
+    prompts = ["7+8=", "37+485=", "123-45=", "1-2="]
+    batched = generate_with(model, tok, prompts, batch_size=3, do_sample=False, max_new_tokens=6)
+    for prompt, got in zip(prompts, batched):
+        alone = generate_with(model, tok, [prompt], do_sample=False, max_new_tokens=6)[0]
+        assert got == alone
