@@ -146,7 +146,7 @@ def _print_table(manifest: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"testbed {manifest['profile']} (seed {manifest['seed']}, {manifest['eval_size']} held-out)")
-    columns = ("model", "params", "hidden x layers", "cost x", "format", "accuracy", "acc +", "acc -", "entropy AUROC")
+    columns = ("model", "params", "hidden x layers", "FLOPs/token x", "format", "accuracy", "acc +", "acc -", "entropy AUROC")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "format") else "right")
 

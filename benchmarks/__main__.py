@@ -1,59 +1,150 @@
 """Benchmark entry point: ``python -m benchmarks NAME [--profile full|tiny]``.
 
 Every benchmark reports ratios measured in one run (same process, same load), never absolute
-timings compared across runs.
+timings compared across runs. Results go to ``benchmarks/results/NAME.json``; copy the printed
+row into ``benchmarks/RESULTS.md`` with the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+RESULTS = Path(__file__).resolve().parent / "results"
+NEW_TOKENS = 64
+REPEATS = 3
 
-def _decode_seconds(model, tokenizer, batch: int, new_tokens: int, repeats: int) -> float:
-    prompts = tokenizer(["<bos>12+34="] * batch, add_special_tokens=False, return_tensors="pt")
+
+def best_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    """Minimum wall time over ``repeats`` runs after one warm-up (the least-disturbed run)."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        model.generate(
-            **prompts,
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,  # fixed length: same work for every model
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        fn()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def testbed(profile: str) -> None:
+def _decode(model, enc, tok, processors=()):
+    return lambda: model.generate(
+        **enc,
+        logits_processor=list(processors() if callable(processors) else processors),
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,  # fixed length: the same work for every contender
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def testbed(profile: str) -> dict:
     """Per-token decoding cost of each testbed model relative to small-base (KV cache, greedy)."""
     from align.testbed import build_testbed
 
-    torch.set_num_threads(1)
     tb = build_testbed(profile)
     tok = tb.tokenizer()
-    rows = []
-    for name, info in tb.models.items():
-        model = tb.model(name)
-        rows.append((name, info["flops_per_token"], *(_decode_seconds(model, tok, b, 32, 5) for b in (1, 64))))
-    base = rows[0]
-    print(f"| model | FLOPs/token ratio | batch-1 time ratio | batch-64 time ratio |\n|---|---|---|---|")
-    for name, flops, t1, t64 in rows:
-        print(f"| {name} | {flops / base[1]:.2f} | {t1 / base[2]:.2f} | {t64 / base[3]:.2f} |")
+    out = {}
+    for batch in (1, 64):
+        enc = tok(["12+34="] * batch, return_tensors="pt")
+        times = {name: best_seconds(_decode(tb.model(name), enc, tok)) for name in tb.models}
+        base = times["small-base"]
+        out[f"b{batch}"] = {name: round(t / base, 3) for name, t in times.items()}
+    out["flops"] = {name: info["cost_ratio"] for name, info in tb.models.items()}
+    return out
 
 
-BENCHMARKS = {"testbed": testbed}
+def decoding(profile: str) -> dict:
+    """Multi-model decoding overhead: EFT vs its three models run alone, DLF vs EFT, naive vs EFT."""
+    from align.testbed import build_testbed
+    from decoding import AuxiliaryModel, DLFLogitsProcessor, EFTLogitsProcessor
+
+    tb = build_testbed(profile)
+    tok = tb.tokenizer()
+    large, small, instruct = tb.model("large-base"), tb.model("small-base"), tb.model("small-instruct")
+    out: dict[str, float] = {}
+    for batch in (1, 8):
+        prompts = [f"{12 + i}+{345 - i}=" for i in range(batch)]
+        chat = [[{"role": "user", "content": p}] for p in prompts]
+        enc = tok(prompts, return_tensors="pt", padding=True)
+
+        def eft(prompts=prompts, chat=chat):
+            return [
+                EFTLogitsProcessor(
+                    tok,
+                    [AuxiliaryModel(instruct, tok, chat, "small-instruct")],
+                    AuxiliaryModel(small, tok, prompts, "small-base"),
+                )
+            ]
+
+        def dlf(prompts=prompts, chat=chat):
+            return [
+                DLFLogitsProcessor(
+                    tok, AuxiliaryModel(small, tok, prompts, "small-base"), [AuxiliaryModel(instruct, tok, chat, "small-instruct")]
+                )
+            ]
+
+        chat_enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+        alone = (
+            best_seconds(_decode(large, enc, tok))
+            + best_seconds(_decode(instruct, chat_enc, tok))
+            + best_seconds(_decode(small, enc, tok))
+        )
+        t_eft = best_seconds(_decode(large, enc, tok, eft))
+        out[f"eft_over_sum_b{batch}"] = round(t_eft / alone, 3)
+        if batch == 1:
+            out["dlf_over_eft"] = round(best_seconds(_decode(large, enc, tok, dlf)) / t_eft, 3)
+            out["naive_over_eft"] = round(best_seconds(lambda: _naive_eft(tok, large, instruct, small, prompts[0]), 1) / t_eft, 3)
+    return out
+
+
+@torch.no_grad()
+def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
+    """EFT without caches: every model re-reads its whole prompt plus the generated tokens each step."""
+    own = {
+        "large": tok(prompt)["input_ids"],
+        "instruct": tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)["input_ids"],
+        "small": tok(prompt)["input_ids"],
+    }
+    models = {"large": large, "instruct": instruct, "small": small}
+    generated: list[int] = []
+    for _ in range(NEW_TOKENS):
+        lp = {
+            k: torch.log_softmax(m(torch.tensor([own[k] + generated])).logits[0, -1, : len(tok)].float(), -1)
+            for k, m in models.items()
+        }
+        generated.append(int((lp["large"] + lp["instruct"] - lp["small"]).argmax()))
+    return generated
+
+
+BENCHMARKS = {"testbed": testbed, "decoding": decoding}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("name", choices=sorted(BENCHMARKS))
     parser.add_argument("--profile", default="full", choices=["full", "tiny"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
     args = parser.parse_args()
-    BENCHMARKS[args.name](args.profile)
+    torch.set_num_threads(args.threads)
+    result = {
+        "benchmark": args.name,
+        "profile": args.profile,
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+        "results": BENCHMARKS[args.name](args.profile),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    from align.io import atomic_write_text
+
+    path = atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(result, indent=2))
+    print(json.dumps(result["results"], indent=2))
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":
