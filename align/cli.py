@@ -63,7 +63,6 @@ class ReproduceArgs(TestbedArgs):
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
     "train": "preference and RL trainers (DPO/f-DPO, RPO, BCO, SCoRe, refusal-token SFT)",
-    "generate": "decoding-time control (EFT, DLF, EAD, STEER, GeDi, refusal tokens)",
     "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
 }
@@ -75,6 +74,7 @@ commands:
   testbed build       build the offline testbed (--profile full|tiny)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
+  generate            run a decoding method (plain, eft, dlf, steer, negative, refusal) on a prompt file
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.
@@ -118,6 +118,14 @@ def _testbed_datasets(argv: Sequence[str], prog: str) -> int:
     args = parse_config(DatasetsArgs, argv, prog=prog)
     for path in write_samples(args.out, n=args.n, seed=args.seed):
         print(path)
+    return 0
+
+
+def _generate(argv: Sequence[str], prog: str) -> int:
+    from .generate import GenerateArgs, run_generate
+
+    path = run_generate(parse_config(GenerateArgs, argv, prog=prog))
+    print(f"written: {path}")
     return 0
 
 
@@ -172,6 +180,7 @@ COMMANDS = {
     ("testbed", "info"): _testbed_info,
     ("testbed", "datasets"): _testbed_datasets,
     ("reproduce",): _reproduce,
+    ("generate",): _generate,
 }
 
 

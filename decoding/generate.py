@@ -17,12 +17,14 @@ def generate_with(
     prompts: Sequence[Prompt],
     make_processors: Callable[[slice], list[LogitsProcessor]] | None = None,
     batch_size: int = 64,
+    on_batch: Callable[[slice, list[tuple[str, bool]]], None] | None = None,
     **generate_kwargs,
 ) -> list[tuple[str, bool]]:
     """Generate for every prompt; returns ``(text, finished)`` per prompt (``finished``: ended with EOS).
 
     ``make_processors(rows)`` builds the processors for the prompts ``prompts[rows]``, so each
-    auxiliary model gets the matching slice of its own prompts.
+    auxiliary model gets the matching slice of its own prompts; ``on_batch(rows, outputs)`` sees
+    each batch's outputs before the next batch starts (e.g. to grow STEER's negative pool).
 
     Example::
 
@@ -44,8 +46,12 @@ def generate_with(
         generated = model.generate(
             input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, **generate_kwargs
         )[:, width:]
+        batch_out = []
         for row in generated.tolist():
             finished = tokenizer.eos_token_id in row
             row = row[: row.index(tokenizer.eos_token_id)] if finished else row
-            out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+            batch_out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+        if on_batch is not None:
+            on_batch(rows, batch_out)
+        out.extend(batch_out)
     return out

@@ -1,0 +1,208 @@
+"""``align generate``: run any decoding method on a prompt file and write JSONL.
+
+Models are local checkpoint paths or ``testbed:NAME`` (a model of the built testbed). Each model
+reads prompts in its own format: testbed models in the format their manifest names, other
+checkpoints as plain text unless listed in ``chat_models``.
+
+Example config (``configs/generate-eft.yaml``)::
+
+    method: eft
+    prompts: data/self_correction/standard-eval.jsonl
+    prompt_field: problem
+    model: testbed:large-base
+    tuned: [testbed:small-instruct]
+    reference: testbed:small-base
+    weights: [1.0]
+    output: runs/generate/eft.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import ConfigError
+from .io import atomic_write_jsonl
+
+Method = Literal["plain", "eft", "dlf", "steer", "negative", "refusal"]
+
+
+@dataclass
+class GenerateArgs:
+    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative or refusal"})
+    prompts: str = field(default="", metadata={"help": "a .txt file (one prompt a line) or .jsonl file"})
+    prompt_field: str = field(default="prompt", metadata={"help": "JSONL field with the prompt (text or messages)"})
+    output: str = field(default="runs/generate/output.jsonl", metadata={"help": "JSONL written atomically"})
+    model: str = field(default="testbed:small-instruct", metadata={"help": "the model generate() runs on"})
+    tuned: list[str] = field(default_factory=list, metadata={"help": "eft: tuned models"})
+    reference: str | None = field(default=None, metadata={"help": "eft: reference model (none: the main model)"})
+    weights: list[float] = field(default_factory=list, metadata={"help": "eft: one weight per tuned model"})
+    upscale_top_p: float | None = field(default=None, metadata={"help": "eft: reweight inside the top-p set"})
+    small_base: str | None = field(default=None, metadata={"help": "dlf: the small base model"})
+    experts: list[str] = field(default_factory=list, metadata={"help": "dlf: small expert models"})
+    base: str | None = field(default=None, metadata={"help": "steer: base model reading the same prompt"})
+    negative_examples: str | None = field(default=None, metadata={"help": "steer: .txt/.jsonl of negative examples"})
+    gamma: float = field(default=0.2, metadata={"help": "steer: contrast strength"})
+    eta: float = field(default=0.6, metadata={"help": "steer: negative-prompt strength"})
+    top_k: int | None = field(default=10, metadata={"help": "steer: keep the k best tokens"})
+    negative_model: str | None = field(default=None, metadata={"help": "negative: model for the negative prompt"})
+    negative_prompt: str = field(default="", metadata={"help": "negative: the negative prompt text"})
+    guidance_scale: float = field(default=1.5, metadata={"help": "negative: gamma"})
+    threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
+    chat_models: list[str] = field(default_factory=list, metadata={"help": "non-testbed models that read chat"})
+    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
+    seed: int = field(default=0, metadata={"help": "testbed seed, and the sampling seed"})
+    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts: give a .txt or .jsonl prompt file")
+        needs = {"eft": ["tuned"], "dlf": ["small_base", "experts"], "negative": ["negative_prompt"]}
+        for key in needs.get(self.method, []):
+            if not getattr(self, key):
+                raise ConfigError(f"method {self.method!r} needs {key!r}")
+        if self.method == "steer" and self.gamma and not self.base:
+            raise ConfigError("method 'steer' with gamma != 0 needs 'base'")
+        if self.method == "steer" and self.eta and not self.negative_examples:
+            raise ConfigError("method 'steer' with eta != 0 needs 'negative_examples'")
+        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature"):
+            values = getattr(self, key)
+            for v in values if isinstance(values, list) else [values]:
+                if not math.isfinite(v):
+                    raise ConfigError(f"{key} must be finite, got {values}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("max_new_tokens and batch_size must be >= 1")
+
+
+def read_prompts(path: str | Path, field_name: str = "prompt") -> list[Any]:
+    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` file (``field_name`` of each row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts: {path} does not exist")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for i, line in enumerate(lines, 1):
+        row = json.loads(line)
+        if field_name not in row:
+            raise ConfigError(f"{path} row {i} has no field {field_name!r} (fields: {', '.join(row)})")
+        prompts.append(row[field_name])
+    return prompts
+
+
+class ModelStore:
+    """Loads each referenced model once; knows which prompt format each model reads."""
+
+    def __init__(self, args: GenerateArgs) -> None:
+        self.args = args
+        self._models: dict[str, Any] = {}
+        self._testbed = None
+
+    def _testbed_entry(self, ref: str) -> tuple[Path, str]:
+        from .testbed import load_testbed
+
+        if self._testbed is None:
+            self._testbed = load_testbed(self.args.profile, self.args.seed, self.args.cache_dir)
+        name = ref.removeprefix("testbed:")
+        return self._testbed.path(name), self._testbed.models[name]["format"]
+
+    def path_and_format(self, ref: str) -> tuple[Path, str]:
+        if ref.startswith("testbed:"):
+            return self._testbed_entry(ref)
+        path = Path(ref)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model {ref!r} is neither testbed:NAME nor a local checkpoint directory")
+        return path, "chat" if ref in self.args.chat_models else "pretraining"
+
+    def load(self, ref: str) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if ref not in self._models:
+            path, _ = self.path_and_format(ref)
+            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).eval()
+            self._models[ref] = (model, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+        return self._models[ref]
+
+    def prompts_for(self, ref: str, prompts: list[Any]) -> list[Any]:
+        """Prompts rendered in ``ref``'s format: chat models get messages, others plain text."""
+        fmt = self.path_and_format(ref)[1]
+        out = []
+        for p in prompts:
+            text = p if isinstance(p, str) else p[-1]["content"]
+            out.append(([{"role": "user", "content": p}] if isinstance(p, str) else p) if fmt == "chat" else text)
+        return out
+
+
+def run_generate(args: GenerateArgs) -> Path:
+    """Generate with ``args.method`` for every prompt and write ``args.output`` (JSONL)."""
+    import torch
+
+    from decoding import (
+        AuxiliaryModel,
+        DLFLogitsProcessor,
+        EFTLogitsProcessor,
+        NegativePool,
+        NegativePromptLogitsProcessor,
+        RefusalTokenLogitsProcessor,
+        SteerLogitsProcessor,
+    )
+    from decoding.generate import generate_with
+
+    prompts = read_prompts(args.prompts, args.prompt_field)
+    if not prompts:
+        raise ConfigError(f"prompts: {args.prompts} holds no prompts")
+    store = ModelStore(args)
+    for ref in [args.model, *args.tuned, *args.experts] + [
+        r for r in (args.reference, args.small_base, args.base, args.negative_model) if r
+    ]:
+        store.path_and_format(ref)  # every reference resolves before any model loads
+    main, tok = store.load(args.model)
+    main_prompts = store.prompts_for(args.model, prompts)
+
+    def aux(ref: str, rows: slice, own_prompts: list[Any] | None = None) -> AuxiliaryModel:
+        model, aux_tok = store.load(ref)
+        chosen = own_prompts if own_prompts is not None else store.prompts_for(ref, prompts)
+        return AuxiliaryModel(model, aux_tok, chosen[rows], ref)
+
+    pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
+
+    def processors(rows: slice) -> list:
+        n = len(range(*rows.indices(len(prompts))))
+        if args.method == "eft":
+            weights = args.weights or [1.0] * len(args.tuned)
+            ref = aux(args.reference, rows) if args.reference else None
+            return [EFTLogitsProcessor(tok, [aux(t, rows) for t in args.tuned], ref, weights, args.upscale_top_p)]
+        if args.method == "dlf":
+            return [DLFLogitsProcessor(tok, aux(args.small_base, rows), [aux(e, rows) for e in args.experts])]
+        if args.method == "steer":
+            negatives = [pool.sample() for _ in range(n)] if pool is not None else None
+            neg = aux(args.model, slice(0, n), negatives) if negatives else None
+            base = aux(args.base, rows) if args.base else None
+            return [SteerLogitsProcessor(tok, base, neg, args.gamma, args.eta, args.top_k)]
+        if args.method == "negative":
+            neg = aux(args.negative_model or args.model, slice(0, n), [args.negative_prompt] * n)
+            return [NegativePromptLogitsProcessor(tok, neg, args.guidance_scale)]
+        if args.method == "refusal":
+            return [RefusalTokenLogitsProcessor(tok, threshold=args.threshold)]
+        return []
+
+    torch.manual_seed(args.seed)
+    sampling = {"do_sample": args.do_sample, "max_new_tokens": args.max_new_tokens}
+    if args.do_sample:
+        sampling["temperature"] = args.temperature
+    grow = (lambda rows, out: pool.add(text for text, _ in out)) if pool is not None else None
+    outputs = generate_with(main, tok, main_prompts, processors, args.batch_size, grow, **sampling)
+    params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
+    rows = [
+        {"prompt": p, "output": text, "finished": done, "method": args.method, "params": params}
+        for p, (text, done) in zip(prompts, outputs)
+    ]
+    return atomic_write_jsonl(args.output, rows)

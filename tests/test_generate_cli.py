@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from align.cli import main
+from align.config import ConfigError
+from align.generate import GenerateArgs, read_prompts, run_generate
+from decoding import AuxiliaryModel, EFTLogitsProcessor
+from decoding.generate import generate_with
+
+PROMPTS = ["7+8=", "37+485=", "123-45="]
+
+
+@pytest.fixture()
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"problem": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def args(tiny_testbed, prompt_file, tmp_path, **kw):
+    base = dict(
+        prompts=str(prompt_file), prompt_field="problem", output=str(tmp_path / "out.jsonl"), profile="tiny",
+        cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=5, batch_size=2,
+    )
+    return GenerateArgs(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("plain", {}),
+        ("eft", {"model": "testbed:large-base", "tuned": ["testbed:small-instruct"], "reference": "testbed:small-base"}),
+        ("dlf", {"model": "testbed:large-base", "small_base": "testbed:small-base", "experts": ["testbed:small-expert-add", "testbed:small-expert-sub"]}),
+        ("steer", {"base": "testbed:small-base", "negative_examples": "data/preference/standard-train.jsonl", "do_sample": True}),
+        ("negative", {"negative_prompt": "1-1="}),
+    ],
+)
+def test_every_method_writes_jsonl(tiny_testbed, prompt_file, tmp_path, method, extra):
+    path = run_generate(args(tiny_testbed, prompt_file, tmp_path, method=method, **extra))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert all(r["method"] == method and isinstance(r["output"], str) and "params" in r for r in rows)
+
+
+def test_eft_output_equals_the_processor(tiny_testbed, prompt_file, tmp_path):
+    extra = {"model": "testbed:large-base", "tuned": ["testbed:small-instruct"], "reference": "testbed:small-base"}
+    path = run_generate(args(tiny_testbed, prompt_file, tmp_path, method="eft", **extra))
+    got = [json.loads(line)["output"] for line in path.read_text().splitlines()]
+    tok = tiny_testbed.tokenizer()
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    inst, small = tiny_testbed.model("small-instruct"), tiny_testbed.model("small-base")
+    expected = generate_with(
+        tiny_testbed.model("large-base"), tok, PROMPTS,
+        lambda rows: [EFTLogitsProcessor(tok, [AuxiliaryModel(inst, tok, chat[rows])], AuxiliaryModel(small, tok, PROMPTS[rows]))],
+        batch_size=2, do_sample=False, max_new_tokens=5,
+    )
+    assert got == [text for text, _ in expected]
+
+
+def test_config_errors_before_loading(tiny_testbed, prompt_file, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="method 'eft' needs 'tuned'"):
+        GenerateArgs(prompts=str(prompt_file), method="eft")
+    with pytest.raises(ConfigError, match="weights must be finite"):
+        GenerateArgs(prompts=str(prompt_file), method="eft", tuned=["x"], weights=[float("nan")])
+    with pytest.raises(ConfigError, match="row 1 has no field 'prompt'"):
+        read_prompts(prompt_file)
+    bad = args(tiny_testbed, prompt_file, tmp_path, method="eft", tuned=["/no/such/model"])
+    with pytest.raises(ConfigError, match="'/no/such/model' is neither"):
+        run_generate(bad)
+    assert not (tmp_path / "out.jsonl").exists()
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("method: eft\nprompts: x.txt\ntuned: testbed:small-instruct\n")
+    assert main(["generate", "--config", str(cfg)]) == 2
+    assert "key 'tuned' must be list" in capsys.readouterr().err
+
+
+def test_shipped_configs_parse():
+    from align.config import parse_config
+
+    for name in ("configs/generate-eft.yaml", "configs/generate-steer.yaml"):
+        assert parse_config(GenerateArgs, ["--config", name]).method in ("eft", "steer")
