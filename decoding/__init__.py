@@ -8,10 +8,12 @@ auxiliary models, each reading its own prompt through its own KV cache (:class:`
 | STEER (contrastive expert guidance + negative prompting) | 2308.07645 | :class:`SteerLogitsProcessor` |
 | CFG-style negative prompting | 2306.17806 | :class:`NegativePromptLogitsProcessor` |
 | refusal-token control | 2412.06748 | :class:`RefusalTokenLogitsProcessor` |
+| GeDi (class-conditional guide) | 2009.06367 | :class:`GeDiLogitsProcessor` |
 """
 
 from .auxiliary import AuxiliaryModel, check_same_vocab, encode_prompts, log_probs, widen
 from .dlf import DLFLogitsProcessor, dlf_select
+from .gedi import GeDiLogitsProcessor, gedi_filter, gedi_posterior
 from .eft import EFTLogitsProcessor, eft_logprobs, top_p_mask
 from .negative_prompt import NegativePromptLogitsProcessor, guided_logprobs
 from .refusal import RefusalTokenLogitsProcessor, strip_control_tokens
@@ -21,6 +23,7 @@ __all__ = [
     "AuxiliaryModel",
     "DLFLogitsProcessor",
     "EFTLogitsProcessor",
+    "GeDiLogitsProcessor",
     "NegativePool",
     "NegativePromptLogitsProcessor",
     "RefusalTokenLogitsProcessor",
@@ -29,6 +32,8 @@ __all__ = [
     "dlf_select",
     "eft_logprobs",
     "encode_prompts",
+    "gedi_filter",
+    "gedi_posterior",
     "guided_logprobs",
     "log_probs",
     "steer_logprobs",

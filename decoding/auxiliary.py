@@ -89,6 +89,8 @@ class AuxiliaryModel:
         prompts: one prompt per batch row: a string (encoded as the tokenizer does, ``<bos>``
             included), chat messages (rendered with the generation prompt), or token ids.
         name: used in error messages.
+        score_prompt_from: per row, the index of the first prompt token whose log-probability
+            enters :attr:`prompt_logprob` (GeDi scores the text after its control code).
 
     Example:
         >>> aux = AuxiliaryModel(small_instruct, tok, [[{"role": "user", "content": "37+485="}]])  # doctest: +SKIP
@@ -102,6 +104,7 @@ class AuxiliaryModel:
         tokenizer: PreTrainedTokenizerBase,
         prompts: Sequence[Prompt],
         name: str = "auxiliary",
+        score_prompt_from: Sequence[int] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -110,6 +113,10 @@ class AuxiliaryModel:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.prompt_ids = encode_prompts(tokenizer, prompts)
         self.device = next(model.parameters()).device
+        if score_prompt_from is not None and len(score_prompt_from) != len(self.prompt_ids):
+            raise ValueError(f"{name}: score_prompt_from needs one index per prompt")
+        self.score_prompt_from = score_prompt_from
+        self.prompt_logprob: torch.Tensor | None = None  # [B], after the first call with score_prompt_from
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._main_prompt: torch.Tensor | None = None
@@ -150,15 +157,28 @@ class AuxiliaryModel:
             self._seen += feed.shape[1]
             self._mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)
         positions = (self._mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]
+        score_prompt = self.score_prompt_from is not None and self.prompt_logprob is None
         out = self.model(
             input_ids=feed,
             attention_mask=self._mask,
             position_ids=positions,
             past_key_values=self._cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if score_prompt else 1,
         )
+        if score_prompt:
+            self.prompt_logprob = self._score_prompt(feed, out.logits).to(input_ids.device)
         return log_probs(out.logits[:, -1], self.vocab_size).to(input_ids.device)
+
+    def _score_prompt(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Σ log p(x_j | x_<j) over prompt tokens j >= score_prompt_from (left padding accounted)."""
+        token_lp = log_probs(logits[:, :-1], self.vocab_size).gather(-1, ids[:, 1:, None])[..., 0]  # predicts ids[:, 1:]
+        width = ids.shape[1]
+        sums = []
+        for row, (prompt, start) in enumerate(zip(self.prompt_ids, self.score_prompt_from)):
+            first = width - len(prompt) + max(start, 1)  # padded position of the first scored token
+            sums.append(token_lp[row, first - 1 :].sum())
+        return torch.stack(sums)
 
     def state(self) -> dict[str, Any]:
         """Tokens this model has consumed so far (prompt and generated), for logging and tests."""

@@ -66,19 +66,24 @@ def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int) -
 
 
 def encode_rows(
-    tokenizer: PreTrainedTokenizerFast, problems: list[Problem], chat: bool
+    tokenizer: PreTrainedTokenizerFast,
+    problems: list[Problem],
+    chat: bool,
+    code: Callable[[Problem], str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask, labels)`` for one batch of solved problems.
 
     Pretraining rows are ``<bos>37+485=522<eos>`` with loss on every token after ``<bos>``; chat
-    rows put the loss on the answer and ``<eos>`` only (completion-only SFT).
+    rows put the loss on the answer and ``<eos>`` only (completion-only SFT). ``code(problem)``
+    (pretraining format only) puts an unscored control code after ``<bos>``: the rows of a
+    class-conditional LM such as GeDi's.
     """
     if chat:
         prefixes = [chat_text(p.prompt) for p in problems]
         texts = [chat_text(p.prompt, str(p.answer)) for p in problems]
     else:
-        prefixes = [BOS] * len(problems)
-        texts = [f"{BOS}{p.prompt}{p.answer}{EOS}" for p in problems]
+        prefixes = [f"{BOS}{code(p) if code else ''}" for p in problems]
+        texts = [f"{prefix}{p.prompt}{p.answer}{EOS}" for prefix, p in zip(prefixes, problems)]
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     starts = [len(r) for r in tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
     width = max(map(len, rows))
@@ -93,12 +98,17 @@ def encode_rows(
 
 
 def problem_batches(
-    tokenizer: PreTrainedTokenizerFast, seed: int, batch_size: int, chat: bool, ops: str = "+-"
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    batch_size: int,
+    chat: bool,
+    ops: str = "+-",
+    code: Callable[[Problem], str] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """An endless, seeded stream of training batches (train split only)."""
     rng = np.random.default_rng(seed)
     while True:
-        yield encode_rows(tokenizer, sample_problems(rng, batch_size, "train", ops=ops), chat)
+        yield encode_rows(tokenizer, sample_problems(rng, batch_size, "train", ops=ops), chat, code)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, decay_fraction: float = 0.2) -> float:

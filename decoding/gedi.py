@@ -1,0 +1,123 @@
+"""GeDi: a small class-conditional LM guides a large LM through Bayes' rule, token by token.
+
+Krause et al., "GeDi: Generative Discriminator Guided Sequence Generation", arXiv:2009.06367
+(METHODS §D5). The guide reads the text after a control code ``c`` (desired ``d`` or anti-control
+``ā``); for every candidate token ``v``::
+
+    L_c   = Σ_{j<t} log P_θ(x_j | x_<j, c)                  (prompt text + generated tokens)
+    ℓ_c(v) = a · (L_c + log P_θ(v | x_<t, c)) / t + b_c        (t counts tokens including v)
+    log P(d | v) = ℓ_d - logsumexp(ℓ_d, ℓ_ā)
+    score(v) = log_softmax(LM)(v) + ω · log P(d | v)
+
+then keeps ``V_m ∪ V_p``: ``V_m`` the fewest highest-posterior tokens whose ``softmax(score)``
+mass reaches ``ρ = 1 - filter_p``, ``V_p = {v : P(d|v) >= τ}``. Both classes run as one
+``2 x batch`` auxiliary forward with its own cache; ``L_c`` grows by the previous step's token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+
+from .auxiliary import AuxiliaryModel, check_same_vocab, log_probs, widen
+
+
+def gedi_posterior(
+    lp_desired: torch.Tensor,
+    lp_anti: torch.Tensor,
+    sum_desired: torch.Tensor,
+    sum_anti: torch.Tensor,
+    length: torch.Tensor,
+    scale: float = 1.0,
+    biases: tuple[float, float] = (0.0, 0.0),
+) -> torch.Tensor:
+    """``log P(d | v)`` ``[B, V]`` from each class's next-token log-probs and running sums ``L_c`` ``[B]``."""
+    ell_d = scale * (sum_desired[:, None] + lp_desired) / length[:, None] + biases[0]
+    ell_a = scale * (sum_anti[:, None] + lp_anti) / length[:, None] + biases[1]
+    return ell_d - torch.logaddexp(ell_d, ell_a)
+
+
+def gedi_filter(score: torch.Tensor, log_posterior: torch.Tensor, filter_p: float, target_p: float) -> torch.Tensor:
+    """Keep ``V_m ∪ V_p`` of ``score`` (others ``-inf``); see the module docstring."""
+    order = log_posterior.argsort(dim=-1, descending=True)
+    mass = torch.softmax(score, dim=-1).gather(-1, order)
+    keep_sorted = (mass.cumsum(-1) - mass) < (1.0 - filter_p)  # fewest tokens reaching ρ
+    v_m = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    v_p = log_posterior.exp() >= target_p
+    return score.masked_fill(~(v_m | v_p), float("-inf"))
+
+
+class GeDiLogitsProcessor(LogitsProcessor):
+    """GeDi guidance of ``generate`` by a class-conditional LM sharing the vocabulary.
+
+    Args:
+        tokenizer: the guided (main) model's tokenizer.
+        gedi_model: the class-conditional LM (trained on ``code + text``).
+        gedi_tokenizer: its tokenizer (same vocabulary).
+        prompts: the prompt texts as the guide should read them after the code, one per row.
+        desired_code, anti_code: the control-code strings prefixed to the text.
+        omega: ω, the posterior weight (30 in the reference code).
+        filter_p: ρ = 1 - filter_p is the ``V_m`` mass (0.8 in the reference code).
+        target_p: τ of ``V_p`` (0.8 in the reference code).
+        scale: ``a`` (learned in the reference; 1 here unless you trained one).
+        biases: ``(b_d, b_anti)``.
+
+    Example::
+
+        >>> proc = GeDiLogitsProcessor(tok, gedi, tok, prompts=["37-"], desired_code="n:", anti_code="p:")  # doctest: +SKIP
+        >>> large_base.generate(**tok(["37-"], return_tensors="pt"), logits_processor=[proc])   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        gedi_model: PreTrainedModel,
+        gedi_tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str],
+        desired_code: str,
+        anti_code: str,
+        omega: float = 30.0,
+        filter_p: float = 0.8,
+        target_p: float = 0.8,
+        scale: float = 1.0,
+        biases: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        for name, value in (("omega", omega), ("scale", scale), *zip(("b_d", "b_anti"), biases)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        for name, value in (("filter_p", filter_p), ("target_p", target_p)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if desired_code == anti_code:
+            raise ValueError("desired_code and anti_code must differ")
+        self.vocab_size = check_same_vocab({"main": tokenizer, "gedi": gedi_tokenizer})
+        self.omega, self.filter_p, self.target_p = float(omega), float(filter_p), float(target_p)
+        self.scale, self.biases = float(scale), (float(biases[0]), float(biases[1]))
+        # code tokens are not scored; this relies on code + text tokenising as code, then text
+        texts = [f"{code}{p}" for code in (desired_code, anti_code) for p in prompts]
+        starts = [len(gedi_tokenizer(code)["input_ids"]) for code in (desired_code, anti_code) for _ in prompts]
+        self.guide = AuxiliaryModel(gedi_model, gedi_tokenizer, texts, "gedi", score_prompt_from=starts)
+        self.text_lengths = torch.tensor(
+            [len(ids) - s for ids, s in zip(self.guide.prompt_ids, starts)][: len(prompts)], dtype=torch.float
+        )
+        self._sums: torch.Tensor | None = None  # [2, B]: L_d, L_anti
+        self._previous: torch.Tensor | None = None  # [2, B, V] last step's class log-probs
+        self._steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch = input_ids.shape[0]
+        lp = self.guide(torch.cat([input_ids, input_ids])).view(2, batch, -1)
+        if self._sums is None:
+            self._sums = self.guide.prompt_logprob.view(2, batch).float()
+        else:  # the token generated at the previous step joins both running sums
+            last = input_ids[:, -1].to(lp.device)
+            self._sums = self._sums + self._previous.gather(-1, last.expand(2, batch)[..., None])[..., 0]
+            self._steps += 1
+        self._previous = lp
+        length = self.text_lengths.to(lp.device) + self._steps + 1
+        log_post = gedi_posterior(lp[0], lp[1], self._sums[0], self._sums[1], length, self.scale, self.biases)
+        score = log_probs(scores, self.vocab_size) + self.omega * log_post
+        return widen(gedi_filter(score, log_post, self.filter_p, self.target_p), scores.shape[-1])

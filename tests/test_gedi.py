@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from align.testbed.gedi import CODES, build_sign_guide, negative_fraction, sign_code
+from align.testbed.arithmetic import Problem
+from decoding import GeDiLogitsProcessor, gedi_filter, gedi_posterior
+from naive import assert_same_decoding, full_logprobs, naive_greedy, processor_greedy
+
+PROMPTS = ["37-", "123-", "5-"]
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def guide(tiny_testbed):
+    return AutoModelForCausalLM.from_pretrained(build_sign_guide(tiny_testbed)).eval()
+
+
+def naive_gedi(tok, guide, text_prompt, generated, lp_main, omega, filter_p, target_p):
+    """Every class re-reads code + text from scratch; L_c summed token by token."""
+    posts = []
+    for code in (CODES["negative"], CODES["non-negative"]):
+        ids = tok(code + text_prompt)["input_ids"] + generated
+        start = len(tok(code)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(guide(input_ids=torch.tensor([ids])).logits[0, :, : len(tok)].float(), -1)
+        total = sum(float(lp[j - 1, ids[j]]) for j in range(start, len(ids)))
+        t = len(ids) - start + 1
+        posts.append((total + lp[-1]) / t)
+    log_post = posts[0] - torch.logaddexp(posts[0], posts[1])
+    score = lp_main + omega * log_post
+    order = sorted(range(len(score)), key=lambda v: -float(log_post[v]))
+    probs = torch.softmax(score, -1)
+    keep, mass = set(), 0.0
+    for v in order:
+        if mass >= 1 - filter_p:
+            break
+        keep.add(v)
+        mass += float(probs[v])
+    keep |= {v for v in range(len(score)) if float(log_post[v].exp()) >= target_p}
+    return torch.tensor([float(score[v]) if v in keep else -math.inf for v in range(len(score))])
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "batch3"])
+def test_gedi_equals_naive_recomputation(tiny_testbed, guide, prompts):
+    tok = tiny_testbed.tokenizer()
+    large = tiny_testbed.model("large-base")
+    omega, filter_p, target_p = 5.0, 0.8, 0.6
+    proc = GeDiLogitsProcessor(tok, guide, tok, prompts, CODES["negative"], CODES["non-negative"], omega, filter_p, target_p)
+    got = processor_greedy(large, tok, prompts, proc, STEPS)
+    expected = []
+    for prompt in prompts:  # one row at a time, no cache, no padding
+        generated, scores = [], []
+        for _ in range(STEPS):
+            lp_main = full_logprobs(large, tok(prompt)["input_ids"] + generated, len(tok))
+            s = naive_gedi(tok, guide, prompt, generated, lp_main, omega, filter_p, target_p)
+            scores.append(s)
+            generated.append(int(s.argmax()))
+            if generated[-1] == tok.eos_token_id:
+                break
+        expected.append((generated, scores))
+    assert_same_decoding(got, expected)
+
+
+def test_no_weight_no_filter_reproduces_the_model(tiny_testbed, guide):
+    tok = tiny_testbed.tokenizer()
+    large = tiny_testbed.model("large-base")
+    proc = GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "p:", omega=0.0, filter_p=1.0, target_p=0.0)
+    got = processor_greedy(large, tok, PROMPTS, proc, STEPS)
+    assert_same_decoding(got, naive_greedy(tok, {"main": (large, PROMPTS)}, lambda lp: lp["main"], STEPS))
+
+
+def test_posterior_and_filter_by_hand():
+    half = torch.log(torch.tensor([[0.5, 0.5]]))
+    post = gedi_posterior(half, half, torch.zeros(1), torch.zeros(1), torch.ones(1))
+    torch.testing.assert_close(post.exp(), torch.full((1, 2), 0.5))
+    # class d explains token 0 four times better: P(d|0) = 0.8 at t = 1
+    post = gedi_posterior(torch.log(torch.tensor([[0.8, 0.2]])), torch.log(torch.tensor([[0.2, 0.8]])), torch.zeros(1), torch.zeros(1), torch.ones(1))
+    torch.testing.assert_close(post.exp(), torch.tensor([[0.8, 0.2]]))
+    score = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    log_post = torch.log(torch.tensor([[0.9, 0.2, 0.5]]))
+    # ρ = 0.05: the highest-posterior token alone (mass 0.1) reaches it; τ = 0.5 adds token 2
+    out = gedi_filter(score, log_post, filter_p=0.95, target_p=0.5)
+    assert torch.isfinite(out).tolist() == [[True, False, True]]
+
+
+def test_errors(tiny_testbed, guide):
+    tok = tiny_testbed.tokenizer()
+    with pytest.raises(ValueError, match="omega must be finite"):
+        GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "p:", omega=math.nan)
+    with pytest.raises(ValueError, match="filter_p must be in"):
+        GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "p:", filter_p=1.5)
+    with pytest.raises(ValueError, match="must differ"):
+        GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "n:")
+
+
+def test_sign_attribute_helpers():
+    assert sign_code(Problem(3, "-", 5)) == "n:" and sign_code(Problem(5, "-", 3)) == "p:"
+    stats = negative_fraction(["37-", "5-", "2+"], ["485=-448", "3=2", "2=5"])
+    assert stats == {"negative": 1 / 3, "correct": 2 / 3}
