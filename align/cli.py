@@ -74,7 +74,7 @@ commands:
   testbed build       build the offline testbed (--profile full|tiny)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
-  generate            run a decoding method (plain, eft, dlf, steer, negative, refusal) on a prompt file
+  generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.

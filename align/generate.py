@@ -27,12 +27,12 @@ from typing import Any, Literal
 from .config import ConfigError
 from .io import atomic_write_jsonl
 
-Method = Literal["plain", "eft", "dlf", "steer", "negative", "refusal"]
+Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal"]
 
 
 @dataclass
 class GenerateArgs:
-    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative or refusal"})
+    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi or refusal"})
     prompts: str = field(default="", metadata={"help": "a .txt file (one prompt a line) or .jsonl file"})
     prompt_field: str = field(default="prompt", metadata={"help": "JSONL field with the prompt (text or messages)"})
     output: str = field(default="runs/generate/output.jsonl", metadata={"help": "JSONL written atomically"})
@@ -51,6 +51,10 @@ class GenerateArgs:
     negative_model: str | None = field(default=None, metadata={"help": "negative: model for the negative prompt"})
     negative_prompt: str = field(default="", metadata={"help": "negative: the negative prompt text"})
     guidance_scale: float = field(default=1.5, metadata={"help": "negative: gamma"})
+    gedi_model: str | None = field(default=None, metadata={"help": "gedi: the class-conditional guide"})
+    desired_code: str = field(default="", metadata={"help": "gedi: control code of the desired class"})
+    anti_code: str = field(default="", metadata={"help": "gedi: control code of the anti class"})
+    omega: float = field(default=30.0, metadata={"help": "gedi: posterior weight"})
     threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
     chat_models: list[str] = field(default_factory=list, metadata={"help": "non-testbed models that read chat"})
     profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
@@ -64,7 +68,12 @@ class GenerateArgs:
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("prompts: give a .txt or .jsonl prompt file")
-        needs = {"eft": ["tuned"], "dlf": ["small_base", "experts"], "negative": ["negative_prompt"]}
+        needs = {
+            "eft": ["tuned"],
+            "dlf": ["small_base", "experts"],
+            "negative": ["negative_prompt"],
+            "gedi": ["gedi_model", "desired_code", "anti_code"],
+        }
         for key in needs.get(self.method, []):
             if not getattr(self, key):
                 raise ConfigError(f"method {self.method!r} needs {key!r}")
@@ -72,7 +81,7 @@ class GenerateArgs:
             raise ConfigError("method 'steer' with gamma != 0 needs 'base'")
         if self.method == "steer" and self.eta and not self.negative_examples:
             raise ConfigError("method 'steer' with eta != 0 needs 'negative_examples'")
-        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature"):
+        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature", "omega"):
             values = getattr(self, key)
             for v in values if isinstance(values, list) else [values]:
                 if not math.isfinite(v):
@@ -149,6 +158,7 @@ def run_generate(args: GenerateArgs) -> Path:
         AuxiliaryModel,
         DLFLogitsProcessor,
         EFTLogitsProcessor,
+        GeDiLogitsProcessor,
         NegativePool,
         NegativePromptLogitsProcessor,
         RefusalTokenLogitsProcessor,
@@ -161,7 +171,7 @@ def run_generate(args: GenerateArgs) -> Path:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     store = ModelStore(args)
     for ref in [args.model, *args.tuned, *args.experts] + [
-        r for r in (args.reference, args.small_base, args.base, args.negative_model) if r
+        r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model) if r
     ]:
         store.path_and_format(ref)  # every reference resolves before any model loads
     main, tok = store.load(args.model)
@@ -190,6 +200,10 @@ def run_generate(args: GenerateArgs) -> Path:
         if args.method == "negative":
             neg = aux(args.negative_model or args.model, slice(0, n), [args.negative_prompt] * n)
             return [NegativePromptLogitsProcessor(tok, neg, args.guidance_scale)]
+        if args.method == "gedi":
+            guide, guide_tok = store.load(args.gedi_model)
+            texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts[rows]]
+            return [GeDiLogitsProcessor(tok, guide, guide_tok, texts, args.desired_code, args.anti_code, args.omega)]
         if args.method == "refusal":
             return [RefusalTokenLogitsProcessor(tok, threshold=args.threshold)]
         return []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
+
 import torch
 
 
@@ -36,3 +40,48 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of ``softmax(logits)`` over the last axis, computed in fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(samples: Sequence[Sequence[str]], n: int) -> float:
+    """Unique / total n-grams over a set of tokenised samples (METHODS §E3); 0 when there are none.
+
+    Example:
+        >>> distinct_n([["a", "b", "a", "b"]], 2)   # ab, ba, ab -> 2 unique of 3
+        0.6666666666666666
+    """
+    grams = [g for s in samples for g in ngrams(s, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def bleu(candidate: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Sentence BLEU-``max_n`` with uniform weights, clipped counts and the brevity penalty.
+
+    Zero n-gram matches are smoothed to 0.1 / total ("method 1"), so short samples score > 0.
+    """
+    if not candidate:
+        return 0.0
+    log_precision = 0.0
+    for n in range(1, max_n + 1):
+        cand = Counter(ngrams(candidate, n))
+        total = sum(cand.values())
+        if total == 0:
+            return 0.0
+        best: Counter = Counter()
+        for ref in references:
+            best |= Counter(ngrams(ref, n))
+        matches = sum(min(c, best[g]) for g, c in cand.items())
+        log_precision += math.log((matches or 0.1) / total) / max_n
+    closest = min((abs(len(r) - len(candidate)), len(r)) for r in references)[1]
+    brevity = 1.0 if len(candidate) > closest else math.exp(1 - closest / len(candidate))
+    return brevity * math.exp(log_precision)
+
+
+def self_bleu(samples: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Mean BLEU of each sample against all the others (lower = more diverse)."""
+    if len(samples) < 2:
+        raise ValueError("self-BLEU needs at least two samples")
+    return sum(bleu(s, samples[:i] + samples[i + 1 :], max_n) for i, s in enumerate(samples)) / len(samples)

@@ -103,7 +103,107 @@ def dlf_vs_fixed(tb: Testbed, n: int) -> Result:
     }
 
 
-CLAIMS: dict[str, Callable[[Testbed, int], Result]] = {"eft-upscaling": eft_upscaling, "dlf-vs-fixed": dlf_vs_fixed}
+def gedi_steering(tb: Testbed, n: int) -> Result:
+    """GeDi 2009.06367: a small class-conditional guide steers the large base towards an attribute.
+
+    Attribute: completing ``a-`` into an equation with a negative result (the guide is trained by
+    :func:`align.testbed.gedi.build_sign_guide`, cached beside the testbed).
+    """
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from decoding import GeDiLogitsProcessor
+    from decoding.generate import generate_with
+
+    from .testbed.gedi import CODES, build_sign_guide, negative_fraction
+
+    tok = tb.tokenizer()
+    guide = AutoModelForCausalLM.from_pretrained(build_sign_guide(tb)).eval()
+    large = tb.model("large-base")
+    prompts = [f"{a}-" for a in np.random.default_rng(0).integers(10, 1000, n).tolist()]
+    greedy = {"do_sample": False, "max_new_tokens": 10}
+
+    def guided(desired: str, anti: str) -> dict[str, float]:
+        def processors(rows: slice) -> list:
+            return [GeDiLogitsProcessor(tok, guide, tok, prompts[rows], desired, anti)]
+
+        return negative_fraction(prompts, [t for t, _ in generate_with(large, tok, prompts, processors, **greedy)])
+
+    plain = negative_fraction(prompts, [t for t, _ in generate_with(large, tok, prompts, **greedy)])
+    towards = guided(CODES["negative"], CODES["non-negative"])
+    away = guided(CODES["non-negative"], CODES["negative"])
+    return {
+        "claim": "GeDi guidance raises the share of completions with the desired attribute (a negative result)",
+        "metric": f"fraction of {n} greedy completions of 'a-' whose result is negative (omega=30, filter_p=0.8, tau=0.8)",
+        "value": towards["negative"],
+        "baseline": plain["negative"],
+        "holds": towards["negative"] > plain["negative"],
+        "sweep": {"plain": plain, "towards negative": towards, "away from negative": away},
+    }
+
+
+def steer_diversity(tb: Testbed, n: int) -> Result:
+    """STEER 2308.07645: contrastive guidance + negative prompting is more diverse than sampling.
+
+    Task: free-running generation of equations by the large base (the "expert"), contrasted with
+    the small base; the negative pool starts with 64 training equations and grows with outputs.
+    Coherence: the share of generated equations that are arithmetically right.
+    """
+    from decoding import AuxiliaryModel, NegativePool, SteerLogitsProcessor
+    from decoding.generate import generate_with
+
+    from .metrics import distinct_n, self_bleu
+    from .testbed import sample_problems
+    from .testbed.gedi import negative_fraction
+
+    import numpy as np
+
+    tok = tb.tokenizer()
+    large, small = tb.model("large-base"), tb.model("small-base")
+    prompts = [""] * n
+    real = [f"{p.prompt}{p.answer}" for p in sample_problems(np.random.default_rng(0), 64, "train", digits=(2, 3))]
+    pool = NegativePool(real, k=10, seed=0)
+    sampling = {"do_sample": True, "temperature": 1.0, "top_k": None, "max_new_tokens": 16}
+
+    def steer(rows: slice) -> list:
+        size = len(range(*rows.indices(n)))
+        negatives = AuxiliaryModel(large, tok, [pool.sample() for _ in range(size)], "negative")
+        return [SteerLogitsProcessor(tok, AuxiliaryModel(small, tok, prompts[rows], "base"), negatives)]
+
+    def stats(outputs: list[tuple[str, bool]]) -> dict[str, float]:
+        texts = [t for t, _ in outputs]
+        chars = [list(t) for t in texts]
+        equations = [t.split("=")[0] + "=" for t in texts]
+        return {
+            **{f"distinct_{k}": round(distinct_n(chars, k), 4) for k in (1, 2, 3, 4)},
+            "self_bleu": round(self_bleu(chars), 4),
+            "correct": round(negative_fraction(equations, [t[len(e) :] for t, e in zip(texts, equations)])["correct"], 4),
+        }
+
+    import torch
+
+    torch.manual_seed(0)
+    plain = stats(generate_with(large, tok, prompts, batch_size=16, **sampling))
+    torch.manual_seed(0)
+    grow = lambda rows, out: pool.add(t for t, _ in out)  # noqa: E731
+    steered = stats(generate_with(large, tok, prompts, steer, batch_size=16, on_batch=grow, **sampling))
+    coherent = steered["correct"] >= plain["correct"] - 0.05
+    return {
+        "claim": "STEER samples are more diverse (higher distinct-4, lower self-BLEU) than plain sampling at matched coherence",
+        "metric": f"distinct-4 over {n} sampled equations (char n-grams); coherence = share arithmetically right",
+        "value": steered["distinct_4"],
+        "baseline": plain["distinct_4"],
+        "holds": steered["distinct_4"] > plain["distinct_4"] and steered["self_bleu"] < plain["self_bleu"] and coherent,
+        "sweep": {"plain sampling": plain, "steer (gamma=0.2, eta=0.6, top_k=10)": steered},
+    }
+
+
+CLAIMS: dict[str, Callable[[Testbed, int], Result]] = {
+    "eft-upscaling": eft_upscaling,
+    "dlf-vs-fixed": dlf_vs_fixed,
+    "gedi-steering": gedi_steering,
+    "steer-diversity": steer_diversity,
+}
 
 
 def reproduce(name: str, tb: Testbed, n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:

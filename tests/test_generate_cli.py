@@ -34,9 +34,14 @@ def args(tiny_testbed, prompt_file, tmp_path, **kw):
         ("dlf", {"model": "testbed:large-base", "small_base": "testbed:small-base", "experts": ["testbed:small-expert-add", "testbed:small-expert-sub"]}),
         ("steer", {"base": "testbed:small-base", "negative_examples": "data/preference/standard-train.jsonl", "do_sample": True}),
         ("negative", {"negative_prompt": "1-1="}),
+        ("gedi", {"model": "testbed:large-base", "gedi_model": "GUIDE", "desired_code": "n:", "anti_code": "p:"}),
     ],
 )
 def test_every_method_writes_jsonl(tiny_testbed, prompt_file, tmp_path, method, extra):
+    if extra.get("gedi_model") == "GUIDE":
+        from align.testbed.gedi import build_sign_guide
+
+        extra = {**extra, "gedi_model": str(build_sign_guide(tiny_testbed))}
     path = run_generate(args(tiny_testbed, prompt_file, tmp_path, method=method, **extra))
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == PROMPTS
