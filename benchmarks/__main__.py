@@ -143,8 +143,35 @@ def main() -> None:
     from align.io import atomic_write_text
 
     path = atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(result, indent=2))
+    record_row(args, result["results"])
     print(json.dumps(result["results"], indent=2))
-    print(f"written: {path}")
+    print(f"written: {path} and a row in {RESULTS_MD}")
+
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+HISTORY = "## History (one row per run, appended by `python -m benchmarks`)"
+
+
+def _flatten(values: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def record_row(args: argparse.Namespace, results: dict) -> None:
+    """Append this run to the history table of RESULTS.md (atomically)."""
+    from align.io import atomic_write_text
+
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+    if HISTORY not in text:
+        text = text.rstrip("\n") + f"\n\n{HISTORY}\n\n| date | command | results |\n|---|---|---|\n"
+    command = f"python -m benchmarks {args.name} --profile {args.profile} --threads {args.threads}"
+    row = f"| {time.strftime('%Y-%m-%d')} | `{command}` | {', '.join(_flatten(results))} |\n"
+    atomic_write_text(RESULTS_MD, text.rstrip("\n") + "\n" + row)
 
 
 if __name__ == "__main__":

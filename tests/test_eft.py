@@ -169,3 +169,32 @@ def test_pure_function_and_top_p_mask():
     assert top_p_mask(probs, 0.45).tolist() == [[True, False, False, False]]
     assert top_p_mask(probs, 0.55).tolist() == [[True, True, False, False]]
     assert top_p_mask(probs, 0.99).tolist() == [[True, True, True, True]]
+
+
+def test_padded_logit_rows_and_bf16_auxiliary(tiny_testbed, models):
+    """An auxiliary with 32 extra (random) logit rows and bf16 weights: its rows beyond the
+    tokenizer are dropped and its log-probs are computed in fp32."""
+    tok = tiny_testbed.tokenizer()
+    padded = tiny_testbed.model("small-instruct")
+    padded.resize_token_embeddings(len(tok) + 32, mean_resizing=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        padded.lm_head.weight[len(tok) :] = torch.randn(32, padded.config.hidden_size) * 10  # loud garbage
+    half = tiny_testbed.model("small-base").to(torch.bfloat16)
+    proc = EFTLogitsProcessor(
+        tok, tuned=[AuxiliaryModel(padded, tok, chat(PROMPTS), "padded")], reference=AuxiliaryModel(half, tok, PROMPTS, "bf16")
+    )
+    got = processor_greedy(models["large-base"], tok, PROMPTS, proc, STEPS)
+    assert all(s.dtype == torch.float32 for _, scores in got for s in scores)
+
+    def formula(lp):
+        z = lp["main"] + lp["tuned"] - lp["ref"]
+        return z - torch.logsumexp(z, -1)
+
+    expected = naive_greedy(
+        tok,
+        {"main": (models["large-base"], PROMPTS), "tuned": (padded, chat(PROMPTS)), "ref": (half, PROMPTS)},
+        formula,
+        STEPS,
+    )
+    assert_same_decoding(got, expected, atol=1e-3)
