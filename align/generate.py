@@ -33,8 +33,11 @@ Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal"]
 @dataclass
 class GenerateArgs:
     method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi or refusal"})
-    prompts: str = field(default="", metadata={"help": "a .txt file (one prompt a line) or .jsonl file"})
-    prompt_field: str = field(default="prompt", metadata={"help": "JSONL field with the prompt (text or messages)"})
+    prompts: str = field(
+        default="", metadata={"help": "a .txt file (one prompt a line), a .jsonl file, or a datasets.save_to_disk dir"}
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "JSONL/dataset field with the prompt"})
+    split: str = field(default="eval", metadata={"help": "split to read when prompts is a saved DatasetDict"})
     output: str = field(default="runs/generate/output.jsonl", metadata={"help": "JSONL written atomically"})
     model: str = field(default="testbed:small-instruct", metadata={"help": "the model generate() runs on"})
     tuned: list[str] = field(default_factory=list, metadata={"help": "eft: tuned models"})
@@ -90,9 +93,21 @@ class GenerateArgs:
             raise ConfigError("max_new_tokens and batch_size must be >= 1")
 
 
-def read_prompts(path: str | Path, field_name: str = "prompt") -> list[Any]:
-    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` file (``field_name`` of each row)."""
+def read_prompts(path: str | Path, field_name: str = "prompt", split: str = "eval") -> list[Any]:
+    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` file (``field_name`` of each row), or
+    from a dataset saved with ``save_to_disk`` (a ``DatasetDict`` is read at ``split``)."""
     path = Path(path)
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            if split not in ds:
+                raise ConfigError(f"prompts: {path} has splits {', '.join(ds)}, not {split!r}")
+            ds = ds[split]
+        if field_name not in ds.column_names:
+            raise ConfigError(f"prompts: {path} has no column {field_name!r} (columns: {', '.join(ds.column_names)})")
+        return list(ds[field_name])
     if not path.is_file():
         raise ConfigError(f"prompts: {path} does not exist")
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -166,7 +181,7 @@ def run_generate(args: GenerateArgs) -> Path:
     )
     from decoding.generate import generate_with
 
-    prompts = read_prompts(args.prompts, args.prompt_field)
+    prompts = read_prompts(args.prompts, args.prompt_field, args.split)
     if not prompts:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     store = ModelStore(args)

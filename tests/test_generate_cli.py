@@ -85,3 +85,21 @@ def test_shipped_configs_parse():
 
     for name in ("configs/generate-eft.yaml", "configs/generate-steer.yaml"):
         assert parse_config(GenerateArgs, ["--config", name]).method in ("eft", "steer")
+
+
+def test_prompts_from_a_saved_dataset(tiny_testbed, tmp_path):
+    from align.testbed.datasets import self_correction
+
+    ds = self_correction(6, 3, conversational=True)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    prompts = read_prompts(tmp_path / "ds", "prompt", "eval")
+    assert prompts == ds["eval"]["prompt"] and isinstance(prompts[0], list)
+    with pytest.raises(ConfigError, match="not 'test'"):
+        read_prompts(tmp_path / "ds", "prompt", "test")
+    with pytest.raises(ConfigError, match="no column 'problem'"):
+        read_prompts(tmp_path / "ds", "problem", "eval")
+    out = run_generate(
+        GenerateArgs(prompts=str(tmp_path / "ds"), output=str(tmp_path / "o.jsonl"), profile="tiny",
+                     cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=3)
+    )
+    assert len(out.read_text().splitlines()) == 3
