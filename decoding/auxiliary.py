@@ -135,6 +135,16 @@ class AuxiliaryModel:
             mask[i, width - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def bind(self, main_prompt: torch.Tensor) -> None:
+        """Fix where the main prompt ends without running the model yet.
+
+        A model first needed later (EAD's large model) then prefills its own prompt and every
+        token generated so far in one forward.
+        """
+        if self._main_prompt is not None:
+            raise RuntimeError(f"{self.name}: already bound to a generate() call")
+        self._main_prompt = main_prompt.clone()
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[0] != self.batch_size:
@@ -144,18 +154,23 @@ class AuxiliaryModel:
             )
         if self._main_prompt is None:
             self._main_prompt = input_ids.clone()
-            feed, self._mask = self._start()
+        start = self._main_prompt.shape[1]
+        fresh = self._cache is None
+        if input_ids.shape[1] < start + self._seen + (0 if fresh else 1) or not torch.equal(
+            input_ids[:, :start], self._main_prompt
+        ):
+            raise RuntimeError(
+                f"{self.name}: this auxiliary model (and its processor) already served another generate() "
+                "call; build a new processor for every call"
+            )
+        new = input_ids[:, start + self._seen :].to(self.device)
+        self._seen += new.shape[1]
+        if fresh:
+            prompt, mask = self._start()
+            feed, self._mask = torch.cat([prompt, new], dim=1), torch.cat([mask, torch.ones_like(new)], dim=1)
             self._cache = DynamicCache()
         else:
-            start = self._main_prompt.shape[1]
-            if input_ids.shape[1] <= start + self._seen or not torch.equal(input_ids[:, :start], self._main_prompt):
-                raise RuntimeError(
-                    f"{self.name}: this auxiliary model (and its processor) already served another generate() "
-                    "call; build a new processor for every call"
-                )
-            feed = input_ids[:, start + self._seen :].to(self.device)
-            self._seen += feed.shape[1]
-            self._mask = torch.cat([self._mask, torch.ones_like(feed)], dim=1)
+            feed, self._mask = new, torch.cat([self._mask, torch.ones_like(new)], dim=1)
         positions = (self._mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1] :]
         score_prompt = self.score_prompt_from is not None and self.prompt_logprob is None
         out = self.model(
@@ -167,7 +182,8 @@ class AuxiliaryModel:
             logits_to_keep=0 if score_prompt else 1,
         )
         if score_prompt:
-            self.prompt_logprob = self._score_prompt(feed, out.logits).to(input_ids.device)
+            width = feed.shape[1] - new.shape[1]
+            self.prompt_logprob = self._score_prompt(feed[:, :width], out.logits[:, :width]).to(input_ids.device)
         return log_probs(out.logits[:, -1], self.vocab_size).to(input_ids.device)
 
     def _score_prompt(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,19 @@
 import string
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from align.testbed.tokenizer import CHARACTERS, build_tokenizer, chat_text
+from align.testbed.tokenizer import CHARACTERS, SPECIAL_TOKENS, build_tokenizer, chat_text
 
 TOK = build_tokenizer()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # CI must not draw new cases
 @given(st.text(alphabet=CHARACTERS, max_size=60))
 def test_round_trip_one_id_per_character(text):
+    # text spelling a special token ("<eos>") is that token, as in every HF tokenizer
+    assume(not any(special in text for special in SPECIAL_TOKENS))
     ids = TOK(text)["input_ids"]
     assert ids[0] == TOK.bos_token_id  # plain calls add <bos>, like Llama tokenizers
     assert len(ids) == len(text) + 1

@@ -1,0 +1,204 @@
+"""Entropy Adaptive Decoding (EAD): decode with a small model, switch to a large one while the
+rolling next-token entropy is high.
+
+"Entropy Adaptive Decoding", arXiv:2502.06833 (METHODS §D3; no reference code exists, the
+mechanics follow third-party summaries and are [unverified]). After each emitted token::
+
+    H_t = -Σ_v p(v) log2 p(v)        (bits, raw pre-temperature distribution of the emitting model)
+    H̄_t = mean of the last `window` H   (the window mixes both models)
+    small → large if H̄_t >= τ;  large → small if H̄_t <= τ;  only after >= min_tokens on the current model
+
+Each model is an :class:`~decoding.auxiliary.AuxiliaryModel` with its own prompt and KV cache; a
+model that was idle catches up on the tokens it has not seen in one prefill forward when it is
+needed again (``catchup_tokens`` counts them; the paper ignores this cost).
+
+**Batches.** Rows decide independently. Both caches hold every row, so a model that at least one
+row needs runs one batched forward over all rows: the rows that do not need it catch up for free
+at that step, and no cache is ever split or re-aligned. Rows on different models therefore cost
+two forwards per step; the accounting counts tokens by the model that *emitted* them.
+
+Cost: ``C = (n_S c_S + n_L c_L) / (n c_L)`` with per-token costs ``c`` (default: each model's
+forward FLOPs per token), so ``1 - C`` is the saving against large-only decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.utils import ModelOutput
+
+from .auxiliary import AuxiliaryModel
+
+LOG2 = math.log(2.0)
+
+
+def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits of ``[B, V]`` log-probabilities."""
+    return -(logprobs.exp() * logprobs).nan_to_num().sum(-1) / LOG2
+
+
+@dataclass
+class EADOutput(ModelOutput):
+    """Generated ids (prompt included) and the switching accounting, per row and in total."""
+
+    sequences: torch.LongTensor | None = None
+    model_per_token: torch.LongTensor | None = None  # [B, new]: 0 small, 1 large, -1 after EOS
+    tokens_small: torch.LongTensor | None = None  # [B]
+    tokens_large: torch.LongTensor | None = None
+    switches: torch.LongTensor | None = None
+    catchup_tokens: int = 0  # tokens prefilled into a model beyond the one it had to read
+    large_fraction: float = 0.0
+    cost_ratio: float = 0.0
+    entropies: torch.Tensor | None = None  # [B, new] bits
+    extra: dict = field(default_factory=dict)
+
+
+def flops_per_token(model: PreTrainedModel) -> float:
+    return 2.0 * (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel())
+
+
+@torch.no_grad()
+def entropy_adaptive_generate(
+    small: AuxiliaryModel,
+    large: AuxiliaryModel,
+    input_ids: torch.LongTensor,
+    tau: float,
+    window: int = 5,
+    min_tokens: int = 10,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    costs: tuple[float, float] | None = None,
+) -> EADOutput:
+    """EAD as a plain function over two auxiliary models.
+
+    Args:
+        small, large: the two models, each with its own prompts (one per row of ``input_ids``).
+        input_ids: the sequences generation extends (the small model's prompts, left padded);
+            only their length and the generated tokens appended to them matter to the models.
+        tau: the entropy threshold in bits; window, min_tokens: see the module docstring.
+        logits_processor: applied to the chosen model's log-probs before picking (e.g. the
+            temperature/top-k warpers ``generate`` builds); entropy is taken before it.
+        costs: per-token costs ``(c_S, c_L)``; default: forward FLOPs per token.
+
+    Example::
+
+        >>> out = entropy_adaptive_generate(AuxiliaryModel(small, tok, chat, "small"),
+        ...     AuxiliaryModel(large, tok, chat, "large"), enc["input_ids"], tau=1.0,
+        ...     window=1, min_tokens=0, max_new_tokens=8, eos_token_id=tok.eos_token_id)  # doctest: +SKIP
+        >>> out.large_fraction, out.cost_ratio                                              # doctest: +SKIP
+    """
+    if not (math.isfinite(tau) and window >= 1 and min_tokens >= 0):
+        raise ValueError(f"need a finite tau, window >= 1 and min_tokens >= 0 (got {tau}, {window}, {min_tokens})")
+    batch = input_ids.shape[0]
+    processors = logits_processor or LogitsProcessorList()
+    for aux in (small, large):
+        aux.bind(input_ids)
+    on_large = torch.zeros(batch, dtype=torch.bool)
+    run_length = torch.zeros(batch, dtype=torch.long)  # tokens emitted on the current model
+    history = [deque(maxlen=window) for _ in range(batch)]
+    unfinished = torch.ones(batch, dtype=torch.bool)
+    chosen_models, entropies = [], []
+    switches = torch.zeros(batch, dtype=torch.long)
+    catchup = 0
+    for _ in range(max_new_tokens):
+        logprobs = torch.empty(batch, small.vocab_size)
+        for aux, rows in ((small, ~on_large), (large, on_large)):
+            if rows.any():
+                before = aux.state()["generated_tokens"]
+                lp = aux(input_ids)
+                fed = aux.state()["generated_tokens"] - before
+                catchup += max(0, fed - 1)
+                logprobs[rows] = lp[rows]
+        h = entropy_bits(logprobs)
+        scores = processors(input_ids, logprobs.clone())
+        if do_sample:
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1)[:, 0]
+        else:
+            token = scores.argmax(-1)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        chosen_models.append(torch.where(unfinished, on_large.long(), torch.full_like(token, -1)))
+        entropies.append(torch.where(unfinished, h, torch.full_like(h, float("nan"))))
+        input_ids = torch.cat([input_ids, token[:, None].to(input_ids.device)], dim=1)
+        # decide the model for the next token from the rolling entropy of emitted tokens
+        run_length += 1
+        for row in range(batch):
+            history[row].append(float(h[row]))
+            mean = sum(history[row]) / len(history[row])
+            if run_length[row] < min_tokens:
+                continue
+            if (not on_large[row] and mean >= tau) or (on_large[row] and mean <= tau):
+                on_large[row] = not on_large[row]
+                run_length[row] = 0
+                switches[row] += int(unfinished[row])
+        if stopping_criteria is not None:
+            unfinished &= ~stopping_criteria(input_ids, scores).cpu()
+        elif eos_token_id is not None:
+            unfinished &= token.cpu() != eos_token_id
+        if not unfinished.any():
+            break
+    per_token = torch.stack(chosen_models, dim=1)
+    n_small, n_large = (per_token == 0).sum(1), (per_token == 1).sum(1)
+    total = int(n_small.sum() + n_large.sum())
+    c_s, c_l = costs if costs is not None else (flops_per_token(small.model), flops_per_token(large.model))
+    return EADOutput(
+        sequences=input_ids,
+        model_per_token=per_token,
+        tokens_small=n_small,
+        tokens_large=n_large,
+        switches=switches,
+        catchup_tokens=catchup,
+        large_fraction=float(n_large.sum()) / max(1, total),
+        cost_ratio=(float(n_small.sum()) * c_s + float(n_large.sum()) * c_l) / max(1, total) / c_l,
+        entropies=torch.stack(entropies, dim=1),
+    )
+
+
+def ead_generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    streamer=None,
+    large: AuxiliaryModel | None = None,
+    tau: float = 1.0,
+    window: int = 5,
+    min_tokens: int = 10,
+    costs: tuple[float, float] | None = None,
+    **model_kwargs,
+) -> EADOutput:
+    """``model.generate(..., custom_generate=ead_generate, large=AuxiliaryModel(...), tau=...)``.
+
+    ``model`` is the small model and reads the prompts passed to ``generate``; ``large`` brings
+    its own prompts. Returns an :class:`EADOutput` (``sequences`` plus the accounting).
+    """
+    if large is None:
+        raise ValueError("EAD needs the large model: generate(..., custom_generate=ead_generate, large=AuxiliaryModel(...))")
+    mask = model_kwargs.get("attention_mask")
+    mask = torch.ones_like(input_ids) if mask is None else mask
+    prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
+    small = AuxiliaryModel(model, large.tokenizer, prompts, "small")
+    generated_limit = generation_config.max_new_tokens or (generation_config.max_length - input_ids.shape[1])
+    return entropy_adaptive_generate(
+        small,
+        large,
+        input_ids,
+        tau,
+        window,
+        min_tokens,
+        generated_limit,
+        bool(generation_config.do_sample),
+        logits_processor,
+        stopping_criteria,
+        pad_token_id=generation_config._pad_token_tensor.item() if generation_config._pad_token_tensor is not None else 0,
+        costs=costs,
+    )
