@@ -9,11 +9,13 @@ auxiliary models, each reading its own prompt through its own KV cache (:class:`
 | CFG-style negative prompting | 2306.17806 | :class:`NegativePromptLogitsProcessor` |
 | refusal-token control | 2412.06748 | :class:`RefusalTokenLogitsProcessor` |
 | GeDi (class-conditional guide) | 2009.06367 | :class:`GeDiLogitsProcessor` |
+| entropy adaptive decoding | 2502.06833 | :func:`entropy_adaptive_generate`, :func:`ead_generate` |
 """
 
 from .auxiliary import AuxiliaryModel, check_same_vocab, encode_prompts, log_probs, widen
 from .dlf import DLFLogitsProcessor, dlf_select
 from .gedi import GeDiLogitsProcessor, gedi_filter, gedi_posterior
+from .ead import EADOutput, ead_generate, entropy_adaptive_generate, entropy_bits
 from .eft import EFTLogitsProcessor, eft_logprobs, top_p_mask
 from .negative_prompt import NegativePromptLogitsProcessor, guided_logprobs
 from .refusal import RefusalTokenLogitsProcessor, strip_control_tokens
@@ -22,6 +24,7 @@ from .steer import NegativePool, SteerLogitsProcessor, steer_logprobs
 __all__ = [
     "AuxiliaryModel",
     "DLFLogitsProcessor",
+    "EADOutput",
     "EFTLogitsProcessor",
     "GeDiLogitsProcessor",
     "NegativePool",
@@ -31,7 +34,10 @@ __all__ = [
     "check_same_vocab",
     "dlf_select",
     "eft_logprobs",
+    "ead_generate",
     "encode_prompts",
+    "entropy_adaptive_generate",
+    "entropy_bits",
     "gedi_filter",
     "gedi_posterior",
     "guided_logprobs",

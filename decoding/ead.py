@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
-from transformers.utils import ModelOutput
 
 from .auxiliary import AuxiliaryModel
 
@@ -42,7 +41,7 @@ def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class EADOutput(ModelOutput):
+class EADOutput:
     """Generated ids (prompt included) and the switching accounting, per row and in total."""
 
     sequences: torch.LongTensor | None = None
@@ -54,7 +53,6 @@ class EADOutput(ModelOutput):
     large_fraction: float = 0.0
     cost_ratio: float = 0.0
     entropies: torch.Tensor | None = None  # [B, new] bits
-    extra: dict = field(default_factory=dict)
 
 
 def flops_per_token(model: PreTrainedModel) -> float:
