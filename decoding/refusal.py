@@ -115,6 +115,11 @@ class RefusalTokenLogitsProcessor(LogitsProcessor):
         self._prompt: torch.Tensor | None = None
         self.decisions: torch.Tensor | None = None  # forced id per row at step 0 (KEEP = model's own)
 
+    @property
+    def acted(self) -> bool:
+        """Whether the step-0 decision has been made (the processor passes through afterwards)."""
+        return self._prompt is not None
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._prompt is not None:
             n = self._prompt.shape[1]
