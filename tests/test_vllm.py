@@ -64,3 +64,18 @@ def test_greedy_vllm_equals_transformers(engine, tiny_testbed, chat):
         if tokenizer.eos_token_id in expected:
             expected = expected[: expected.index(tokenizer.eos_token_id) + 1]
         assert got == expected, (tokenizer.decode(ids), tokenizer.decode(got), tokenizer.decode(expected))
+
+
+def test_align_generate_vllm_backend_equals_transformers(tiny_testbed, tmp_path):
+    import json
+
+    from align.generate import GenerateArgs, run_generate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("37+485=\n12-7=\n999+1=\n")
+    common = dict(prompts=str(prompts), model="testbed:small-instruct", profile="tiny",
+                  cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=6)
+    hf = run_generate(GenerateArgs(**common, output=str(tmp_path / "hf.jsonl")))
+    vl = run_generate(GenerateArgs(**common, output=str(tmp_path / "vllm.jsonl"), backend="vllm"))
+    rows = [[json.loads(l)["output"] for l in p.read_text().splitlines()] for p in (hf, vl)]
+    assert rows[0] == rows[1]
