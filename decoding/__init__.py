@@ -10,6 +10,7 @@ auxiliary models, each reading its own prompt through its own KV cache (:class:`
 | refusal-token control | 2412.06748 | :class:`RefusalTokenLogitsProcessor` |
 | GeDi (class-conditional guide) | 2009.06367 | :class:`GeDiLogitsProcessor` |
 | entropy adaptive decoding | 2502.06833 | :func:`entropy_adaptive_generate`, :func:`ead_generate` |
+| speculative up-scaling (EFT) | 2310.12962 | :func:`speculative_eft_generate` |
 """
 
 from .auxiliary import AuxiliaryModel, check_same_vocab, encode_prompts, log_probs, widen
@@ -19,6 +20,7 @@ from .ead import EADOutput, ead_generate, entropy_adaptive_generate, entropy_bit
 from .eft import EFTLogitsProcessor, eft_logprobs, top_p_mask
 from .negative_prompt import NegativePromptLogitsProcessor, guided_logprobs
 from .refusal import RefusalTokenLogitsProcessor, strip_control_tokens
+from .speculative_eft import SpeculativeOutput, speculative_eft_generate
 from .steer import NegativePool, SteerLogitsProcessor, steer_logprobs
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "NegativePool",
     "NegativePromptLogitsProcessor",
     "RefusalTokenLogitsProcessor",
+    "SpeculativeOutput",
     "SteerLogitsProcessor",
     "check_same_vocab",
     "dlf_select",
@@ -42,6 +45,7 @@ __all__ = [
     "gedi_posterior",
     "guided_logprobs",
     "log_probs",
+    "speculative_eft_generate",
     "steer_logprobs",
     "strip_control_tokens",
     "top_p_mask",

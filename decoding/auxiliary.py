@@ -145,8 +145,19 @@ class AuxiliaryModel:
             raise RuntimeError(f"{self.name}: already bound to a generate() call")
         self._main_prompt = main_prompt.clone()
 
+    def rollback(self, n: int) -> None:
+        """Forget the last ``n`` generated tokens fed to this model (speculative decoding rejections)."""
+        if n < 0 or n > self._seen:
+            raise ValueError(f"{self.name}: cannot roll back {n} of {self._seen} generated tokens")
+        if n:
+            self._cache.crop(-n)  # a negative count removes that many tokens
+            self._mask = self._mask[:, :-n]
+            self._seen -= n
+
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Log-probs ``[B, V]`` for the next token; with ``keep > 1``, ``[B, keep, V]`` for the
+        distributions after each of the last ``keep`` fed positions (scoring drafted tokens)."""
         if input_ids.shape[0] != self.batch_size:
             raise ValueError(
                 f"{self.name}: generate runs {input_ids.shape[0]} sequences but {self.batch_size} prompts were "
@@ -179,11 +190,13 @@ class AuxiliaryModel:
             position_ids=positions,
             past_key_values=self._cache,
             use_cache=True,
-            logits_to_keep=0 if score_prompt else 1,
+            logits_to_keep=0 if score_prompt else keep,
         )
         if score_prompt:
             width = feed.shape[1] - new.shape[1]
             self.prompt_logprob = self._score_prompt(feed[:, :width], out.logits[:, :width]).to(input_ids.device)
+        if keep > 1:
+            return log_probs(out.logits[:, -keep:], self.vocab_size).to(input_ids.device)
         return log_probs(out.logits[:, -1], self.vocab_size).to(input_ids.device)
 
     def _score_prompt(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

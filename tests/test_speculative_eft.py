@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
+from naive import processor_greedy
+
+PROMPTS = ["7+8=", "37+485=", "123-45="]
+
+
+def chat(prompts):
+    return [[{"role": "user", "content": p}] for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_testbed):
+    return {n: tiny_testbed.model(n) for n in ("small-base", "small-instruct", "large-base")}
+
+
+def spec(tok, models, prompt, weight=1.0, **kw):
+    return speculative_eft_generate(
+        AuxiliaryModel(models["large-base"], tok, [prompt], "base"),
+        AuxiliaryModel(models["small-instruct"], tok, chat([prompt]), "tuned"),
+        AuxiliaryModel(models["small-base"], tok, [prompt], "ref"),
+        tok([prompt], return_tensors="pt")["input_ids"],
+        weight=weight,
+        eos_token_id=tok.eos_token_id,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
+    tok = tiny_testbed.tokenizer()
+    proc = EFTLogitsProcessor(
+        tok,
+        tuned=[AuxiliaryModel(models["small-instruct"], tok, chat([prompt]), "tuned")],
+        reference=AuxiliaryModel(models["small-base"], tok, [prompt], "ref"),
+    )
+    (expected, _), = processor_greedy(models["large-base"], tok, [prompt], proc, 12)
+    out = spec(tok, models, prompt, k=k, max_new_tokens=12)
+    n = len(tok(prompt)["input_ids"])
+    assert out.sequences[0, n:].tolist() == expected
+    assert out.drafted >= out.accepted >= 0 and out.rounds >= 1
+
+
+def exact_two_token_distribution(tok, models, prompt, weight):
+    """p(x1) p(x2|x1) of EFT, computed exactly for every first token (no sampling)."""
+    V = len(tok)
+
+    def lp(model, ids):
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=ids).logits[:, -1, :V].float(), -1)
+
+    def eft(extra):
+        rows = extra.shape[0]
+        own = {
+            "large-base": tok(prompt)["input_ids"],
+            "small-base": tok(prompt)["input_ids"],
+            "small-instruct": tok.apply_chat_template(chat([prompt])[0], add_generation_prompt=True)["input_ids"],
+        }
+        full = {n: torch.cat([torch.tensor([ids] * rows), extra], dim=1) for n, ids in own.items()}
+        z = lp(models["large-base"], full["large-base"]) + weight * (
+            lp(models["small-instruct"], full["small-instruct"]) - lp(models["small-base"], full["small-base"])
+        )
+        return torch.log_softmax(z, -1)
+
+    first = eft(torch.zeros(1, 0, dtype=torch.long))[0].exp()  # [V]
+    second = eft(torch.arange(V)[:, None]).exp()  # [V, V]: row x1
+    return first[:, None] * second
+
+
+def test_sampling_matches_eft_distribution(tiny_testbed, models):
+    """Empirical two-token distribution vs the exact EFT one.
+
+    Test: total variation over the 12 most likely token pairs plus an 'other' bucket (m = 13
+    cells). By the Bretagnolle-Huber-Carol inequality P(TV > eps) <= 2^m exp(-2 N eps^2); with
+    N = 2500 and a false-alarm rate of 1e-3, eps = sqrt((m ln 2 + ln 1000) / (2N)) = 0.054.
+    """
+    tok = tiny_testbed.tokenizer()
+    prompt, weight, n_samples, m = "37+485=", 3.0, 2500, 13
+    exact = exact_two_token_distribution(tok, models, prompt, weight)
+    top = exact.flatten().topk(m - 1).indices
+    cells = torch.cat([exact.flatten()[top], (1 - exact.flatten()[top].sum()).reshape(1)])
+    eps = math.sqrt((m * math.log(2) + math.log(1000)) / (2 * n_samples))
+    counts = torch.zeros(m)
+    lookup = {int(i): c for c, i in enumerate(top)}
+    g = torch.Generator().manual_seed(0)
+    n_prompt = len(tok(prompt)["input_ids"])
+    for _ in range(n_samples):
+        out = spec(tok, models, prompt, weight=weight, k=2, max_new_tokens=2, do_sample=True, generator=g)
+        x1, x2 = out.sequences[0, n_prompt : n_prompt + 2].tolist() + [tok.eos_token_id] * (2 - len(out.sequences[0, n_prompt:]))
+        counts[lookup.get(x1 * len(tok) + x2, m - 1)] += 1
+    tv = 0.5 * (counts / n_samples - cells).abs().sum().item()
+    assert tv < eps, (tv, eps)
+    # the test has power: sampling the drafter alone would be far off
+    drafter = torch.softmax(
+        models["small-instruct"](**tok.apply_chat_template(chat([prompt]), add_generation_prompt=True, return_tensors="pt", return_dict=True)).logits[0, -1, : len(tok)].float(), -1
+    )
+    assert 0.5 * (drafter - exact.sum(1)).abs().sum().item() > 2 * eps
+
+
+def test_errors(tiny_testbed, models):
+    tok = tiny_testbed.tokenizer()
+    with pytest.raises(ValueError, match="k >= 1"):
+        spec(tok, models, "1+1=", k=0)
+    with pytest.raises(ValueError, match="batch 1"):
+        speculative_eft_generate(
+            AuxiliaryModel(models["large-base"], tok, PROMPTS[:2]), AuxiliaryModel(models["small-instruct"], tok, PROMPTS[:2]),
+            AuxiliaryModel(models["small-base"], tok, PROMPTS[:2]), tok(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"],
+        )
