@@ -85,3 +85,16 @@ def self_bleu(samples: Sequence[Sequence[str]], max_n: int = 4) -> float:
     if len(samples) < 2:
         raise ValueError("self-BLEU needs at least two samples")
     return sum(bleu(s, samples[:i] + samples[i + 1 :], max_n) for i, s in enumerate(samples)) / len(samples)
+
+
+def tv_test(counts: torch.Tensor, probs: torch.Tensor, false_alarm: float = 1e-3) -> dict[str, float | bool]:
+    """Does a sample (``counts`` over m cells) come from ``probs``? A total-variation test.
+
+    By the Bretagnolle-Huber-Carol inequality ``P(TV > eps) <= 2^m exp(-2 N eps^2)`` for the
+    empirical distribution of N draws, so with ``eps = sqrt((m ln 2 - ln false_alarm) / (2N))`` a
+    correct sampler fails with probability at most ``false_alarm``.
+    """
+    n, m = float(counts.sum()), counts.numel()
+    tv = 0.5 * float((counts / n - probs).abs().sum())
+    eps = math.sqrt((m * math.log(2) - math.log(false_alarm)) / (2 * n))
+    return {"tv": tv, "eps": eps, "passed": tv < eps}

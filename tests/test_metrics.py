@@ -68,3 +68,13 @@ def test_self_bleu_orders_diversity():
     assert self_bleu(varied) < 0.3
     with pytest.raises(ValueError, match="two samples"):
         self_bleu(same[:1])
+
+
+def test_tv_test_by_hand():
+    from align.metrics import tv_test
+
+    out = tv_test(torch.tensor([50.0, 30.0, 20.0]), torch.tensor([0.5, 0.3, 0.2]))
+    assert out["tv"] == pytest.approx(0.0) and out["passed"]
+    assert out["eps"] == pytest.approx(math.sqrt((3 * math.log(2) + math.log(1000)) / 200))
+    off = tv_test(torch.tensor([90.0, 5.0, 5.0]), torch.tensor([0.5, 0.3, 0.2]))
+    assert off["tv"] == pytest.approx(0.4) and not off["passed"]

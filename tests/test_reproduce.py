@@ -24,6 +24,10 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
             and steered["self_bleu"] < plain["self_bleu"]
             and steered["correct"] >= plain["correct"] - 0.05
         )
+    elif name == "spec-eft-equivalence":
+        assert saved["holds"] == (
+            saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
+        )
     elif name == "ead-tradeoff":  # the best point meets both bounds, if any does
         point = saved["sweep"]["best point"]
         assert saved["value"] == point["accuracy"]

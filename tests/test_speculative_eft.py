@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from align.metrics import tv_test
 from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
 from naive import processor_greedy
 
@@ -93,8 +94,9 @@ def test_sampling_matches_eft_distribution(tiny_testbed, models):
         out = spec(tok, models, prompt, weight=weight, k=2, max_new_tokens=2, do_sample=True, generator=g)
         x1, x2 = out.sequences[0, n_prompt : n_prompt + 2].tolist() + [tok.eos_token_id] * (2 - len(out.sequences[0, n_prompt:]))
         counts[lookup.get(x1 * len(tok) + x2, m - 1)] += 1
-    tv = 0.5 * (counts / n_samples - cells).abs().sum().item()
-    assert tv < eps, (tv, eps)
+    result = tv_test(counts, cells, false_alarm=1e-3)
+    assert result["eps"] == pytest.approx(eps)
+    assert result["passed"], result
     # the test has power: sampling the drafter alone would be far off
     drafter = torch.softmax(
         models["small-instruct"](**tok.apply_chat_template(chat([prompt]), add_generation_prompt=True, return_tensors="pt", return_dict=True)).logits[0, -1, : len(tok)].float(), -1
