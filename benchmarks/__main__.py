@@ -122,7 +122,112 @@ def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
     return generated
 
 
-BENCHMARKS = {"testbed": testbed, "decoding": decoding}
+def switching(profile: str) -> dict:
+    """Speculative EFT speed-up, EAD wall-clock vs its cost formula, and vLLM throughput ratios."""
+    from align.testbed import build_testbed, eval_problems
+    from decoding import AuxiliaryModel, EFTLogitsProcessor, entropy_adaptive_generate, speculative_eft_generate
+    from decoding.auxiliary import encode_prompts
+    from decoding.generate import generate_with
+
+    tb = build_testbed(profile)
+    tok = tb.tokenizer()
+    large, small, instruct = tb.model("large-base"), tb.model("small-base"), tb.model("small-instruct")
+    prompts = [p.prompt for p in eval_problems(32)]
+    chat = [[{"role": "user", "content": p}] for p in prompts]
+    out: dict[str, float | str | None] = {}
+
+    def plain_eft():
+        for i in range(len(prompts)):
+            rows = slice(i, i + 1)
+            procs = [EFTLogitsProcessor(tok, [AuxiliaryModel(instruct, tok, chat[rows])], AuxiliaryModel(small, tok, prompts[rows]))]
+            generate_with(large, tok, prompts[rows], lambda _r, p=procs: p, do_sample=False, max_new_tokens=8)
+
+    def spec_eft():
+        for i in range(len(prompts)):
+            speculative_eft_generate(
+                AuxiliaryModel(large, tok, prompts[i : i + 1]), AuxiliaryModel(instruct, tok, chat[i : i + 1]),
+                AuxiliaryModel(small, tok, prompts[i : i + 1]), tok(prompts[i : i + 1], return_tensors="pt")["input_ids"],
+                k=4, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+            )
+
+    out["spec_eft_speedup"] = round(best_seconds(plain_eft, 2) / best_seconds(spec_eft, 2), 3)
+
+    # EAD at the claim's threshold, batch 1 (one model per step, as in the paper), 32 chat prompts.
+    # Per-token costs c_S, c_L are measured in the same decoding loop with one model only.
+    s_inst, l_inst = tb.model("small-instruct"), tb.model("large-instruct")
+    runs: list = []
+
+    def ead_loop(first, second, tau):
+        def run():
+            runs.clear()
+            for i in range(len(chat)):
+                ids = torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]])
+                runs.append(entropy_adaptive_generate(
+                    AuxiliaryModel(first, tok, chat[i : i + 1]), AuxiliaryModel(second, tok, chat[i : i + 1]), ids,
+                    tau=tau, window=1, min_tokens=0, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+                ))
+        return run
+
+    def per_token(run) -> float:
+        seconds = best_seconds(run, 2)
+        return seconds / sum(int(r.tokens_small.sum() + r.tokens_large.sum()) for r in runs)
+
+    c_s = per_token(ead_loop(s_inst, l_inst, 1e9))  # never switches: small only
+    c_l = per_token(ead_loop(l_inst, s_inst, 1e9))  # the large model in the small seat: large only
+    ead = ead_loop(s_inst, l_inst, 0.02)
+    t_ead = best_seconds(ead, 2)
+    n_s = sum(int(r.tokens_small.sum()) for r in runs)
+    n_l = sum(int(r.tokens_large.sum()) for r in runs)
+    cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
+    out["ead_measured_cost_small_over_large"] = round(c_s / c_l, 3)
+    out["ead_cost_ratio_C"] = round(cost_ratio, 3)
+    out["ead_time_over_formula"] = round((t_ead / (n_s + n_l)) / (cost_ratio * c_l), 3)
+    out.update(_vllm_ratios(tb, tok))
+    return out
+
+
+def _vllm_ratios(tb, tok) -> dict:
+    """vLLM tokens/s with the refusal processor / without, and vLLM / transformers at batch 64."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return {"vllm_proc_throughput_ratio": None, "vllm_over_hf_b64": None, "vllm": "not installed: run in the vLLM venv"}
+    import os
+    import tempfile
+
+    from vllm import LLM, SamplingParams
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    model = tb.model("large-base")
+    tokens = ["[refuse]", "[respond]"]
+    path = tempfile.mkdtemp(prefix="alignkit-bench-")
+    with_tokens = tb.tokenizer()
+    with_tokens.add_special_tokens({"additional_special_tokens": tokens})
+    model.resize_token_embeddings(len(with_tokens), pad_to_multiple_of=32)
+    model.save_pretrained(path)
+    with_tokens.save_pretrained(path)
+    prompts = [f"{12 + i}+{345 - i}=" for i in range(64)]
+    new = 32
+
+    def tokens_per_second(llm, extra) -> float:
+        params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True, extra_args=extra)
+        return len(prompts) * new / best_seconds(lambda: llm.generate(prompts, params, use_tqdm=False))
+
+    common = dict(model=path, dtype="float32", max_model_len=128, seed=0, kv_cache_memory_bytes=512 * 2**20)
+    plain_llm = LLM(**common)
+    plain = tokens_per_second(plain_llm, None)
+    del plain_llm
+    proc_llm = LLM(**common, logits_processors=["decoding.vllm_refusal:RefusalTokenVLLMProcessor"])
+    with_proc = tokens_per_second(proc_llm, {"refusal": {"threshold": 0.5}})
+    del proc_llm
+    enc = with_tokens(prompts, return_tensors="pt", padding=True)
+    hf = len(prompts) * new / best_seconds(
+        lambda: model.generate(**enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id)
+    )
+    return {"vllm_proc_throughput_ratio": round(with_proc / plain, 3), "vllm_over_hf_b64": round(plain / hf, 3)}
+
+
+BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching}
 
 
 def main() -> None:
