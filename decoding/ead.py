@@ -24,7 +24,6 @@ forward FLOPs per token), so ``1 - C`` is the saving against large-only decoding
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -101,12 +100,12 @@ def entropy_adaptive_generate(
         aux.bind(input_ids)
     on_large = torch.zeros(batch, dtype=torch.bool)
     run_length = torch.zeros(batch, dtype=torch.long)  # tokens emitted on the current model
-    history = [deque(maxlen=window) for _ in range(batch)]
+    history = torch.full((batch, window), float("nan"))  # circular window of emitted-token entropies
     unfinished = torch.ones(batch, dtype=torch.bool)
     chosen_models, entropies = [], []
     switches = torch.zeros(batch, dtype=torch.long)
     catchup = 0
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logprobs = torch.empty(batch, small.vocab_size)
         for aux, rows in ((small, ~on_large), (large, on_large)):
             if rows.any():
@@ -126,16 +125,14 @@ def entropy_adaptive_generate(
         entropies.append(torch.where(unfinished, h, torch.full_like(h, float("nan"))))
         input_ids = torch.cat([input_ids, token[:, None].to(input_ids.device)], dim=1)
         # decide the model for the next token from the rolling entropy of emitted tokens
+        history[:, step % window] = h
+        mean = history.nanmean(dim=1)
         run_length += 1
-        for row in range(batch):
-            history[row].append(float(h[row]))
-            mean = sum(history[row]) / len(history[row])
-            if run_length[row] < min_tokens:
-                continue
-            if (not on_large[row] and mean >= tau) or (on_large[row] and mean <= tau):
-                on_large[row] = not on_large[row]
-                run_length[row] = 0
-                switches[row] += int(unfinished[row])
+        eligible = run_length >= min_tokens
+        switch = eligible & ((~on_large & (mean >= tau)) | (on_large & (mean <= tau)))
+        on_large ^= switch
+        run_length[switch] = 0
+        switches += (switch & unfinished).long()
         if stopping_criteria is not None:
             unfinished &= ~stopping_criteria(input_ids, scores).cpu()
         elif eos_token_id is not None:
