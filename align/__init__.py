@@ -27,6 +27,7 @@ _EXPORTS = {
     "RewardShift": "align.bco",
     "ches_scores": "align.ches",
     "filter_by_ches": "align.ches",
+    "entanglement_stats": "align.entanglement",
     "Testbed": "align.testbed",
     "build_testbed": "align.testbed",
     "load_testbed": "align.testbed",
