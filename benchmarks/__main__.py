@@ -128,6 +128,7 @@ def switching(profile: str) -> dict:
     from decoding import AuxiliaryModel, EFTLogitsProcessor, entropy_adaptive_generate, speculative_eft_generate
     from decoding.auxiliary import encode_prompts
     from decoding.generate import generate_with
+    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()
@@ -157,14 +158,18 @@ def switching(profile: str) -> dict:
     s_inst, l_inst = tb.model("small-instruct"), tb.model("large-instruct")
     runs: list = []
 
-    def ead_loop(first, second, tau):
+    def ead_loop(first, second, tau, new_tokens):
+        # new_tokens > 8: EOS is suppressed so every answer runs that long (decode-dominated)
+        no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id])]) if new_tokens > 8 else None
+
         def run():
             runs.clear()
             for i in range(len(chat)):
                 ids = torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]])
                 runs.append(entropy_adaptive_generate(
                     AuxiliaryModel(first, tok, chat[i : i + 1]), AuxiliaryModel(second, tok, chat[i : i + 1]), ids,
-                    tau=tau, window=1, min_tokens=0, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+                    tau=tau, window=1, min_tokens=0, max_new_tokens=new_tokens, logits_processor=no_eos,
+                    eos_token_id=tok.eos_token_id,
                 ))
         return run
 
@@ -172,16 +177,17 @@ def switching(profile: str) -> dict:
         seconds = best_seconds(run, 2)
         return seconds / sum(int(r.tokens_small.sum() + r.tokens_large.sum()) for r in runs)
 
-    c_s = per_token(ead_loop(s_inst, l_inst, 1e9))  # never switches: small only
-    c_l = per_token(ead_loop(l_inst, s_inst, 1e9))  # the large model in the small seat: large only
-    ead = ead_loop(s_inst, l_inst, 0.02)
-    t_ead = best_seconds(ead, 2)
-    n_s = sum(int(r.tokens_small.sum()) for r in runs)
-    n_l = sum(int(r.tokens_large.sum()) for r in runs)
-    cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
-    out["ead_measured_cost_small_over_large"] = round(c_s / c_l, 3)
-    out["ead_cost_ratio_C"] = round(cost_ratio, 3)
-    out["ead_time_over_formula"] = round((t_ead / (n_s + n_l)) / (cost_ratio * c_l), 3)
+    for suffix, new_tokens in (("", 32), ("_short_answers", 8)):
+        c_s = per_token(ead_loop(s_inst, l_inst, 1e9, new_tokens))  # never switches: small only
+        c_l = per_token(ead_loop(l_inst, s_inst, 1e9, new_tokens))  # the large model in the small seat
+        t_ead = best_seconds(ead_loop(s_inst, l_inst, 0.02, new_tokens), 2)
+        n_s = sum(int(r.tokens_small.sum()) for r in runs)
+        n_l = sum(int(r.tokens_large.sum()) for r in runs)
+        cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
+        out[f"ead_measured_cost_small_over_large{suffix}"] = round(c_s / c_l, 3)
+        out[f"ead_large_fraction{suffix}"] = round(n_l / (n_s + n_l), 3)
+        out[f"ead_cost_ratio_C{suffix}"] = round(cost_ratio, 3)
+        out[f"ead_time_over_formula{suffix}"] = round((t_ead / (n_s + n_l)) / (cost_ratio * c_l), 3)
     out.update(_vllm_ratios(tb, tok))
     return out
 
