@@ -13,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from .io import atomic_write_text
-from .testbed import Testbed, eval_problems, gold_reward
+
+if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
+    from .testbed import Testbed
 
 Result = dict[str, Any]
 
@@ -24,11 +28,14 @@ def _chat(prompts: list[str]) -> list[list[dict[str, str]]]:
 
 
 def _accuracy(completions: list[tuple[str, bool]], answers: list[int]) -> float:
+    from .testbed import gold_reward
+
     return round(sum(gold_reward(t, a, done) for (t, done), a in zip(completions, answers)) / len(answers), 4)
 
 
-def eft_upscaling(tb: Testbed, n: int) -> Result:
+def eft_upscaling(tb: "Testbed", n: int) -> Result:
     """EFT 2310.12962: large base + small-instruct delta answers chat prompts better than small-instruct."""
+    from .testbed import eval_problems
     from decoding import AuxiliaryModel, EFTLogitsProcessor
     from decoding.generate import generate_with
 
@@ -64,8 +71,9 @@ def eft_upscaling(tb: Testbed, n: int) -> Result:
     }
 
 
-def dlf_vs_fixed(tb: Testbed, n: int) -> Result:
+def dlf_vs_fixed(tb: "Testbed", n: int) -> Result:
     """DLF 2406.15480: per-step α (one active expert) beats fixed-α fusion of two task experts."""
+    from .testbed import eval_problems
     from decoding import AuxiliaryModel, DLFLogitsProcessor, EFTLogitsProcessor
     from decoding.generate import generate_with
 
@@ -103,7 +111,7 @@ def dlf_vs_fixed(tb: Testbed, n: int) -> Result:
     }
 
 
-def gedi_steering(tb: Testbed, n: int) -> Result:
+def gedi_steering(tb: "Testbed", n: int) -> Result:
     """GeDi 2009.06367: a small class-conditional guide steers the large base towards an attribute.
 
     Attribute: completing ``a-`` into an equation with a negative result (the guide is trained by
@@ -142,7 +150,7 @@ def gedi_steering(tb: Testbed, n: int) -> Result:
     }
 
 
-def steer_diversity(tb: Testbed, n: int) -> Result:
+def steer_diversity(tb: "Testbed", n: int) -> Result:
     """STEER 2308.07645: contrastive guidance + negative prompting is more diverse than sampling.
 
     Task: free-running generation of equations by the large base (the "expert"), contrasted with
@@ -198,13 +206,14 @@ def steer_diversity(tb: Testbed, n: int) -> Result:
     }
 
 
-def ead_tradeoff(tb: Testbed, n: int) -> Result:
+def ead_tradeoff(tb: "Testbed", n: int) -> Result:
     """EAD 2502.06833: most of the large model's accuracy while it emits a minority of tokens.
 
     Small/large instruct models on chat prompts. Testbed answers are 2-5 tokens, so the paper's
     window 5 and 10-token minimum run would never switch inside an answer: the sweep uses window 1
     and no minimum (and reports the spec defaults as one more point).
     """
+    from .testbed import eval_problems
     from decoding import AuxiliaryModel, entropy_adaptive_generate
     from decoding.auxiliary import encode_prompts
 
@@ -256,13 +265,14 @@ def ead_tradeoff(tb: Testbed, n: int) -> Result:
     }
 
 
-def spec_eft_equivalence(tb: Testbed, n: int) -> Result:
+def spec_eft_equivalence(tb: "Testbed", n: int) -> Result:
     """Speculative EFT (2310.12962) is EFT: same greedy answers, same sampling distribution.
 
     Greedy: every held-out chat prompt, speculative (k=3) vs the EFT processor. Sampling: the
     first generated token of one prompt drawn 2000 times vs the exact EFT distribution, with a
     total-variation test whose false-alarm rate is 1e-3 (:func:`align.metrics.tv_test`).
     """
+    from .testbed import eval_problems
     import torch
 
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
@@ -330,7 +340,7 @@ def spec_eft_equivalence(tb: Testbed, n: int) -> Result:
     }
 
 
-CLAIMS: dict[str, Callable[[Testbed, int], Result]] = {
+CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "spec-eft-equivalence": spec_eft_equivalence,
     "ead-tradeoff": ead_tradeoff,
     "eft-upscaling": eft_upscaling,
@@ -340,7 +350,7 @@ CLAIMS: dict[str, Callable[[Testbed, int], Result]] = {
 }
 
 
-def reproduce(name: str, tb: Testbed, n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
+def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
     """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically."""
     if name not in CLAIMS:
         raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")

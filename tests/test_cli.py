@@ -110,3 +110,8 @@ def test_info_without_build_says_how_to_build(capsys, tmp_path):
 def test_config_file_for_the_testbed_is_valid():
     args = parse_config(BuildArgs, ["--config", "configs/testbed.yaml"])
     assert args.profile == "full"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, align.cli; align.cli.main(['--help']); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
