@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -156,11 +155,3 @@ def train_steps(
             progress(step, losses[-1])
     model.eval()
     return losses
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[dict[str, float]]:
-    out: dict[str, float] = {}
-    start = time.perf_counter()
-    yield out
-    out["seconds"] = time.perf_counter() - start
