@@ -53,6 +53,7 @@ class DPOArgs:
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
+    metrics_file: str | None = field(default=None, metadata={"help": "also write the result JSON here (main process)"})
     profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
     cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
 
@@ -157,7 +158,20 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
     trainer.save_model(args.output_dir)
     tok.save_pretrained(args.output_dir)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    return {"pairs": len(keep), "dropped_identical": same, "last_log": logged[-1] if logged else {}}
+    result = {
+        "pairs": len(keep),
+        "dropped_identical": same,
+        "world_size": trainer.accelerator.num_processes,
+        "losses": [entry["loss"] for entry in logged],
+        "last_log": logged[-1] if logged else {},
+    }
+    if args.metrics_file and trainer.is_world_process_zero():
+        import json
+
+        from .io import atomic_write_text
+
+        atomic_write_text(args.metrics_file, json.dumps(result, indent=2))
+    return result
 
 
 def _resolve(args: DPOArgs, ref: str) -> str:

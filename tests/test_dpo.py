@@ -61,3 +61,28 @@ def test_cli_and_shipped_config(tmp_path, capsys):
     assert "unknown key 'betta'" in capsys.readouterr().err
     assert main(["train", "bco"]) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tmp_path):
+    """Real DDP over gloo: world size 2 (asserted), per-device batch 4 vs one process with 8.
+
+    Tolerance: step 1 (no update yet) and step 2 (one all-reduced update) agree within 1e-5; by
+    step 3 Adam's normalisation of near-zero gradients amplifies all-reduce rounding, so 1e-3.
+    """
+    import subprocess
+    import sys
+
+    common = ["train", "dpo", "--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "32",
+              "--max_steps", "3", "--logging_steps", "1"]
+    two = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_2proc.yaml",
+           "-m", "align", *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two"),
+           "--metrics_file", str(tmp_path / "two.json")]
+    one = [sys.executable, "-m", "align", *common, "--per_device_train_batch_size", "8", "--output_dir",
+           str(tmp_path / "one"), "--metrics_file", str(tmp_path / "one.json")]
+    for cmd in (two, one):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    r2, r1 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert r2["world_size"] == 2 and r1["world_size"] == 1
+    assert len(r1["losses"]) == len(r2["losses"]) == 3
+    assert r2["losses"][:2] == pytest.approx(r1["losses"][:2], abs=1e-5)
+    assert r2["losses"][2] == pytest.approx(r1["losses"][2], abs=1e-3)
