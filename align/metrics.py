@@ -37,9 +37,17 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of ``softmax(logits)`` over the last axis, computed in fp32."""
+    """Shannon entropy in nats of ``softmax(logits)`` over the last axis, computed in fp32
+    (log-probabilities work too; ``-inf`` entries contribute 0)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+def flops_per_token(model: torch.nn.Module) -> int:
+    """Forward FLOPs per token of a decoder, 2 x (parameters used per token): embedding lookups are free."""
+    params = sum(p.numel() for p in model.parameters())
+    return 2 * (params - model.get_input_embeddings().weight.numel())
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:

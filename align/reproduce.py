@@ -216,6 +216,7 @@ def ead_tradeoff(tb: "Testbed", n: int) -> Result:
     from .testbed import eval_problems
     from decoding import AuxiliaryModel, entropy_adaptive_generate
     from decoding.auxiliary import encode_prompts
+    from decoding.generate import decode_completions
 
     import torch
 
@@ -233,10 +234,7 @@ def ead_tradeoff(tb: "Testbed", n: int) -> Result:
             AuxiliaryModel(small, tok, chat, "small"), AuxiliaryModel(large, tok, chat, "large"), input_ids,
             tau, window, min_tokens, max_new_tokens=8, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         )
-        texts = []
-        for row in out.sequences[:, width:].tolist():
-            done = tok.eos_token_id in row
-            texts.append((tok.decode(row[: row.index(tok.eos_token_id)] if done else row, skip_special_tokens=True), done))
+        texts = decode_completions(tok, out.sequences[:, width:].tolist())
         return {"accuracy": _accuracy(texts, answers), "large_fraction": round(out.large_fraction, 4),
                 "cost_ratio": round(out.cost_ratio, 4), "catchup_tokens": out.catchup_tokens}
 
@@ -276,7 +274,7 @@ def spec_eft_equivalence(tb: "Testbed", n: int) -> Result:
     import torch
 
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
-    from decoding.generate import generate_with
+    from decoding.generate import decode_completions, generate_with
 
     from .metrics import tv_test
 
@@ -301,9 +299,7 @@ def spec_eft_equivalence(tb: "Testbed", n: int) -> Result:
     texts, drafted, accepted = [], 0, 0
     for i in range(n):
         out = speculative(i, max_new_tokens=8)
-        new = out.sequences[0, len(tok(prompts[i])["input_ids"]) :].tolist()
-        done = tok.eos_token_id in new
-        texts.append((tok.decode(new[: new.index(tok.eos_token_id)] if done else new, skip_special_tokens=True), done))
+        texts += decode_completions(tok, [out.sequences[0, len(tok(prompts[i])["input_ids"]) :].tolist()])
         drafted, accepted = drafted + out.drafted, accepted + out.accepted
     identical = sum(a == b for a, b in zip(texts, reference))
     # sampling: first token of one prompt

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
+from align.metrics import entropy, flops_per_token
+
 from .auxiliary import AuxiliaryModel
 
 LOG2 = math.log(2.0)
@@ -36,7 +38,7 @@ LOG2 = math.log(2.0)
 
 def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in bits of ``[B, V]`` log-probabilities."""
-    return -(logprobs.exp() * logprobs).nan_to_num().sum(-1) / LOG2
+    return entropy(logprobs) / LOG2
 
 
 @dataclass
@@ -52,10 +54,6 @@ class EADOutput:
     large_fraction: float = 0.0
     cost_ratio: float = 0.0
     entropies: torch.Tensor | None = None  # [B, new] bits
-
-
-def flops_per_token(model: PreTrainedModel) -> float:
-    return 2.0 * (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel())
 
 
 @torch.no_grad()

@@ -10,6 +10,17 @@ from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBa
 from .auxiliary import Prompt, encode_prompts
 
 
+def decode_completions(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> list[tuple[str, bool]]:
+    """Generated ids -> ``(text, finished)``: text up to the first EOS (specials dropped), and
+    whether an EOS was produced at all (``False`` = truncated at the length limit)."""
+    out = []
+    for row in rows:
+        finished = tokenizer.eos_token_id in row
+        row = row[: row.index(tokenizer.eos_token_id)] if finished else row
+        out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+    return out
+
+
 @torch.no_grad()
 def generate_with(
     model: PreTrainedModel,
@@ -46,11 +57,7 @@ def generate_with(
         generated = model.generate(
             input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, **generate_kwargs
         )[:, width:]
-        batch_out = []
-        for row in generated.tolist():
-            finished = tokenizer.eos_token_id in row
-            row = row[: row.index(tokenizer.eos_token_id)] if finished else row
-            batch_out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+        batch_out = decode_completions(tokenizer, generated.tolist())
         if on_batch is not None:
             on_batch(rows, batch_out)
         out.extend(batch_out)

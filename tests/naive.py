@@ -41,8 +41,16 @@ def naive_greedy(tokenizer, models, combine, steps, main="main"):
 
 
 def processor_greedy(model, tokenizer, prompts, processor, steps):
-    """``model.generate`` with ``processor`` on left-padded ``prompts``; per-row ids and scores."""
-    enc = tokenizer(prompts, padding=True, return_tensors="pt") if isinstance(prompts[0], str) else None
+    """``model.generate`` with ``processor`` on left-padded ``prompts`` (texts or token-id lists);
+    per-row generated ids (through <eos>) and per-step scores."""
+    if isinstance(prompts[0], str):
+        enc = tokenizer(prompts, padding=True, return_tensors="pt")
+    else:
+        width = max(map(len, prompts))
+        enc = {
+            "input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in prompts]),
+            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+        }
     out = model.generate(
         **enc,
         logits_processor=[processor],

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from align.metrics import flops_per_token
 from decoding import AuxiliaryModel, EADOutput, ead_generate, entropy_adaptive_generate, entropy_bits
 from naive import full_logprobs
 
@@ -68,7 +69,7 @@ def test_thresholds_that_never_or_always_switch(tiny_testbed, models):
     )
     assert never.sequences[:, : plain.shape[1]].tolist() == plain[:, : never.sequences.shape[1]].tolist()
     assert never.large_fraction == 0.0 and never.cost_ratio == pytest.approx(
-        _flops(models["small-instruct"]) / _flops(models["large-instruct"])
+        flops_per_token(models["small-instruct"]) / flops_per_token(models["large-instruct"])
     )
     always, _ = run_ead(tok, models, PROMPTS, tau=-1.0, window=1, min_tokens=0, max_new_tokens=6)
     # the first token is always the small model's; after it the large model never hands back
@@ -77,10 +78,6 @@ def test_thresholds_that_never_or_always_switch(tiny_testbed, models):
     assert (always.switches == 1).all()
     # the large model joined after one token: it prefilled its prompt and that token in one forward
     assert always.catchup_tokens == 0
-
-
-def _flops(model):
-    return 2.0 * (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel())
 
 
 def test_accounting_and_cost_formula(tiny_testbed, models):

@@ -19,20 +19,6 @@ def models(tiny_testbed):
     return {name: tiny_testbed.model(name) for name in ("small-base", "small-instruct", "large-base")}
 
 
-def run_processor(model, tok, prompt_ids, processor, steps=STEPS):
-    out = model.generate(
-        torch.tensor([prompt_ids]),
-        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-        logits_processor=[processor],
-        do_sample=False,
-        max_new_tokens=steps,
-        output_scores=True,
-        return_dict_in_generate=True,
-        pad_token_id=tok.pad_token_id,
-    )
-    return out.sequences[0].tolist(), torch.cat(out.scores)
-
-
 @pytest.mark.parametrize("gamma", [1.5, 3.0, 0.5])
 def test_identical_to_transformers_cfg_in_its_setting(tiny_testbed, models, gamma):
     tok = tiny_testbed.tokenizer()
@@ -41,10 +27,8 @@ def test_identical_to_transformers_cfg_in_its_setting(tiny_testbed, models, gamm
     negative = tok("12-3=")["input_ids"]
     theirs = UnbatchedClassifierFreeGuidanceLogitsProcessor(gamma, model, unconditional_ids=torch.tensor([negative]))
     ours = NegativePromptLogitsProcessor(tok, AuxiliaryModel(model, tok, [negative], "negative"), gamma)
-    seq_theirs, scores_theirs = run_processor(model, tok, prompt, theirs)
-    seq_ours, scores_ours = run_processor(model, tok, prompt, ours)
-    assert seq_ours == seq_theirs
-    torch.testing.assert_close(scores_ours, scores_theirs, atol=1e-5, rtol=0)
+    theirs_out = processor_greedy(model, tok, [prompt], theirs, STEPS)
+    assert_same_decoding(processor_greedy(model, tok, [prompt], ours, STEPS), theirs_out, atol=1e-5)
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS[1:2], PROMPTS], ids=["batch1", "batch3"])

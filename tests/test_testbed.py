@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.testbed import build_testbed, capability_checks, eval_problems, load_testbed
-from align.testbed.build import flops_per_token
+from align.metrics import flops_per_token
 from align.testbed.evaluate import answer_token_entropy_auroc, greedy_completions
 from align.testbed.tokenizer import build_tokenizer
 from align.testbed.train import encode_rows, lr_at

@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..io import atomic_write_text
+from ..metrics import flops_per_token
 from .arithmetic import eval_problems
 from .evaluate import accuracy_by_op, answer_token_entropy_auroc
 from .tokenizer import build_tokenizer
@@ -166,7 +167,8 @@ def load_testbed(profile: str = "full", seed: int = 0, cache_dir: str | Path | N
     return Testbed(root, json.loads(manifest.read_text()))
 
 
-def _save_atomic(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, dest: Path) -> None:
+def save_checkpoint(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, dest: Path) -> None:
+    """Save model and tokenizer to ``dest`` atomically (temporary directory, then rename)."""
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     tmp.chmod(0o755)  # mkdtemp creates 0700
     model.save_pretrained(tmp, safe_serialization=True)
@@ -215,7 +217,7 @@ def _train_chain(index: int, profile: Profile, seed: int, root: Path, progress: 
                 progress.put((index, 50, name, loss))
 
         losses = train_steps(model, batches, stage.steps, stage.lr, min(100, stage.steps // 10 + 1), progress=report)
-        _save_atomic(model, tokenizer, dest)
+        save_checkpoint(model, tokenizer, dest)
         records[stage.name] = {
             "train_seconds": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
@@ -306,12 +308,6 @@ class _Bars:
     def close(self) -> None:
         for bar in self.bars:
             bar.close()
-
-
-def flops_per_token(model: LlamaForCausalLM) -> int:
-    """Forward FLOPs per token, 2 x (parameters used per token): embedding lookups are free."""
-    params = sum(p.numel() for p in model.parameters())
-    return 2 * (params - model.get_input_embeddings().weight.numel())
 
 
 def _describe(spec: Profile, seed: int, root: Path, records: dict[str, dict], build_seconds: float) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from decoding.generate import decode_completions
+
 from ..metrics import auroc, entropy
 from .arithmetic import Problem, gold_reward
 from .tokenizer import chat_text
@@ -28,10 +30,7 @@ def greedy_completions(
         gen = model.generate(
             **enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id
         )[:, enc["input_ids"].shape[1] :]
-        for row in gen.tolist():
-            finished = tokenizer.eos_token_id in row
-            row = row[: row.index(tokenizer.eos_token_id)] if finished else row
-            out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+        out.extend(decode_completions(tokenizer, gen.tolist()))
     return out
 
 

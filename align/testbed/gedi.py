@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from .arithmetic import Problem, parse_answer
-from .build import Testbed, _save_atomic
+from .build import Testbed, save_checkpoint
 from .tokenizer import build_tokenizer
 from .train import problem_batches, train_steps
 
@@ -44,7 +44,7 @@ def build_sign_guide(tb: Testbed, steps: int | None = None, seed: int = 0) -> Pa
         model = AutoModelForCausalLM.from_pretrained(tb.path("small-base"))
         batches = problem_batches(tokenizer, seed * 1000 + 99, 128, chat=False, code=sign_code)
         train_steps(model, batches, steps, lr=1e-3, warmup=min(50, steps // 10 + 1))
-        _save_atomic(model, tokenizer, dest)
+        save_checkpoint(model, tokenizer, dest)
     finally:
         torch.set_num_threads(previous)
     return dest
