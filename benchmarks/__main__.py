@@ -125,10 +125,8 @@ def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
 def switching(profile: str) -> dict:
     """Speculative EFT speed-up, EAD wall-clock vs its cost formula, and vLLM throughput ratios."""
     from align.testbed import build_testbed, eval_problems
-    from decoding import AuxiliaryModel, EFTLogitsProcessor, entropy_adaptive_generate, speculative_eft_generate
-    from decoding.auxiliary import encode_prompts
+    from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
     from decoding.generate import generate_with
-    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()
@@ -153,42 +151,64 @@ def switching(profile: str) -> dict:
 
     out["spec_eft_speedup"] = round(best_seconds(plain_eft, 2) / best_seconds(spec_eft, 2), 3)
 
-    # EAD at the claim's threshold, batch 1 (one model per step, as in the paper), 32 chat prompts.
-    # Per-token costs c_S, c_L are measured in the same decoding loop with one model only.
-    s_inst, l_inst = tb.model("small-instruct"), tb.model("large-instruct")
-    runs: list = []
-
-    def ead_loop(first, second, tau, new_tokens):
-        # new_tokens > 8: EOS is suppressed so every answer runs that long (decode-dominated)
-        no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id])]) if new_tokens > 8 else None
-
-        def run():
-            runs.clear()
-            for i in range(len(chat)):
-                ids = torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]])
-                runs.append(entropy_adaptive_generate(
-                    AuxiliaryModel(first, tok, chat[i : i + 1]), AuxiliaryModel(second, tok, chat[i : i + 1]), ids,
-                    tau=tau, window=1, min_tokens=0, max_new_tokens=new_tokens, logits_processor=no_eos,
-                    eos_token_id=tok.eos_token_id,
-                ))
-        return run
-
-    def per_token(run) -> float:
-        seconds = best_seconds(run, 2)
-        return seconds / sum(int(r.tokens_small.sum() + r.tokens_large.sum()) for r in runs)
-
-    for suffix, new_tokens in (("", 32), ("_short_answers", 8)):
-        c_s = per_token(ead_loop(s_inst, l_inst, 1e9, new_tokens))  # never switches: small only
-        c_l = per_token(ead_loop(l_inst, s_inst, 1e9, new_tokens))  # the large model in the small seat
-        t_ead = best_seconds(ead_loop(s_inst, l_inst, 0.02, new_tokens), 2)
-        n_s = sum(int(r.tokens_small.sum()) for r in runs)
-        n_l = sum(int(r.tokens_large.sum()) for r in runs)
-        cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
-        out[f"ead_measured_cost_small_over_large{suffix}"] = round(c_s / c_l, 3)
-        out[f"ead_large_fraction{suffix}"] = round(n_l / (n_s + n_l), 3)
-        out[f"ead_cost_ratio_C{suffix}"] = round(cost_ratio, 3)
-        out[f"ead_time_over_formula{suffix}"] = round((t_ead / (n_s + n_l)) / (cost_ratio * c_l), 3)
+    out.update(_ead_over_formula(tb, tok, chat))
     out.update(_vllm_ratios(tb, tok))
+    return out
+
+
+def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> dict:
+    """EAD wall-clock against ``C x`` large-only wall-clock at the claim's τ (batch 1, as in the paper).
+
+    Per-token costs c_S, c_L come from the same loop with one model only. The contenders run in
+    interleaved rounds and each keeps its fastest round, so slow drift of the machine hits all of
+    them alike. EOS is suppressed: every answer is ``new_tokens`` long (decode-dominated).
+    Two switching rules at τ=0.02: the spec's (window 5, >= 10 tokens per model), and the one the
+    ``ead-tradeoff`` claim uses on 2-5 token answers (window 1, no minimum run), which switches on
+    ~40% of steps; every switch makes the incoming model read what it missed in a multi-token
+    forward that C does not price.
+    """
+    from decoding import AuxiliaryModel, entropy_adaptive_generate
+    from decoding.auxiliary import encode_prompts
+    from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
+
+    small, large = tb.model("small-instruct"), tb.model("large-instruct")
+    no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id])])
+    ids = [torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]]) for i in range(len(chat))]
+
+    def run(first, second, tau, **rule) -> tuple[float, int, int, int]:
+        start, n_s, n_l, switches = time.perf_counter(), 0, 0, 0
+        for i in range(len(chat)):
+            r = entropy_adaptive_generate(
+                AuxiliaryModel(first, tok, chat[i : i + 1]), AuxiliaryModel(second, tok, chat[i : i + 1]), ids[i],
+                tau=tau, max_new_tokens=new_tokens, logits_processor=no_eos, eos_token_id=tok.eos_token_id, **rule,
+            )
+            n_s, n_l, switches = n_s + int(r.tokens_small.sum()), n_l + int(r.tokens_large.sum()), switches + int(r.switches.sum())
+        return time.perf_counter() - start, n_s, n_l, switches
+
+    contenders = {
+        "small": lambda: run(small, large, 1e9),  # never switches: small only
+        "large": lambda: run(large, small, 1e9),  # the large model in the small seat
+        "": lambda: run(small, large, 0.02),  # the spec's rule (window 5, min 10)
+        "_window1": lambda: run(small, large, 0.02, window=1, min_tokens=0),
+    }
+    for fn in contenders.values():  # warm-up
+        fn()
+    best: dict[str, tuple] = {}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            result = fn()
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+    c_s = best["small"][0] / (best["small"][1] + best["small"][2])
+    c_l = best["large"][0] / (best["large"][1] + best["large"][2])
+    out = {"ead_measured_cost_small_over_large": round(c_s / c_l, 3)}
+    for suffix in ("", "_window1"):
+        seconds, n_s, n_l, switches = best[suffix]
+        cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
+        out[f"ead_large_fraction{suffix}"] = round(n_l / (n_s + n_l), 3)
+        out[f"ead_switches_per_token{suffix}"] = round(switches / (n_s + n_l), 3)
+        out[f"ead_cost_ratio_C{suffix}"] = round(cost_ratio, 3)
+        out[f"ead_time_over_formula{suffix}"] = round((seconds / (n_s + n_l)) / (cost_ratio * c_l), 3)
     return out
 
 
