@@ -1,17 +1,44 @@
-"""BCO's reward shift δ (METHODS §A3): the running mean of every training reward.
+"""``align train bco``: Binary Classifier Optimization on unpaired thumbs-up/down data.
 
-Jung et al., arXiv:2404.04656. δ is the cumulative, count-weighted mean of all rewards seen in
-training (both labels), updated with the current batch before it is used, summed across processes,
-starting at 0 and saved with checkpoints. It leans towards the majority label, so
-``mode="balanced"`` offers ``½(mean₊ + mean₋)``. Evaluation must not call :meth:`update`.
+Jung et al., "Binary Classifier Optimization for Large Language Model Alignment", arXiv:2404.04656
+(METHODS §A3). Rows are ``{prompt, completion, label}``; the loss is :func:`align.losses.bco_loss`
+on summed completion log-probs, with
+
+* δ (:class:`RewardShift`): the cumulative, count-weighted mean of all training rewards (both
+  labels), updated with the current batch before it is used, summed across processes, starting at
+  0, saved in every checkpoint (``bco_state.json``) and restored on resume. It leans towards the
+  majority label, so ``delta_mode="balanced"`` offers ``½(mean₊ + mean₋)``. Evaluation never moves it.
+* optional UDM weights for undesirable examples (:mod:`align.udm`), fitted once before training,
+  saved as ``udm.safetensors`` in the output directory and loaded, not refitted, on resume.
+
+TRL removed its ``BCOTrainer``, so this is a small ``transformers.Trainer``: the reference is an
+explicit frozen model, or the policy with its LoRA adapter disabled. Rows whose prompt alone fills
+``max_length`` are dropped (counted); longer completions are truncated.
+
+Example config (``configs/bco-testbed.yaml``)::
+
+    model: testbed:small-instruct
+    dataset: testbed:unpaired
+    delta_mode: mean
+    udm: false
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from transformers import Trainer, TrainerCallback
+
+from .config import ConfigError
+from .training import TrainArgs, finish, last_checkpoint, load_models, training_kwargs
+
+STATE_FILE = "bco_state.json"
+UDM_FILE = "udm.safetensors"
 
 
 class RewardShift:
@@ -63,3 +90,293 @@ class RewardShift:
         if state["mode"] != self.mode:
             raise ValueError(f"checkpoint δ was kept in mode {state['mode']!r}, this run uses {self.mode!r}")
         self.totals = torch.tensor(state["totals"], dtype=torch.float64)
+
+
+@dataclass
+class BCOArgs(TrainArgs):
+    dataset: str = field(
+        default="testbed:unpaired", metadata={"help": "testbed:unpaired, a .jsonl file or a save_to_disk dir"}
+    )
+    n_train: int = field(default=512, metadata={"help": "testbed:unpaired: training rows"})
+    positive_fraction: float = field(default=0.5, metadata={"help": "testbed:unpaired: share of thumbs-up rows"})
+    delta_mode: Literal["mean", "balanced"] = field(
+        default="mean", metadata={"help": "δ: count-weighted mean of all rewards, or ½(mean₊ + mean₋)"}
+    )
+    udm: bool = field(default=False, metadata={"help": "reweight thumbs-down rows by the prompt density ratio"})
+    udm_max_prompts: int = field(default=1024, metadata={"help": "UDM: prompts per label to fit on"})
+    udm_clip_min: float = field(default=0.5, metadata={"help": "UDM: smallest weight"})
+    udm_clip_max: float = field(default=10.0, metadata={"help": "UDM: largest weight"})
+    output_dir: str = field(default="runs/train/bco", metadata={"help": "checkpoints and the final model"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.delta_mode not in ("mean", "balanced"):
+            raise ConfigError(f"delta_mode must be 'mean' or 'balanced', got {self.delta_mode!r}")
+        if not 0.0 <= self.positive_fraction <= 1.0:
+            raise ConfigError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
+        if self.n_train < 1 or self.udm_max_prompts < 1:
+            raise ConfigError("n_train and udm_max_prompts must be >= 1")
+        if not 0 < self.udm_clip_min <= self.udm_clip_max:
+            raise ConfigError(f"need 0 < udm_clip_min <= udm_clip_max, got {self.udm_clip_min}, {self.udm_clip_max}")
+
+
+def check_unpaired_rows(rows: Any) -> None:
+    """``prompt``/``completion`` non-empty text or messages, ``label`` a bool; the error names row and field."""
+    from .dpo import check_text_field
+
+    for i, row in enumerate(rows):
+        for key in ("prompt", "completion"):
+            check_text_field(row, i, key)
+        if not isinstance(row.get("label"), bool):
+            raise ConfigError(f"row {i}: field 'label' must be true or false, got {row.get('label')!r}")
+
+
+def tokenize_unpaired(tokenizer: Any, row: dict, max_length: int) -> dict[str, list[int]] | None:
+    """Prompt + completion ids and the completion mask, as TRL tokenizes preference data: chat
+    messages through the template, plain text with EOS appended; the completion starts where the
+    prompt and prompt+completion encodings diverge. ``None`` when the prompt fills ``max_length``."""
+    from trl.data_utils import common_prefix_length, is_conversational
+
+    if is_conversational(row):
+        prompt = list(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"])
+        full = list(tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"])
+    else:
+        completion = row["completion"]
+        if not completion.endswith(tokenizer.eos_token):
+            completion += tokenizer.eos_token
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + completion)["input_ids"]
+    start = common_prefix_length(prompt, full)
+    if start >= max_length:
+        return None
+    full = full[:max_length]
+    return {"input_ids": full, "completion_mask": [0] * start + [1] * (len(full) - start)}
+
+
+def completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed completion log-probs ``[B]`` (fp32 log-softmax at the labels, METHODS §0)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    token = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+    return (token * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+def collate(pad_token_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Right-pad ``input_ids`` and masks; keep ``label`` and the UDM ``weight``."""
+
+    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        completion = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            attention[i, :n] = 1
+            completion[i, :n] = torch.tensor(r["completion_mask"])
+        return {
+            "input_ids": ids,
+            "attention_mask": attention,
+            "completion_mask": completion,
+            "label": torch.tensor([bool(r["label"]) for r in rows]),
+            "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        }
+
+    return fn
+
+
+class BCOTrainer(Trainer):
+    """``transformers.Trainer`` with the BCO loss; see the module docstring.
+
+    Args:
+        ref_model: the frozen reference, or ``None`` when ``model`` is a PEFT model (adapter disabled).
+        beta: reward scale; delta_mode: see :class:`RewardShift`; udm_clip: the UDM weight bounds
+            (weights at a bound count in ``udm/frac_clipped``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        ref_model: Any = None,
+        beta: float = 0.1,
+        delta_mode: str = "mean",
+        udm_clip: tuple[float, float] = (0.5, 10.0),
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.udm_clip = udm_clip
+        self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: let Trainer scale by 1/GA
+        self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        self.beta = beta
+        self.shift = RewardShift(delta_mode)
+        self._sums: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
+        self.add_callback(_SaveShift(self))
+
+    def _reference_logps(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return completion_logps(self.ref_model, batch)
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                return completion_logps(model, batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from .losses import bco_loss
+
+        logps = completion_logps(model, inputs)
+        ref = self._reference_logps(model, inputs)
+        labels = inputs["label"]
+        training = model.training
+        if training:  # eval never moves δ
+            rewards = self.beta * (logps.detach() - ref)
+            delta = self.shift.update(rewards, labels, lambda t: self.accelerator.reduce(t.to(self.accelerator.device), "sum"))
+        else:
+            delta = self.shift.value
+        weights = torch.where(labels, torch.ones_like(inputs["weight"]), inputs["weight"])
+        losses, rewards = bco_loss(logps, ref, labels, self.beta, delta, weights)
+        self._record("train" if training else "eval", rewards, logps.detach(), labels, inputs["weight"], delta)
+        loss = losses.mean()
+        return (loss, {"rewards": rewards}) if return_outputs else loss
+
+    def _record(self, mode: str, rewards, logps, labels, weights, delta: float) -> None:
+        """Accumulate sums and counts over the logging interval (gathered from every process)."""
+        g = self.accelerator.gather_for_metrics
+        rewards, logps, labels, weights = g(rewards), g(logps), g(labels), g(weights)
+        neg = ~labels
+        udm_rows = weights[neg]
+        stats = {
+            "rewards/chosen": (rewards[labels].sum().item(), labels.sum().item()),
+            "rewards/rejected": (rewards[neg].sum().item(), neg.sum().item()),
+            "logps/chosen": (logps[labels].sum().item(), labels.sum().item()),
+            "logps/rejected": (logps[neg].sum().item(), neg.sum().item()),
+            "udm/weight_mean": (udm_rows.sum().item(), len(udm_rows)),
+            "udm/frac_clipped": (((udm_rows <= self.udm_clip[0]) | (udm_rows >= self.udm_clip[1])).sum().item(), len(udm_rows)),
+            "delta": (delta, 1),
+        }
+        for key, (total, count) in stats.items():
+            acc = self._sums[mode].setdefault(key, [0.0, 0])
+            acc[0] += total
+            acc[1] += count
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, (total, count) in self._sums[mode].items():
+            if count:
+                logs[prefix + key] = total / count
+        self._sums[mode].clear()
+        super().log(logs, start_time)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        if isinstance(resume_from_checkpoint, str):
+            state = Path(resume_from_checkpoint) / STATE_FILE
+            if not state.exists():
+                raise FileNotFoundError(f"{resume_from_checkpoint} has no {STATE_FILE}: not a BCO checkpoint")
+            self.shift.load_state_dict(json.loads(state.read_text()))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+class _SaveShift(TrainerCallback):
+    """Writes δ into each checkpoint directory (after Trainer has written the checkpoint)."""
+
+    def __init__(self, trainer: BCOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from .io import atomic_write_text
+
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+            atomic_write_text(path, json.dumps(self.trainer.shift.state_dict()))
+
+
+def udm_weights(
+    rows: list[dict], args: BCOArgs, embedding_func: Callable | None = None
+) -> tuple[list[float], dict[str, Any]]:
+    """UDM weights per row (1 for desirable rows): fitted once and saved in ``output_dir``, loaded
+    from there when present (a resumed run never refits). Fitting happens on the main process."""
+    from accelerate import PartialState
+
+    from .udm import UDM, minilm_embedder, prompt_text
+
+    path = Path(args.output_dir) / UDM_FILE
+    embed = embedding_func or minilm_embedder()
+    embeddings = embed([prompt_text(r["prompt"]) for r in rows])
+    labels = torch.tensor([r["label"] for r in rows])
+    state = PartialState()
+    with state.main_process_first():
+        if path.exists():
+            udm, source = UDM.load(path), "loaded"
+        else:
+            udm = UDM.fit(embeddings[labels], embeddings[~labels], args.udm_max_prompts, args.seed,
+                          (args.udm_clip_min, args.udm_clip_max))
+            if state.is_main_process:
+                udm.save(path)
+            source = "fitted"
+    weights = torch.where(labels, torch.ones(len(rows)), udm.weights(embeddings))
+    return weights.tolist(), {"udm": source, **(udm.info or {})}
+
+
+def train_bco(
+    args: BCOArgs, embedding_func: Callable | None = None, callbacks: list[TrainerCallback] | None = None
+) -> dict[str, Any]:
+    """Train and save to ``args.output_dir``; returns the last logged metrics and data counts.
+
+    ``embedding_func`` (texts -> ``[N, D]`` tensor) replaces UDM's default MiniLM embedder;
+    ``callbacks`` are added to the ``Trainer``.
+    """
+    from datasets import Dataset
+
+    rows = [dict(r) for r in _load_rows(args)]
+    check_unpaired_rows(rows)
+    if not rows:
+        raise ConfigError("the dataset has no rows")
+    resume_from = last_checkpoint(args)
+    info: dict[str, Any] = {}
+    if args.udm:
+        weights, info = udm_weights(rows, args, embedding_func)
+    else:
+        weights = [1.0] * len(rows)
+    tok, policy, ref, peft_config = load_models(args)
+    encoded, too_long = [], 0
+    for row, w in zip(rows, weights):
+        enc = tokenize_unpaired(tok, row, args.max_length)
+        if enc is None:
+            too_long += 1
+        else:
+            encoded.append({**enc, "label": row["label"], "weight": w})
+    if too_long:
+        print(f"dropped {too_long} rows whose prompt fills max_length={args.max_length}")
+    if not encoded:
+        raise ConfigError("no usable rows")
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, peft_config)
+    from transformers import TrainingArguments
+
+    config = TrainingArguments(**training_kwargs(args), remove_unused_columns=False, label_names=["label"])
+    trainer = BCOTrainer(
+        model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(encoded),
+        data_collator=collate(tok.pad_token_id), processing_class=tok, beta=args.beta, delta_mode=args.delta_mode,
+        udm_clip=(args.udm_clip_min, args.udm_clip_max), callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    labels = [r["label"] for r in encoded]
+    extra = {"rows": len(encoded), "desirable": sum(labels), "dropped_too_long": too_long,
+             "delta": trainer.shift.value, **info}
+    return finish(trainer, args, tok, extra)
+
+
+def _load_rows(args: BCOArgs) -> Any:
+    from datasets import load_from_disk
+
+    from .io import read_jsonl
+    from .testbed.datasets import unpaired_feedback
+
+    if args.dataset == "testbed:unpaired":
+        return unpaired_feedback(args.n_train, 8, args.seed, True, args.positive_fraction)["train"]
+    if args.dataset.endswith(".jsonl"):
+        return read_jsonl(args.dataset)
+    loaded = load_from_disk(args.dataset)
+    return loaded["train"] if hasattr(loaded, "keys") and "train" in loaded else loaded

@@ -62,7 +62,7 @@ class ReproduceArgs(TestbedArgs):
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
-    "train bco|score|refusal": "BCO, SCoRe and refusal-token SFT trainers",
+    "train score|refusal": "SCoRe and refusal-token SFT trainers",
     "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
 }
@@ -75,6 +75,7 @@ commands:
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)
+  train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
@@ -128,6 +129,15 @@ def _train_dpo(argv: Sequence[str], prog: str, loss: str) -> int:
     args = parse_config(DPOArgs, argv, prog=prog)
     args.loss = loss
     print(json.dumps(train_dpo(args), indent=2))
+    print(f"model saved to {args.output_dir}")
+    return 0
+
+
+def _train_bco(argv: Sequence[str], prog: str) -> int:
+    from .bco import BCOArgs, train_bco
+
+    args = parse_config(BCOArgs, argv, prog=prog)
+    print(json.dumps(train_bco(args), indent=2))
     print(f"model saved to {args.output_dir}")
     return 0
 
@@ -194,6 +204,7 @@ COMMANDS = {
     ("generate",): _generate,
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
+    ("train", "bco"): _train_bco,
 }
 
 

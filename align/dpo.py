@@ -1,11 +1,13 @@
-"""``align train dpo|rpo``: DPO, f-DPO and RPO (token-mean NLL) on TRL's ``DPOTrainer``.
+"""``align train dpo|rpo``: DPO, f-DPO and RPO on TRL's ``DPOTrainer``.
 
-TRL already computes these objectives exactly as :mod:`align.losses` does (an exact cross-check
-lives in ``tests/test_losses_vs_trl.py``), so the trainer is configuration: our divergence names
-and the paper's α map onto ``DPOConfig``; RPO is TRL's ``["sigmoid", "sft"]`` mix. The reference
-model is always passed explicitly (or, with LoRA, is the policy with its adapter disabled): TRL
-never reloads it from ``config._name_or_path``. RPO's ``sum`` and ``seq_mean`` reductions
-(Liu et al.) need a custom loss and are not wired into training yet.
+TRL already computes the f-DPO objectives exactly as :mod:`align.losses` does (an exact cross-check
+lives in ``tests/test_losses_vs_trl.py``), so for DPO the trainer is configuration: our divergence
+names and the paper's α map onto ``DPOConfig``. RPO adds :func:`align.losses.sft_nll` of the chosen
+completions with any of its three reductions (``sum`` with η·β, ``seq_mean``, ``token_mean``; TRL
+has only the last), read from the policy forward TRL runs anyway, so it costs no extra pass. The
+reference is always passed explicitly (or, with LoRA, is the policy with its adapter disabled): TRL
+never reloads it from ``config._name_or_path``. Rows whose prompt alone fills ``max_length`` are
+dropped by TRL (``truncation_mode="keep_start"``); longer completions are truncated.
 
 Example config (``configs/dpo-testbed.yaml``)::
 
@@ -22,48 +24,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import ConfigError
+from .training import TrainArgs, finish, last_checkpoint, load_models, training_kwargs
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
 
 @dataclass
-class DPOArgs:
-    model: str = field(default="testbed:small-instruct", metadata={"help": "policy: testbed:NAME or a checkpoint dir"})
-    ref_model: str | None = field(default=None, metadata={"help": "reference (default: a frozen copy of model)"})
+class DPOArgs(TrainArgs):
     dataset: str = field(
         default="testbed:preference", metadata={"help": "testbed:preference, a .jsonl file or a save_to_disk dir"}
     )
     n_train: int = field(default=512, metadata={"help": "testbed:preference: training pairs"})
     loss: Literal["dpo", "rpo"] = field(default="dpo", metadata={"help": "dpo, or rpo (adds the chosen NLL)"})
-    beta: float = field(default=0.1, metadata={"help": "β"})
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = field(
         default="reverse_kl", metadata={"help": "f-DPO divergence"}
     )
     alpha: float = field(default=0.5, metadata={"help": "α-divergence coefficient"})
     alpha_convention: Literal["paper", "trl"] = field(default="paper", metadata={"help": "paper: α->0 is reverse KL"})
-    rpo_eta: float = field(default=1.0, metadata={"help": "rpo: NLL coefficient η"})
-    sft_reduction: Literal["token_mean"] = field(default="token_mean", metadata={"help": "rpo: NLL reduction"})
+    rpo_eta: float = field(default=1.0, metadata={"help": "rpo: NLL coefficient η (times β for sft_reduction=sum)"})
+    sft_reduction: Literal["sum", "seq_mean", "token_mean"] = field(
+        default="token_mean", metadata={"help": "rpo: sum (Liu, η·β), seq_mean (Liu App. F) or token_mean (TRL)"}
+    )
     output_dir: str = field(default="runs/train/dpo", metadata={"help": "checkpoints and the final model"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
-    max_steps: int = field(default=50, metadata={"help": "optimizer steps"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "pairs per device and step"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step"})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
-    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
-    seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
-    metrics_file: str | None = field(default=None, metadata={"help": "also write the result JSON here (main process)"})
-    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
-    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
 
     def __post_init__(self) -> None:
-        for key in ("beta", "alpha", "rpo_eta", "learning_rate"):
-            if not math.isfinite(getattr(self, key)) or getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
-        for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "n_train"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        super().__post_init__()
+        if not (math.isfinite(self.alpha) and math.isfinite(self.rpo_eta) and self.rpo_eta >= 0):
+            raise ConfigError(f"alpha and rpo_eta must be finite numbers (rpo_eta >= 0), got {self.alpha}, {self.rpo_eta}")
+        if self.n_train < 1:
+            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
+        if self.sft_reduction not in ("sum", "seq_mean", "token_mean"):
+            raise ConfigError(f"sft_reduction must be sum, seq_mean or token_mean, got {self.sft_reduction!r}")
         if self.divergence == "alpha":
             from .losses import paper_alpha
 
@@ -74,16 +65,13 @@ class DPOArgs:
 
 
 def dpo_config_kwargs(args: DPOArgs) -> dict[str, Any]:
-    """The ``trl.DPOConfig`` fields that encode the objective."""
+    """The ``trl.DPOConfig`` fields that encode the objective (RPO's NLL is added by the trainer)."""
     from .losses import paper_alpha
 
     kwargs: dict[str, Any] = {"beta": args.beta, "f_divergence_type": TRL_DIVERGENCE[args.divergence]}
     if args.divergence == "alpha":
         kwargs["f_alpha_divergence_coef"] = 1.0 - paper_alpha(args.alpha, args.alpha_convention)
-    if args.loss == "rpo":
-        kwargs.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, args.rpo_eta])
-    else:
-        kwargs["loss_type"] = ["sigmoid"]
+    kwargs["loss_type"] = ["sigmoid"]
     return kwargs
 
 
@@ -96,14 +84,7 @@ def check_preference_rows(rows: Any) -> tuple[list[int], int]:
     keep, same = [], 0
     for i, row in enumerate(rows):
         for key in ("prompt", "chosen", "rejected"):
-            value = row.get(key) if isinstance(row, dict) else None
-            if value is None:
-                raise ConfigError(f"row {i}: field {key!r} is missing")
-            ok = (isinstance(value, str) and value.strip()) or (
-                isinstance(value, list) and value and all(isinstance(m, dict) and m.get("content") for m in value)
-            )
-            if not ok:
-                raise ConfigError(f"row {i}: field {key!r} must be non-empty text or chat messages, got {value!r}")
+            check_text_field(row, i, key)
         if row["chosen"] == row["rejected"]:
             same += 1
         else:
@@ -111,11 +92,21 @@ def check_preference_rows(rows: Any) -> tuple[list[int], int]:
     return keep, same
 
 
+def check_text_field(row: Any, index: int, key: str) -> None:
+    """``row[key]`` must be non-empty text or non-empty chat messages; the error names row and field."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if value is None:
+        raise ConfigError(f"row {index}: field {key!r} is missing")
+    ok = (isinstance(value, str) and value.strip()) or (
+        isinstance(value, list) and value and all(isinstance(m, dict) and m.get("content") for m in value)
+    )
+    if not ok:
+        raise ConfigError(f"row {index}: field {key!r} must be non-empty text or chat messages, got {value!r}")
+
+
 def train_dpo(args: DPOArgs) -> dict[str, Any]:
     """Train and save to ``args.output_dir``; returns the last logged metrics and data counts."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     dataset = _load_dataset(args)
@@ -125,61 +116,66 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
     if not keep:
         raise ConfigError("no usable preference pairs")
     dataset = dataset.select(keep) if isinstance(dataset, Dataset) else Dataset.from_list([dataset[i] for i in keep])
-    path = _resolve(args, args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    policy = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
-    peft_config = None
-    ref = None
-    if args.lora_r > 0:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+    tok, policy, ref, peft_config = load_models(args)
+    config = DPOConfig(**training_kwargs(args), max_length=args.max_length, **dpo_config_kwargs(args))
+    if args.loss == "rpo":
+        trainer_cls, extra = rpo_trainer_class(DPOTrainer), {"rpo_eta": args.rpo_eta, "sft_reduction": args.sft_reduction}
     else:
-        ref = AutoModelForCausalLM.from_pretrained(_resolve(args, args.ref_model or args.model), trust_remote_code=False)
-    config = DPOConfig(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        gradient_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps else "no",
-        save_steps=args.save_steps or 500,
-        seed=args.seed,
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        **dpo_config_kwargs(args),
+        trainer_cls, extra = DPOTrainer, {}
+    trainer = trainer_cls(
+        model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft_config,
+        **extra,
     )
-    trainer = DPOTrainer(
-        model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft_config
-    )
-    trainer.train()
-    trainer.save_model(args.output_dir)
-    tok.save_pretrained(args.output_dir)
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    result = {
-        "pairs": len(keep),
-        "dropped_identical": same,
-        "world_size": trainer.accelerator.num_processes,
-        "losses": [entry["loss"] for entry in logged],
-        "last_log": logged[-1] if logged else {},
-    }
-    if args.metrics_file and trainer.is_world_process_zero():
-        import json
-
-        from .io import atomic_write_text
-
-        atomic_write_text(args.metrics_file, json.dumps(result, indent=2))
-    return result
+    trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    return finish(trainer, args, tok, {"pairs": len(keep), "dropped_identical": same})
 
 
-def _resolve(args: DPOArgs, ref: str) -> str:
-    if ref.startswith("testbed:"):
-        from .testbed import load_testbed
+def rpo_trainer_class(base: type) -> type:
+    """``base`` (TRL's ``DPOTrainer``) plus RPO's NLL on the chosen completions (METHODS §A2).
 
-        return str(load_testbed(args.profile, args.seed, args.cache_dir).path(ref.removeprefix("testbed:")))
-    return ref
+    The policy's per-token log-probs come from the forward TRL runs anyway: a forward hook on the
+    unwrapped model keeps the first call's (the policy's; the reference runs after it). Then
+    ``loss = DPO + coefficient · sft_nll(chosen, reduction)`` (:func:`align.losses.rpo_loss`), and
+    ``nll_loss`` (unweighted) is logged.
+    """
+    from .losses import rpo_loss, sft_nll
+
+    class RPOTrainer(base):
+        def __init__(self, *a: Any, rpo_eta: float, sft_reduction: str, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.rpo_eta, self.sft_reduction = rpo_eta, sft_reduction
+            self._nll: dict[str, list[float]] = {"train": [], "eval": []}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            captured: list[Any] = []
+
+            def keep_first(_module, _args, output):
+                if not captured:
+                    captured.append(output.log_probs)
+
+            hook = self.accelerator.unwrap_model(model).register_forward_hook(keep_first)
+            try:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                hook.remove()
+            dpo = result[0] if return_outputs else result
+            mask = inputs["completion_mask"][:, 1:]  # position t predicts token t+1
+            chosen_logps, _ = captured[0][:, -mask.shape[1] :].chunk(2, dim=0)  # the batch is [chosen; rejected]
+            chosen_mask, _ = mask.chunk(2, dim=0)
+            nll = sft_nll(chosen_logps, chosen_mask, self.sft_reduction)
+            loss = rpo_loss(dpo, nll, self.rpo_eta, self.beta, self.sft_reduction)
+            mode = "train" if self.model.training else "eval"
+            self._nll[mode].append(self.accelerator.gather(nll.detach()).mean().item())
+            return (loss, result[1]) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            mode = "train" if self.model.training else "eval"
+            if self._nll[mode]:
+                logs[("eval_" if mode == "eval" else "") + "nll_loss"] = sum(self._nll[mode]) / len(self._nll[mode])
+                self._nll[mode].clear()
+            super().log(logs, start_time)
+
+    return RPOTrainer
 
 
 def _load_dataset(args: DPOArgs) -> Any:

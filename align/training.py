@@ -1,0 +1,124 @@
+"""What every ``align train`` command shares: the common config fields, model loading (explicit
+reference or LoRA with the adapter disabled), the ``transformers.TrainingArguments`` they imply,
+resuming, and the result file. Objective-specific trainers (:mod:`align.dpo`, :mod:`align.bco`)
+add their fields and their loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import ConfigError
+
+
+@dataclass
+class TrainArgs:
+    model: str = field(default="testbed:small-instruct", metadata={"help": "policy: testbed:NAME or a checkpoint dir"})
+    ref_model: str | None = field(default=None, metadata={"help": "reference (default: a frozen copy of model)"})
+    beta: float = field(default=0.1, metadata={"help": "β: reward scale r = β(logp - ref_logp)"})
+    output_dir: str = field(default="runs/train", metadata={"help": "checkpoints and the final model"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
+    max_steps: int = field(default=50, metadata={"help": "optimizer steps"})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "examples (pairs for DPO) per device and step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per sequence; rows whose prompt fills it are dropped"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning; >0: reference = adapter disabled)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    seed: int = field(default=0, metadata={"help": "seed of data order and initialisation"})
+    metrics_file: str | None = field(default=None, metadata={"help": "also write the result JSON here (main process)"})
+    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
+    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
+
+    def __post_init__(self) -> None:
+        for key in ("beta", "learning_rate"):
+            if not math.isfinite(getattr(self, key)) or getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
+        for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.lora_r < 0 or self.save_steps < 0:
+            raise ConfigError("lora_r and save_steps must be >= 0")
+
+
+def resolve_model(args: TrainArgs, name: str) -> str:
+    """``testbed:NAME`` -> that testbed model's directory; anything else is a path."""
+    if name.startswith("testbed:"):
+        from .testbed import load_testbed
+
+        return str(load_testbed(args.profile, args.seed, args.cache_dir).path(name.removeprefix("testbed:")))
+    return name
+
+
+def load_models(args: TrainArgs) -> tuple[Any, Any, Any, Any]:
+    """Tokenizer, policy, reference (``None`` with LoRA: the adapter is disabled instead) and the
+    PEFT config. The reference is always loaded explicitly, never from ``config._name_or_path``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(args, args.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    if args.lora_r > 0:
+        from peft import LoraConfig
+
+        lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+        return tok, policy, None, lora
+    ref = AutoModelForCausalLM.from_pretrained(resolve_model(args, args.ref_model or args.model), trust_remote_code=False)
+    ref.requires_grad_(False).eval()
+    return tok, policy, ref, None
+
+
+def training_kwargs(args: TrainArgs) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields our config fixes (TRL configs accept them too)."""
+    import torch
+
+    return dict(
+        output_dir=args.output_dir,
+        learning_rate=args.learning_rate,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_checkpointing=args.gradient_checkpointing,
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        seed=args.seed,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def last_checkpoint(args: TrainArgs) -> str | None:
+    """The checkpoint to resume from when ``resume`` is set (``None``: start fresh)."""
+    if not args.resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if found is None:
+        print(f"resume: no checkpoint in {args.output_dir}, starting fresh")
+    return found
+
+
+def finish(trainer: Any, args: TrainArgs, tok: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """Save the model, collect the logged losses, write ``metrics_file`` atomically (main process)."""
+    trainer.save_model(args.output_dir)
+    tok.save_pretrained(args.output_dir)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    result = {
+        **extra,
+        "world_size": trainer.accelerator.num_processes,
+        "losses": [entry["loss"] for entry in logged],
+        "last_log": logged[-1] if logged else {},
+    }
+    if args.metrics_file and trainer.is_world_process_zero():
+        from .io import atomic_write_text
+
+        atomic_write_text(args.metrics_file, json.dumps(result, indent=2))
+    return result
