@@ -28,6 +28,9 @@ class TrainArgs:
     max_length: int = field(default=1024, metadata={"help": "tokens per sequence; rows whose prompt fills it are dropped"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning; >0: reference = adapter disabled)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    mixed_precision: Literal["auto", "no", "bf16"] = field(
+        default="auto", metadata={"help": "auto: bf16 autocast on GPUs that support it, fp32 otherwise (and on CPU)"}
+    )
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
@@ -43,6 +46,8 @@ class TrainArgs:
         for key in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ConfigError(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
         if self.lora_r < 0 or self.save_steps < 0:
             raise ConfigError("lora_r and save_steps must be >= 0")
 
@@ -78,6 +83,7 @@ def training_kwargs(args: TrainArgs) -> dict[str, Any]:
     """The ``TrainingArguments`` fields our config fixes (TRL configs accept them too)."""
     import torch
 
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return dict(
         output_dir=args.output_dir,
         learning_rate=args.learning_rate,
@@ -91,6 +97,8 @@ def training_kwargs(args: TrainArgs) -> dict[str, Any]:
         seed=args.seed,
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        # TRL's configs default to bf16, which on CPU autocasts to slow, lossy bf16: decide explicitly
+        bf16=args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and gpu_bf16),
     )
 
 

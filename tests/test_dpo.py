@@ -15,8 +15,9 @@ def test_objective_maps_onto_trl():
     assert a["f_divergence_type"] == "alpha_divergence" and a["f_alpha_divergence_coef"] == pytest.approx(0.7)
     assert dpo_config_kwargs(DPOArgs(divergence="alpha", alpha=0.3, alpha_convention="trl"))["f_alpha_divergence_coef"] == pytest.approx(0.3)
     assert dpo_config_kwargs(DPOArgs(divergence="js"))["f_divergence_type"] == "js_divergence"
-    r = dpo_config_kwargs(DPOArgs(loss="rpo", rpo_eta=0.2))
-    assert r["loss_type"] == ["sigmoid", "sft"] and r["loss_weights"] == [1.0, 0.2]
+    assert dpo_config_kwargs(DPOArgs(loss="rpo", rpo_eta=0.2))["loss_type"] == ["sigmoid"]  # RPOTrainer adds the NLL
+    with pytest.raises(ConfigError, match="sft_reduction"):
+        DPOArgs(sft_reduction="mean")
     with pytest.raises(ConfigError, match="alpha"):
         DPOArgs(divergence="alpha", alpha=1.0)
     with pytest.raises(ConfigError, match="beta"):
@@ -86,3 +87,33 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tm
     assert len(r1["losses"]) == len(r2["losses"]) == 3
     assert r2["losses"][:2] == pytest.approx(r1["losses"][:2], abs=1e-5)
     assert r2["losses"][2] == pytest.approx(r1["losses"][2], abs=1e-3)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "seq_mean", "token_mean"])
+def test_rpo_reductions_match_a_naive_recomputation(tiny_testbed, tmp_path, reduction):
+    """Step 1 (policy == reference, so the DPO part is log 2): loss = log 2 + coefficient · NLL of the
+    chosen completions, NLL recomputed here token by token from the chat-rendered pairs."""
+    import math
+
+    from align.bco import tokenize_unpaired
+    from align.entanglement import sequence_logp
+    from align.testbed.datasets import preference_pairs
+
+    eta, beta = 0.3, 0.5
+    args = DPOArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), loss="rpo", n_train=8, max_steps=1,
+                   per_device_train_batch_size=8, logging_steps=1, output_dir=str(tmp_path / "rpo"), beta=beta,
+                   rpo_eta=eta, sft_reduction=reduction)
+    log = train_dpo(args)["last_log"]
+    tok, model = tiny_testbed.tokenizer(), tiny_testbed.model("small-instruct")
+    sums, counts = [], []
+    with torch.no_grad():
+        for row in preference_pairs(8, 8, seed=0, conversational=True)["train"]:
+            enc = tokenize_unpaired(tok, {"prompt": row["prompt"], "completion": row["chosen"]}, 1024)
+            start = enc["completion_mask"].index(1)
+            sums.append(-float(sequence_logp(model, enc["input_ids"][:start], enc["input_ids"][start:])))
+            counts.append(len(enc["input_ids"]) - start)
+    nll = {"sum": sum(sums) / 8, "seq_mean": sum(s / n for s, n in zip(sums, counts)) / 8,
+           "token_mean": sum(sums) / sum(counts)}[reduction]
+    coefficient = eta * beta if reduction == "sum" else eta
+    assert log["nll_loss"] == pytest.approx(nll, rel=1e-5)
+    assert log["loss"] == pytest.approx(math.log(2) + coefficient * nll, rel=1e-5)
