@@ -35,7 +35,15 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .config import ConfigError
-from .training import TrainArgs, finish, last_checkpoint, load_models, training_kwargs
+from .training import (
+    TrainArgs,
+    finish,
+    last_checkpoint,
+    load_models,
+    load_rows,
+    tokenize_prompt_completion,
+    training_kwargs,
+)
 
 STATE_FILE = "bco_state.json"
 UDM_FILE = "udm.safetensors"
@@ -129,28 +137,6 @@ def check_unpaired_rows(rows: Any) -> None:
             check_text_field(row, i, key)
         if not isinstance(row.get("label"), bool):
             raise ConfigError(f"row {i}: field 'label' must be true or false, got {row.get('label')!r}")
-
-
-def tokenize_unpaired(tokenizer: Any, row: dict, max_length: int) -> dict[str, list[int]] | None:
-    """Prompt + completion ids and the completion mask, as TRL tokenizes preference data: chat
-    messages through the template, plain text with EOS appended; the completion starts where the
-    prompt and prompt+completion encodings diverge. ``None`` when the prompt fills ``max_length``."""
-    from trl.data_utils import common_prefix_length, is_conversational
-
-    if is_conversational(row):
-        prompt = list(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"])
-        full = list(tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"])
-    else:
-        completion = row["completion"]
-        if not completion.endswith(tokenizer.eos_token):
-            completion += tokenizer.eos_token
-        prompt = tokenizer(row["prompt"])["input_ids"]
-        full = tokenizer(row["prompt"] + completion)["input_ids"]
-    start = common_prefix_length(prompt, full)
-    if start >= max_length:
-        return None
-    full = full[:max_length]
-    return {"input_ids": full, "completion_mask": [0] * start + [1] * (len(full) - start)}
 
 
 def completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -340,7 +326,7 @@ def train_bco(
     tok, policy, ref, peft_config = load_models(args)
     encoded, too_long = [], 0
     for row, w in zip(rows, weights):
-        enc = tokenize_unpaired(tok, row, args.max_length)
+        enc = tokenize_prompt_completion(tok, row, args.max_length)
         if enc is None:
             too_long += 1
         else:
@@ -369,14 +355,7 @@ def train_bco(
 
 
 def _load_rows(args: BCOArgs) -> Any:
-    from datasets import load_from_disk
-
-    from .io import read_jsonl
     from .testbed.datasets import unpaired_feedback
 
-    if args.dataset == "testbed:unpaired":
-        return unpaired_feedback(args.n_train, 8, args.seed, True, args.positive_fraction)["train"]
-    if args.dataset.endswith(".jsonl"):
-        return read_jsonl(args.dataset)
-    loaded = load_from_disk(args.dataset)
-    return loaded["train"] if hasattr(loaded, "keys") and "train" in loaded else loaded
+    testbed = {"testbed:unpaired": lambda: unpaired_feedback(args.n_train, 8, args.seed, True, args.positive_fraction)["train"]}
+    return load_rows(args.dataset, testbed)

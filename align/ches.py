@@ -10,12 +10,17 @@ penultimate response token, the EOS position dropped::
     LN-CHES = ⟨S+, S-⟩ / (|y+| |y-|) - ‖S+‖² / |y+|²
 
 Higher scores are riskier. Scores use the initial policy, no gradients, fp32 sums.
+``align data ches --config ...`` (:class:`CHESArgs`) writes a scored, optionally filtered dataset.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset
@@ -94,3 +99,68 @@ def filter_by_ches(
     valid = [i for i, s in enumerate(column) if s == s]
     keep = sorted(sorted(valid, key=lambda i: column[i])[: round(fraction * len(valid))])
     return scored.select(keep)
+
+
+@dataclass
+class CHESArgs:
+    model: str = field(default="testbed:small-instruct", metadata={"help": "the initial policy: testbed:NAME or a checkpoint dir"})
+    dataset: str = field(default="testbed:preference", metadata={"help": "testbed:preference, a .jsonl file or a save_to_disk dir"})
+    n_train: int = field(default=512, metadata={"help": "testbed:preference: pairs"})
+    out: str = field(default="runs/data/ches.jsonl", metadata={"help": "scored pairs: a .jsonl file, or a directory (save_to_disk)"})
+    keep_fraction: float | None = field(default=None, metadata={"help": "write only the lowest-scored fraction"})
+    drop_top_fraction: float | None = field(default=None, metadata={"help": "write all but the highest-scored fraction"})
+    normalized: bool = field(default=True, metadata={"help": "rank by LN-CHES (true) or CHES"})
+    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
+    seed: int = field(default=0, metadata={"help": "testbed seed (and testbed dataset seed)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
+
+    def __post_init__(self) -> None:
+        from .config import ConfigError
+
+        if self.keep_fraction is not None and self.drop_top_fraction is not None:
+            raise ConfigError("give at most one of keep_fraction and drop_top_fraction")
+        for key in ("keep_fraction", "drop_top_fraction"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
+        if self.n_train < 1:
+            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
+
+
+def run_ches(args: CHESArgs) -> tuple[Path, dict[str, Any]]:
+    """``align data ches``: score (and optionally filter) a preference dataset, write it atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .config import ConfigError
+    from .dpo import check_preference_rows
+    from .io import atomic_write_jsonl
+    from .testbed.datasets import preference_pairs
+    from .training import load_rows, resolve_model
+
+    rows = load_rows(args.dataset, {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)["train"]})
+    keep, same = check_preference_rows(rows)
+    if not keep:
+        raise ConfigError("no usable preference pairs")
+    dataset = Dataset.from_list([dict(rows[i]) for i in keep])
+    path = resolve_model(args, args.model)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(path)
+    if args.keep_fraction is None and args.drop_top_fraction is None:
+        scored = ches_scores(dataset, model, tok)
+    else:
+        scored = filter_by_ches(dataset, model, tok, args.keep_fraction, args.drop_top_fraction, args.normalized)
+    column = torch.tensor(scored["ln_ches" if args.normalized else "ches"], dtype=torch.float64)
+    column = column[~column.isnan()]
+    quantiles = torch.quantile(column, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)).tolist() if len(column) else []
+    summary = {"pairs_in": len(rows), "dropped_identical": same, "pairs_out": len(scored),
+               "score": "ln_ches" if args.normalized else "ches", "quantiles_0_25_50_75_100": quantiles}
+    out = Path(args.out)
+    if out.suffix == ".jsonl":
+        atomic_write_jsonl(out, scored.to_list())
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        scored.save_to_disk(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out, summary

@@ -75,6 +75,7 @@ commands:
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)
+  data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   reproduce NAME      check a paper claim on the testbed ({claims})
@@ -142,6 +143,15 @@ def _train_bco(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+def _data_ches(argv: Sequence[str], prog: str) -> int:
+    from .ches import CHESArgs, run_ches
+
+    path, summary = run_ches(parse_config(CHESArgs, argv, prog=prog))
+    print(json.dumps(summary, indent=2))
+    print(f"written: {path}")
+    return 0
+
+
 def _generate(argv: Sequence[str], prog: str) -> int:
     from .generate import GenerateArgs, run_generate
 
@@ -205,6 +215,7 @@ COMMANDS = {
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
     ("train", "bco"): _train_bco,
+    ("data", "ches"): _data_ches,
 }
 
 

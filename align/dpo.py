@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import ConfigError
-from .training import TrainArgs, finish, last_checkpoint, load_models, training_kwargs
+from .training import TrainArgs, finish, last_checkpoint, load_models, load_rows, training_kwargs
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
@@ -45,10 +45,17 @@ class DPOArgs(TrainArgs):
     sft_reduction: Literal["sum", "seq_mean", "token_mean"] = field(
         default="token_mean", metadata={"help": "rpo: sum (Liu, η·β), seq_mean (Liu App. F) or token_mean (TRL)"}
     )
+    ge_probe_every: int = field(default=0, metadata={"help": "log ge/* gradient entanglement every N steps (0: off)"})
+    ge_probe_size: int = field(default=8, metadata={"help": "pairs in the fixed ge/* probe batch (the first rows)"})
+    ge_params: Literal["trainable", "last_block"] = field(
+        default="trainable", metadata={"help": "ge/* gradients over every trainable parameter or the last block"}
+    )
     output_dir: str = field(default="runs/train/dpo", metadata={"help": "checkpoints and the final model"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ge_probe_every < 0 or self.ge_probe_size < 1:
+            raise ConfigError("ge_probe_every must be >= 0 and ge_probe_size >= 1")
         if not (math.isfinite(self.alpha) and math.isfinite(self.rpo_eta) and self.rpo_eta >= 0):
             raise ConfigError(f"alpha and rpo_eta must be finite numbers (rpo_eta >= 0), got {self.alpha}, {self.rpo_eta}")
         if self.n_train < 1:
@@ -122,9 +129,15 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
         trainer_cls, extra = rpo_trainer_class(DPOTrainer), {"rpo_eta": args.rpo_eta, "sft_reduction": args.sft_reduction}
     else:
         trainer_cls, extra = DPOTrainer, {}
+    callbacks = []
+    if args.ge_probe_every:
+        from .entanglement import EntanglementCallback, probe_pairs
+
+        probe = probe_pairs(tok, [dataset[i] for i in range(min(args.ge_probe_size, len(dataset)))])
+        callbacks.append(EntanglementCallback(probe, args.ge_probe_every, args.ge_params))
     trainer = trainer_cls(
         model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft_config,
-        **extra,
+        callbacks=callbacks, **extra,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
     return finish(trainer, args, tok, {"pairs": len(keep), "dropped_identical": same})
@@ -179,14 +192,7 @@ def rpo_trainer_class(base: type) -> type:
 
 
 def _load_dataset(args: DPOArgs) -> Any:
-    from datasets import load_from_disk
-
-    from .io import read_jsonl
     from .testbed.datasets import preference_pairs
 
-    if args.dataset == "testbed:preference":
-        return preference_pairs(args.n_train, 8, seed=args.seed, conversational=True)["train"]
-    if args.dataset.endswith(".jsonl"):
-        return read_jsonl(args.dataset)
-    loaded = load_from_disk(args.dataset)
-    return loaded["train"] if hasattr(loaded, "keys") and "train" in loaded else loaded
+    testbed = {"testbed:preference": lambda: preference_pairs(args.n_train, 8, seed=args.seed, conversational=True)["train"]}
+    return load_rows(args.dataset, testbed)

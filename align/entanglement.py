@@ -9,15 +9,17 @@ one SGD step on a margin loss changes::
 
 :func:`entanglement_stats` computes these per pair on a probe batch (per-example gradients in fp32,
 optionally on a parameter subset such as the last block or LoRA weights) and returns the ``ge/*``
-metrics a trainer callback logs.
+metrics; :class:`EntanglementCallback` logs them during training (``ge_probe_every`` in
+``align train dpo|rpo``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerCallback
 
 
 def sequence_logp(model: PreTrainedModel, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> torch.Tensor:
@@ -65,3 +67,61 @@ def entanglement_stats(
         "ge/frac_chosen_down": float((inner > w2).double().mean()),
         "ge/frac_rejected_up": float((inner > l2).double().mean()),
     }
+
+
+def probe_pairs(tokenizer: Any, rows: Iterable[Mapping[str, Any]]) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` of preference rows, tokenized as for training."""
+    from .training import tokenize_prompt_completion
+
+    pairs = []
+    for row in rows:
+        ids = []
+        for key in ("chosen", "rejected"):
+            enc = tokenize_prompt_completion(tokenizer, {"prompt": row["prompt"], "completion": row[key]})
+            start = enc["completion_mask"].index(1)
+            ids.append((enc["input_ids"][:start], enc["input_ids"][start:]))
+        pairs.append((ids[0][0], ids[0][1], ids[1][1]))
+    return pairs
+
+
+class EntanglementCallback(TrainerCallback):
+    """Logs ``ge/*`` (:func:`entanglement_stats`) on a fixed probe batch every ``probe_every`` steps.
+
+    Runs on the main process on the unwrapped model, in eval mode, with ``torch.autograd.grad`` (no
+    ``.grad`` is touched and nothing is synchronised across processes). ``params="last_block"``
+    restricts the gradients to the last decoder layer; the default uses every trainable parameter
+    (only the adapter under LoRA). Entries go to ``trainer.state.log_history`` with their step.
+
+    Example::
+
+        >>> trainer.add_callback(EntanglementCallback(probe_pairs(tok, train_rows[:8]), probe_every=10))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+        probe_every: int = 10,
+        params: Literal["trainable", "last_block"] = "trainable",
+    ) -> None:
+        if probe_every < 1 or not pairs:
+            raise ValueError("EntanglementCallback needs probe_every >= 1 and at least one probe pair")
+        self.pairs, self.every, self.params = list(pairs), probe_every, params
+
+    def _params(self, model: PreTrainedModel) -> list[torch.Tensor]:
+        if self.params == "last_block":
+            layers = [m for name, m in model.named_modules() if name.endswith("layers")]
+            if not layers:
+                raise ValueError("params='last_block' needs a model with a `layers` module list")
+            return [p for p in layers[-1][-1].parameters() if p.requires_grad]
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every or not state.is_world_process_zero:
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            stats = entanglement_stats(model, self.pairs, self._params(model))
+        finally:
+            model.train(was_training)
+        state.log_history.append({"step": state.global_step, **stats})

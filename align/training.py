@@ -61,6 +61,47 @@ def resolve_model(args: TrainArgs, name: str) -> str:
     return name
 
 
+def load_rows(spec: str, testbed: dict[str, Any]) -> Any:
+    """Rows named by ``spec``: a testbed builder's key (``testbed:preference`` -> ``testbed[...]()``), a
+    ``.jsonl`` file, or a ``save_to_disk`` directory (its ``train`` split if it has splits)."""
+    from datasets import load_from_disk
+
+    from .io import read_jsonl
+
+    if spec.startswith("testbed:"):
+        if spec not in testbed:
+            raise ConfigError(f"dataset {spec!r} is not a testbed dataset here; use one of {', '.join(testbed)}")
+        return testbed[spec]()
+    if spec.endswith(".jsonl"):
+        return read_jsonl(spec)
+    if not Path(spec).is_dir():
+        raise ConfigError(f"dataset {spec!r}: not a testbed name, a .jsonl file or a saved dataset directory")
+    loaded = load_from_disk(spec)
+    return loaded["train"] if hasattr(loaded, "keys") and "train" in loaded else loaded
+
+
+def tokenize_prompt_completion(tokenizer: Any, row: dict, max_length: int = 1024) -> dict[str, list[int]] | None:
+    """Prompt + completion ids and the completion mask, as TRL tokenizes preference data: chat
+    messages through the template, plain text with EOS appended; the completion starts where the
+    prompt and prompt+completion encodings diverge. ``None`` when the prompt fills ``max_length``."""
+    from trl.data_utils import common_prefix_length, is_conversational
+
+    if is_conversational(row):
+        prompt = list(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"])
+        full = list(tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"])
+    else:
+        completion = row["completion"]
+        if not completion.endswith(tokenizer.eos_token):
+            completion += tokenizer.eos_token
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + completion)["input_ids"]
+    start = common_prefix_length(prompt, full)
+    if start >= max_length:
+        return None
+    full = full[:max_length]
+    return {"input_ids": full, "completion_mask": [0] * start + [1] * (len(full) - start)}
+
+
 def load_models(args: TrainArgs) -> tuple[Any, Any, Any, Any]:
     """Tokenizer, policy, reference (``None`` with LoRA: the adapter is disabled instead) and the
     PEFT config. The reference is always loaded explicitly, never from ``config._name_or_path``."""
@@ -124,6 +165,7 @@ def finish(trainer: Any, args: TrainArgs, tok: Any, extra: dict[str, Any]) -> di
         "world_size": trainer.accelerator.num_processes,
         "losses": [entry["loss"] for entry in logged],
         "last_log": logged[-1] if logged else {},
+        "log_history": trainer.state.log_history,
     }
     if args.metrics_file and trainer.is_world_process_zero():
         from .io import atomic_write_text

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.bco import BCOArgs, BCOTrainer, collate, tokenize_unpaired, train_bco
+from align.bco import BCOArgs, BCOTrainer, collate, train_bco
+from align.training import tokenize_prompt_completion
 from align.config import ConfigError
 from align.entanglement import sequence_logp
 from align.testbed.datasets import unpaired_feedback
@@ -33,7 +34,7 @@ def test_first_step_loss_equals_a_naive_recomputation(tiny_testbed, tmp_path):
     rewards, labels = [], []
     with torch.no_grad():
         for row in rows:
-            enc = tokenize_unpaired(tok, row, 1024)
+            enc = tokenize_prompt_completion(tok, row, 1024)
             start = enc["completion_mask"].index(1)
             prompt, completion = enc["input_ids"][:start], enc["input_ids"][start:]
             rewards.append(0.5 * float(sequence_logp(policy, prompt, completion) - sequence_logp(ref, prompt, completion)))
@@ -63,7 +64,7 @@ def test_eval_never_moves_delta(tiny_testbed, tmp_path):
     tok = tiny_testbed.tokenizer()
     rows = unpaired_feedback(16, 16, 0, True, 0.5)
     encode = lambda split: Dataset.from_list(  # noqa: E731
-        [{**tokenize_unpaired(tok, r, 1024), "label": r["label"], "weight": 1.0} for r in rows[split]])
+        [{**tokenize_prompt_completion(tok, r, 1024), "label": r["label"], "weight": 1.0} for r in rows[split]])
     trainer = BCOTrainer(
         model=tiny_testbed.model("small-instruct"), ref_model=tiny_testbed.model("small-base"),
         args=TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
@@ -91,7 +92,7 @@ def test_bad_rows_are_named_before_training(tmp_path):
 def test_over_long_prompts_are_dropped_and_counted(tiny_testbed, tmp_path):
     tok = tiny_testbed.tokenizer()
     rows = unpaired_feedback(8, 8, 0, True, 0.5)["train"]
-    lengths = sorted(len(tokenize_unpaired(tok, r, 1024)["completion_mask"]) - sum(tokenize_unpaired(tok, r, 1024)["completion_mask"]) for r in rows)
+    lengths = sorted(len(tokenize_prompt_completion(tok, r, 1024)["completion_mask"]) - sum(tokenize_prompt_completion(tok, r, 1024)["completion_mask"]) for r in rows)
     cut = lengths[len(lengths) // 2]  # prompts of exactly `cut` tokens or more fill max_length
     result = train_bco(_args(tiny_testbed, tmp_path, max_length=cut))
     assert result["dropped_too_long"] == sum(n >= cut for n in lengths) and result["rows"] == 8 - result["dropped_too_long"]

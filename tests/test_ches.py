@@ -47,3 +47,23 @@ def test_scores_and_filter(tiny_testbed, conversational):
     with pytest.raises(ValueError, match="exactly one"):
         filter_by_ches(pairs, model, tok)
     assert all(math.isfinite(s) for s in scored["ches"])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ""])
+def test_data_ches_command_writes_the_safest_pairs(tiny_testbed, tmp_path, suffix):
+    from datasets import load_from_disk
+
+    from align.cli import main
+    from align.io import read_jsonl
+
+    out = tmp_path / f"scored{suffix}"
+    common = ["--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "12", "--out", str(out)]
+    assert main(["data", "ches", *common]) == 0
+    all_rows = read_jsonl(out) if suffix else list(load_from_disk(str(out)))
+    assert main(["data", "ches", *common, "--keep_fraction", "0.25"]) == 0
+    kept = read_jsonl(out) if suffix else list(load_from_disk(str(out)))
+    assert len(all_rows) == 12 and len(kept) == 3
+    scores = sorted(r["ln_ches"] for r in all_rows)
+    assert sorted(r["ln_ches"] for r in kept) == pytest.approx(scores[:3])
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
+    assert main(["data", "ches", *common, "--keep_fraction", "0.5", "--drop_top_fraction", "0.1"]) == 2

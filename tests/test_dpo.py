@@ -95,7 +95,7 @@ def test_rpo_reductions_match_a_naive_recomputation(tiny_testbed, tmp_path, redu
     chosen completions, NLL recomputed here token by token from the chat-rendered pairs."""
     import math
 
-    from align.bco import tokenize_unpaired
+    from align.training import tokenize_prompt_completion
     from align.entanglement import sequence_logp
     from align.testbed.datasets import preference_pairs
 
@@ -108,7 +108,7 @@ def test_rpo_reductions_match_a_naive_recomputation(tiny_testbed, tmp_path, redu
     sums, counts = [], []
     with torch.no_grad():
         for row in preference_pairs(8, 8, seed=0, conversational=True)["train"]:
-            enc = tokenize_unpaired(tok, {"prompt": row["prompt"], "completion": row["chosen"]}, 1024)
+            enc = tokenize_prompt_completion(tok, {"prompt": row["prompt"], "completion": row["chosen"]}, 1024)
             start = enc["completion_mask"].index(1)
             sums.append(-float(sequence_logp(model, enc["input_ids"][:start], enc["input_ids"][start:])))
             counts.append(len(enc["input_ids"]) - start)
@@ -117,3 +117,24 @@ def test_rpo_reductions_match_a_naive_recomputation(tiny_testbed, tmp_path, redu
     coefficient = eta * beta if reduction == "sum" else eta
     assert log["nll_loss"] == pytest.approx(nll, rel=1e-5)
     assert log["loss"] == pytest.approx(math.log(2) + coefficient * nll, rel=1e-5)
+
+
+def test_entanglement_probe_logs_ge_stats_of_the_current_policy(tiny_testbed, tmp_path):
+    """The ge/* entry at step 2 equals entanglement_stats recomputed on the saved step-2 model."""
+    from transformers import AutoModelForCausalLM
+
+    from align.entanglement import entanglement_stats, probe_pairs
+    from align.testbed.datasets import preference_pairs
+
+    args = DPOArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=16, max_steps=2,
+                   per_device_train_batch_size=4, logging_steps=1, output_dir=str(tmp_path / "ge"), learning_rate=1e-3,
+                   ge_probe_every=2, ge_probe_size=3)
+    history = train_dpo(args)["log_history"]
+    ge = [h for h in history if "ge/inner" in h]
+    assert [h["step"] for h in ge] == [2]
+    rows = preference_pairs(16, 8, seed=0, conversational=True)["train"]
+    pairs = probe_pairs(tiny_testbed.tokenizer(), [rows[i] for i in range(3)])
+    expected = entanglement_stats(AutoModelForCausalLM.from_pretrained(tmp_path / "ge"), pairs)
+    assert ge[0]["ge/inner"] == pytest.approx(expected["ge/inner"], rel=1e-4)
+    assert ge[0]["ge/cos"] == pytest.approx(expected["ge/cos"], rel=1e-4, abs=1e-6)
+    assert ge[0]["ge/frac_chosen_down"] == expected["ge/frac_chosen_down"]
