@@ -15,6 +15,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
+from .claims_training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
 from .io import atomic_write_text
 
 if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
@@ -343,6 +344,11 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "dlf-vs-fixed": dlf_vs_fixed,
     "gedi-steering": gedi_steering,
     "steer-diversity": steer_diversity,
+    "dpo-gold": dpo_gold,
+    "rpo-displacement": rpo_displacement,
+    "bco-vs-dpo": bco_vs_dpo,
+    "bco-udm": bco_udm,
+    "ches-filter": ches_filter,
 }
 
 

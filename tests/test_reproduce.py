@@ -14,8 +14,24 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     saved = json.loads(path.read_text())
     assert saved == result
     assert {"claim", "metric", "value", "baseline", "holds", "sweep"} <= set(saved)
-    assert 0 <= saved["value"] <= 1 and 0 <= saved["baseline"] <= 1
-    if name == "steer-diversity":  # also needs lower self-BLEU and matched coherence
+    sweep = saved["sweep"]
+    if name not in ("rpo-displacement", "ches-filter"):  # those two compare log-probabilities
+        assert 0 <= saved["value"] <= 1 and 0 <= saved["baseline"] <= 1
+    if name in ("dpo-gold", "bco-udm"):
+        gain = sweep["sampled_gain" if name == "dpo-gold" else "udm_minus_bco"]
+        assert gain["gain"] == pytest.approx(saved["value"] - saved["baseline"], abs=1e-3)
+        assert saved["holds"] == (gain["gain"] > 2 * gain["se"])
+    elif name == "bco-vs-dpo":
+        assert saved["holds"] == (abs(saved["value"] - saved["baseline"]) <= 0.03)
+    elif name == "rpo-displacement":
+        drop = sweep["drop"]
+        assert drop["dpo"] == pytest.approx(sweep["start"] - saved["baseline"], abs=1e-3)
+        assert saved["holds"] == (drop["dpo"] > 0 and drop["rpo"] < 0.5 * drop["dpo"])
+        assert len(sweep["train_logps/chosen"]["rpo"]) == 20  # a point every 10 of 200 steps
+    elif name == "ches-filter":
+        assert saved["value"] == sweep["ln_ches_lowest"]["drop"] and saved["baseline"] == sweep["random"]["drop"]
+        assert saved["holds"] == (saved["value"] < saved["baseline"])
+    elif name == "steer-diversity":  # also needs lower self-BLEU and matched coherence
         steered = saved["sweep"]["steer (gamma=0.2, eta=0.6, top_k=10)"]
         plain = saved["sweep"]["plain sampling"]
         assert saved["value"] == steered["distinct_4"] and saved["baseline"] == plain["distinct_4"]
