@@ -151,13 +151,15 @@ def rpo_trainer_class(base: type) -> type:
     ``loss = DPO + coefficient · sft_nll(chosen, reduction)`` (:func:`align.losses.rpo_loss`), and
     ``nll_loss`` (unweighted) is logged.
     """
+    import torch
+
     from .losses import rpo_loss, sft_nll
 
     class RPOTrainer(base):
         def __init__(self, *a: Any, rpo_eta: float, sft_reduction: str, **kw: Any) -> None:
             super().__init__(*a, **kw)
             self.rpo_eta, self.sft_reduction = rpo_eta, sft_reduction
-            self._nll: dict[str, list[float]] = {"train": [], "eval": []}
+            self._nll: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # reduced at log time
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             captured: list[Any] = []
@@ -178,13 +180,14 @@ def rpo_trainer_class(base: type) -> type:
             nll = sft_nll(chosen_logps, chosen_mask, self.sft_reduction)
             loss = rpo_loss(dpo, nll, self.rpo_eta, self.beta, self.sft_reduction)
             mode = "train" if self.model.training else "eval"
-            self._nll[mode].append(self.accelerator.gather(nll.detach()).mean().item())
+            self._nll[mode].append(nll.detach())
             return (loss, result[1]) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             mode = "train" if self.model.training else "eval"
             if self._nll[mode]:
-                logs[("eval_" if mode == "eval" else "") + "nll_loss"] = sum(self._nll[mode]) / len(self._nll[mode])
+                nll = self.accelerator.gather(torch.stack(self._nll[mode])).mean().item()
+                logs[("eval_" if mode == "eval" else "") + "nll_loss"] = nll
                 self._nll[mode].clear()
             super().log(logs, start_time)
 

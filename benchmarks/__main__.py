@@ -253,7 +253,14 @@ def _vllm_ratios(tb, tok) -> dict:
     return {"vllm_proc_throughput_ratio": round(with_proc / plain, 3), "vllm_over_hf_b64": round(plain / hf, 3)}
 
 
-BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching}
+def training(profile: str) -> dict:
+    """Trainer step time vs TRL's DPOTrainer; LoRA-reference memory (see benchmarks/training.py)."""
+    from .training import training as run
+
+    return run(profile)
+
+
+BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training}
 
 
 def main() -> None:

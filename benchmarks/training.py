@@ -1,0 +1,151 @@
+"""``python -m benchmarks training``: our trainers' step time against TRL's ``DPOTrainer``, and the
+memory a LoRA reference (adapter disabled) saves over a separate reference model.
+
+A step is ``trainer.training_step`` (forward, loss, backward: where the objectives differ; the
+optimizer step is the same for all). The contenders take turns step by step (the order rotates),
+so drift of this shared machine hits all alike; each reports its median step after warm-up.
+Same model (small-instruct), same pairs and batches, same sequences per step (BCO gets each pair
+as two unpaired rows, twice the rows).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import tempfile
+import time
+from typing import Any
+
+WARMUP, TIMED, PAIRS_PER_STEP = 10, 200, 8
+
+
+def training(profile: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import TrainingArguments
+    from trl import DPOConfig, DPOTrainer
+    from trl.data_utils import unpair_preference_dataset
+
+    from align.bco import BCOTrainer, collate
+    from align.dpo import DPOArgs, dpo_config_kwargs, rpo_trainer_class
+    from align.testbed import build_testbed
+    from align.testbed.datasets import preference_pairs
+    from align.training import tokenize_prompt_completion, training_kwargs
+
+    tb = build_testbed(profile)
+    tok = tb.tokenizer()
+    steps = WARMUP + TIMED
+    pairs = preference_pairs(steps * PAIRS_PER_STEP, 8, seed=0, conversational=True)["train"]
+    unpaired = unpair_preference_dataset(pairs)
+    encoded = Dataset.from_list([
+        {**tokenize_prompt_completion(tok, row), "label": row["label"], "weight": 1.0} for row in unpaired
+    ])
+    out = tempfile.mkdtemp(prefix="alignkit-bench-")
+    # TRL defaults to bf16 and gradient checkpointing; the comparison runs both contenders without
+    common = dict(output_dir=out, max_steps=steps, learning_rate=1e-5, report_to=[], use_cpu=True, bf16=False,
+                  gradient_checkpointing=False,
+                  save_strategy="no", logging_steps=10**6, seed=0, disable_tqdm=True)
+    ours = DPOArgs(output_dir=out, max_steps=steps, learning_rate=1e-5, per_device_train_batch_size=PAIRS_PER_STEP,
+                   logging_steps=10**6)
+
+    def models():
+        return tb.model("small-instruct"), tb.model("small-instruct").requires_grad_(False)
+
+    def trl(loss_type: list[str], weights: list[float] | None = None):
+        def make():
+            policy, ref = models()
+            config = DPOConfig(**common, per_device_train_batch_size=PAIRS_PER_STEP, loss_type=loss_type,
+                               loss_weights=weights, beta=0.1)
+            return DPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=pairs, processing_class=tok)
+        return make
+
+    def ours_dpo(rpo: bool):
+        def make():
+            policy, ref = models()
+            config = DPOConfig(**{**training_kwargs(ours), "disable_tqdm": True}, max_length=ours.max_length,
+                               **dpo_config_kwargs(ours))
+            cls, extra = (rpo_trainer_class(DPOTrainer), {"rpo_eta": 1.0, "sft_reduction": "token_mean"}) if rpo else (DPOTrainer, {})
+            return cls(model=policy, ref_model=ref, args=config, train_dataset=pairs, processing_class=tok, **extra)
+        return make
+
+    def ours_bco():
+        policy, ref = models()
+        config = TrainingArguments(**common, per_device_train_batch_size=2 * PAIRS_PER_STEP, remove_unused_columns=False,
+                                   label_names=["label"])
+        return BCOTrainer(model=policy, ref_model=ref, args=config, train_dataset=encoded, data_collator=collate(tok.pad_token_id))
+
+    contenders = {"trl_sigmoid": trl(["sigmoid"]), "trl_sigmoid_sft": trl(["sigmoid", "sft"], [1.0, 1.0]),
+                  "dpo": ours_dpo(False), "rpo": ours_dpo(True), "bco": ours_bco}
+    trainers = {name: make() for name, make in contenders.items()}
+    for trainer in trainers.values():
+        trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
+    batches = {name: list(t.get_train_dataloader()) for name, t in trainers.items()}
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    names = list(trainers)
+    for step in range(steps):
+        for name in names[step % len(names):] + names[: step % len(names)]:
+            trainer = trainers[name]
+            start = time.perf_counter()
+            trainer.training_step(trainer.model, batches[name][step])
+            times[name].append(time.perf_counter() - start)
+            trainer.model.zero_grad(set_to_none=True)
+    best = {name: statistics.median(t[WARMUP:]) for name, t in times.items()}
+    result = {
+        "dpo_over_trl": round(best["dpo"] / best["trl_sigmoid"], 3),
+        "rpo_over_trl": round(best["rpo"] / best["trl_sigmoid_sft"], 3),
+        "bco_over_trl": round(best["bco"] / best["trl_sigmoid"], 3),
+        "step_ms": {k: round(v * 1e3, 2) for k, v in best.items()},
+    }
+    result.update(_lora_memory())
+    return result
+
+
+# ---- memory: each configuration in a fresh process, peak RSS read there -------------------------
+
+MEM_SIZE = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8)
+
+
+def _peak_rss(lora_reference: bool, queue) -> None:
+    import resource
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import DPOConfig, DPOTrainer
+    from peft import LoraConfig
+
+    from align.testbed.datasets import preference_pairs
+    from align.testbed.tokenizer import build_tokenizer
+
+    torch.set_num_threads(1)
+    tok = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), **MEM_SIZE, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(config)
+    ref = None if lora_reference else LlamaForCausalLM(config).requires_grad_(False)
+    pairs = preference_pairs(64, 8, seed=0, conversational=True)["train"]
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(output_dir=out, max_steps=4, per_device_train_batch_size=8, report_to=[], use_cpu=True, bf16=False,
+                         gradient_checkpointing=False,
+                         save_strategy="no", disable_tqdm=True)
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+        DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=pairs, processing_class=tok, peft_config=lora).train()
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _lora_memory() -> dict[str, Any]:
+    """Peak RSS of LoRA DPO with the reference = adapter disabled, over the same with a separate
+    reference model (a random 20M-parameter Llama so the weights are visible above the runtime)."""
+    ctx = multiprocessing.get_context("spawn")
+    peaks = {}
+    for name, lora_reference in (("adapter_disabled", True), ("separate_reference", False)):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_peak_rss, args=(lora_reference, queue))
+        proc.start()
+        peaks[name] = queue.get(timeout=600)
+        proc.join()
+    params = MEM_SIZE["num_hidden_layers"] * (4 * MEM_SIZE["hidden_size"] ** 2 + 3 * MEM_SIZE["hidden_size"] * MEM_SIZE["intermediate_size"])
+    return {
+        "lora_ref_mem_ratio": round(peaks["adapter_disabled"] / peaks["separate_reference"], 3),
+        "peak_rss_mib": {k: round(v / 1024, 1) for k, v in peaks.items()},
+        "mem_model_params_millions": round(params / 1e6, 1),
+    }
