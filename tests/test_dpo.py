@@ -64,16 +64,18 @@ def test_cli_and_shipped_config(tmp_path, capsys):
     assert "not implemented yet" in capsys.readouterr().err
 
 
-def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tmp_path):
+@pytest.mark.parametrize("trainer", ["dpo", "bco"])
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tmp_path, trainer):
     """Real DDP over gloo: world size 2 (asserted), per-device batch 4 vs one process with 8.
 
     Tolerance: step 1 (no update yet) and step 2 (one all-reduced update) agree within 1e-5; by
     step 3 Adam's normalisation of near-zero gradients amplifies all-reduce rounding, so 1e-3.
+    BCO's δ is all-reduced: both runs end with the same δ (1e-5).
     """
     import subprocess
     import sys
 
-    common = ["train", "dpo", "--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "32",
+    common = ["train", trainer, "--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "32",
               "--max_steps", "3", "--logging_steps", "1"]
     two = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_2proc.yaml",
            "-m", "align", *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two"),
@@ -87,6 +89,8 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tm
     assert len(r1["losses"]) == len(r2["losses"]) == 3
     assert r2["losses"][:2] == pytest.approx(r1["losses"][:2], abs=1e-5)
     assert r2["losses"][2] == pytest.approx(r1["losses"][2], abs=1e-3)
+    if trainer == "bco":
+        assert r2["delta"] == pytest.approx(r1["delta"], abs=1e-5) and r1["delta"] != 0
 
 
 @pytest.mark.parametrize("reduction", ["sum", "seq_mean", "token_mean"])
