@@ -62,6 +62,20 @@ def chosen_logp(model: Any, tok: Any, rows: list[dict]) -> float:
     return round(sum(values) / len(values), 4)
 
 
+def _gain_claim(claim: str, n: int, treated: dict, control: dict, sweep: dict) -> dict:
+    """A claim that ``treated`` beats ``control`` on sampled accuracy by more than 2 paired SE."""
+    gain = paired_gain(treated, control)
+    return {
+        "claim": claim,
+        "metric": f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {n} held-out chat prompts; "
+        "holds if the gain exceeds 2 paired SE",
+        "value": treated["sampled"],
+        "baseline": control["sampled"],
+        "holds": gain["gain"] > 2 * gain["se"],
+        "sweep": {**sweep, "gain": gain},
+    }
+
+
 def _summary(acc: dict) -> dict:
     return {k: v for k, v in acc.items() if k != "per_prompt"}
 
@@ -104,17 +118,11 @@ def dpo_gold(tb: "Testbed", n: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         model, result = _train("dpo", tb, _pairs(N_PAIRS), out)
         after = policy_accuracy(model, tok, problems)
-    gain = paired_gain(after, before)
-    return {
-        "claim": "DPO on verifier-labelled pairs raises small-instruct's verifier accuracy",
-        "metric": f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {n} held-out chat prompts; holds if the gain exceeds 2 paired SE",
-        "value": after["sampled"],
-        "baseline": before["sampled"],
-        "holds": gain["gain"] > 2 * gain["se"],
-        "sweep": {"before": _summary(before), "after": _summary(after), "sampled_gain": gain,
-                  "greedy_change": round(after["greedy"] - before["greedy"], 4), "recipe": {**RECIPE, "pairs": N_PAIRS},
-                  "logps/chosen": _curve(result)},
-    }
+    return _gain_claim(
+        "DPO on verifier-labelled pairs raises small-instruct's verifier accuracy", n, after, before,
+        {"before": _summary(before), "after": _summary(after), "greedy_change": round(after["greedy"] - before["greedy"], 4),
+         "recipe": {**RECIPE, "pairs": N_PAIRS}, "logps/chosen": _curve(result)},
+    )
 
 
 def rpo_displacement(tb: "Testbed", n: int) -> dict:
@@ -203,17 +211,12 @@ def bco_udm(tb: "Testbed", n: int) -> dict:
         plain_acc = policy_accuracy(plain, tok, problems)
         udm, result = _train("bco", tb, rows, f"{out}/udm", per_device_train_batch_size=16, udm=True)
         udm_acc = policy_accuracy(udm, tok, problems)
-    gain = paired_gain(udm_acc, plain_acc)
-    return {
-        "claim": "with thumbs-up prompts mostly '+' and thumbs-down mostly '-' (80/20), BCO+UDM beats BCO",
-        "metric": f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {n} held-out chat prompts; holds if the gain exceeds 2 paired SE",
-        "value": udm_acc["sampled"],
-        "baseline": plain_acc["sampled"],
-        "holds": gain["gain"] > 2 * gain["se"],
-        "sweep": {"before": _summary(before), "bco": _summary(plain_acc), "bco_udm": _summary(udm_acc), "udm_minus_bco": gain,
-                  "udm_classifier": {k: result.get(k) for k in ("n_desirable", "n_undesirable", "train_accuracy")},
-                  "udm_weight_mean_last": result["last_log"].get("udm/weight_mean"), "rows": len(rows)},
-    }
+    return _gain_claim(
+        "with thumbs-up prompts mostly '+' and thumbs-down mostly '-' (80/20), BCO+UDM beats BCO", n, udm_acc, plain_acc,
+        {"before": _summary(before), "bco": _summary(plain_acc), "bco_udm": _summary(udm_acc),
+         "udm_classifier": {k: result.get(k) for k in ("n_desirable", "n_undesirable", "train_accuracy")},
+         "udm_weight_mean_last": result["last_log"].get("udm/weight_mean"), "rows": len(rows)},
+    )
 
 
 def ches_filter(tb: "Testbed", n: int) -> dict:

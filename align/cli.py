@@ -187,7 +187,7 @@ def _quickstart(argv: Sequence[str], prog: str) -> int:
     print("\nDPO on 512 verifier-labelled pairs (configs/dpo-testbed.yaml recipe), small-instruct:")
     result, path = reproduce("dpo-gold", load_testbed(args.profile, args.seed, args.cache_dir))
     sweep = result["sweep"]
-    before, after, gain = sweep["before"], sweep["after"], sweep["sampled_gain"]
+    before, after, gain = sweep["before"], sweep["after"], sweep["gain"]
     print(f"  gold accuracy, greedy:        {before['greedy']:.3f} -> {after['greedy']:.3f}")
     print(f"  gold accuracy, sampled (T=1): {before['sampled']:.3f} -> {after['sampled']:.3f} "
           f"(gain {gain['gain']:+.3f} ± {gain['se']:.3f})")

@@ -45,6 +45,9 @@ class DPOArgs(TrainArgs):
     sft_reduction: Literal["sum", "seq_mean", "token_mean"] = field(
         default="token_mean", metadata={"help": "rpo: sum (Liu, η·β), seq_mean (Liu App. F) or token_mean (TRL)"}
     )
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "score the data with the reference once before training (TRL), then free it"}
+    )
     ge_probe_every: int = field(default=0, metadata={"help": "log ge/* gradient entanglement every N steps (0: off)"})
     ge_probe_size: int = field(default=8, metadata={"help": "pairs in the fixed ge/* probe batch (the first rows)"})
     ge_params: Literal["trainable", "last_block"] = field(
@@ -124,7 +127,10 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
         raise ConfigError("no usable preference pairs")
     dataset = dataset.select(keep) if isinstance(dataset, Dataset) else Dataset.from_list([dataset[i] for i in keep])
     tok, policy, ref, peft_config = load_models(args)
-    config = DPOConfig(**training_kwargs(args), max_length=args.max_length, **dpo_config_kwargs(args))
+    config = DPOConfig(
+        **training_kwargs(args), max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref_log_probs,
+        **dpo_config_kwargs(args),
+    )
     if args.loss == "rpo":
         trainer_cls, extra = rpo_trainer_class(DPOTrainer), {"rpo_eta": args.rpo_eta, "sft_reduction": args.sft_reduction}
     else:

@@ -36,17 +36,23 @@ def test_bad_rows_are_named_and_identical_pairs_dropped():
         check_preference_rows([{**good, "prompt": [{"role": "user"}]}])
 
 
-@pytest.mark.parametrize("loss", ["dpo", "rpo"])
-def test_short_training_run(tiny_testbed, tmp_path, loss):
+@pytest.mark.parametrize("loss, extra", [("dpo", {}), ("rpo", {}), ("dpo", {"precompute_ref_log_probs": True}),
+                                         ("rpo", {"lora_r": 4, "gradient_checkpointing": True})])
+def test_short_training_run(tiny_testbed, tmp_path, loss, extra):
     args = DPOArgs(
         model="testbed:small-instruct", profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), loss=loss,
         n_train=16, max_steps=3, per_device_train_batch_size=4, logging_steps=1, output_dir=str(tmp_path / loss),
-        learning_rate=1e-3,
+        learning_rate=1e-3, **extra,
     )
     result = train_dpo(args)
-    assert result["pairs"] == 16 and result["dropped_identical"] == 0
+    # step 1: the policy is its reference (a copy, precomputed log-probs, or LoRA with B = 0)
+    assert result["log_history"][0]["rewards/chosen"] == 0 and result["log_history"][0]["rewards/margins"] == 0
     log = result["last_log"]
-    assert {"loss", "rewards/chosen", "rewards/accuracies", "logps/chosen"} <= set(log)
+    assert {"loss", "rewards/chosen", "rewards/accuracies", "logps/chosen"} <= set(log) and log["rewards/chosen"] != 0
+    assert ("nll_loss" in log) == (loss == "rpo")
+    if extra.get("lora_r"):
+        return  # the saved model is the adapter
+    assert result["pairs"] == 16 and result["dropped_identical"] == 0
     before = load_file(str(tiny_testbed.path("small-instruct") / "model.safetensors"))
     after = load_file(str(tmp_path / loss / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy trained
