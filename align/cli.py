@@ -76,6 +76,7 @@ commands:
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)
+  train reward        Bradley-Terry reward-model ensemble on TRL's RewardTrainer (--config configs/reward-testbed.yaml)
   data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
@@ -141,6 +142,15 @@ def _train_bco(argv: Sequence[str], prog: str) -> int:
     args = parse_config(BCOArgs, argv, prog=prog)
     print(json.dumps(train_bco(args), indent=2))
     print(f"model saved to {args.output_dir}")
+    return 0
+
+
+def _train_reward(argv: Sequence[str], prog: str) -> int:
+    from .reward import RewardArgs, train_reward
+
+    args = parse_config(RewardArgs, argv, prog=prog)
+    print(json.dumps(train_reward(args), indent=2))
+    print(f"ensemble saved to {args.output_dir}")
     return 0
 
 
@@ -230,6 +240,7 @@ COMMANDS = {
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
     ("train", "bco"): _train_bco,
+    ("train", "reward"): _train_reward,
     ("data", "ches"): _data_ches,
 }
 

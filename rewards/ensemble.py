@@ -1,0 +1,187 @@
+"""A reward ensemble: members behind one interface, per-member standardisation, one aggregation.
+
+Members are anything that maps ``(prompts, completions)`` to one score per row: a Hugging Face
+sequence-classification reward model (:class:`HFRewardModel`, one forward per batch), or a plain
+function (:class:`FunctionReward`: the testbed verifier, a rule, a length penalty). Standardisation
+``z_i = (r_i - μ_i) / σ_i`` is fitted on a calibration set and frozen, so members on different
+scales mix fairly (METHODS §R1). Scoring returns the aggregate, the per-member scores and their
+spread.
+
+Example::
+
+    >>> ens = load_ensemble("runs/train/reward")                        # doctest: +SKIP
+    >>> ens.fit_standardization(calib_prompts, calib_completions)       # doctest: +SKIP
+    >>> ens.score(prompts, completions, aggregation="uwo").aggregate    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .aggregation import Aggregation, aggregate, check_scores, spread
+
+Text = str | list[dict[str, str]]  # plain text, or chat messages
+MANIFEST = "ensemble.json"
+
+
+class RewardMember(Protocol):
+    name: str
+
+    def __call__(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor: ...
+
+
+def conversation(prompt: Text, completion: Text) -> Text:
+    """prompt + completion as TRL's reward trainer joins them (messages, or text)."""
+    if isinstance(prompt, str) != isinstance(completion, str):
+        raise ValueError("prompt and completion must both be text or both be chat messages")
+    return prompt + completion
+
+
+class HFRewardModel:
+    """A sequence-classification reward model (``num_labels=1``), scoring what TRL's
+    ``RewardTrainer`` trains on: the chat-templated conversation, or text + EOS; right padding."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "reward", batch_size: int = 64) -> None:
+        if getattr(model.config, "num_labels", None) != 1:
+            raise ValueError(f"{name}: a reward model needs num_labels=1, got {model.config.num_labels}")
+        self.model, self.tokenizer, self.name, self.batch_size = model.eval(), tokenizer, name, batch_size
+        self.device = next(model.parameters()).device
+
+    def encode(self, prompt: Text, completion: Text) -> list[int]:
+        joined = conversation(prompt, completion)
+        if isinstance(joined, str):
+            eos = self.tokenizer.eos_token
+            return self.tokenizer(joined if joined.endswith(eos) else joined + eos)["input_ids"]
+        return list(self.tokenizer.apply_chat_template(joined)["input_ids"])
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
+        ids = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        pad = self.tokenizer.pad_token_id
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            batch = ids[start : start + self.batch_size]
+            width = max(map(len, batch))
+            input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch], device=self.device)
+            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch], device=self.device)
+            out.append(self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].double().cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+@dataclass
+class FunctionReward:
+    """A plain function ``(prompt, completion) -> float`` as a member (applied row by row)."""
+
+    fn: Callable[[Text, Text], float]
+    name: str = "function"
+
+    def __call__(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
+        return torch.tensor([float(self.fn(p, c)) for p, c in zip(prompts, completions)], dtype=torch.float64)
+
+
+@dataclass
+class EnsembleScores:
+    aggregate: torch.Tensor  # [B]
+    members: torch.Tensor  # [k, B], standardised when the ensemble is
+    spread: torch.Tensor  # [B], std across members (ddof of the ensemble)
+
+
+class RewardEnsemble:
+    """Members, optional frozen standardisation, and a default aggregation (see :mod:`rewards.aggregation`).
+
+    Args:
+        members: reward members (at least one); names must be unique.
+        aggregation, lam, ddof, k_s: the default aggregation and its parameters.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[RewardMember],
+        aggregation: Aggregation = "mean",
+        lam: float = 0.5,
+        ddof: int = 0,
+        k_s: float = 1.0,
+    ) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+        self.members, self.aggregation, self.lam, self.ddof, self.k_s = list(members), aggregation, lam, ddof, k_s
+        self.mu: torch.Tensor | None = None  # [k]
+        self.sigma: torch.Tensor | None = None
+        aggregate(torch.zeros(len(members), 1), aggregation, lam, ddof, k_s)  # reject bad settings now
+
+    def raw(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
+        """Unstandardised member scores ``[k, B]`` (one batched pass per member)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        rows = []
+        for member in self.members:
+            scores = member(prompts, completions)
+            if scores.shape != (len(prompts),):
+                raise ValueError(f"member {member.name!r} returned shape {tuple(scores.shape)} for {len(prompts)} rows")
+            rows.append(scores.double())
+        return check_scores(torch.stack(rows)) if prompts else torch.zeros(len(self.members), 0, dtype=torch.float64)
+
+    def fit_standardization(self, prompts: Sequence[Text], completions: Sequence[Text]) -> None:
+        """Freeze each member's mean and std on a calibration set (e.g. reference-policy samples)."""
+        scores = self.raw(prompts, completions)
+        if scores.shape[1] < 2:
+            raise ValueError("standardisation needs at least 2 calibration rows")
+        self.mu, self.sigma = scores.mean(1), scores.std(1).clamp(min=1e-8)
+
+    def score(
+        self,
+        prompts: Sequence[Text],
+        completions: Sequence[Text],
+        aggregation: Aggregation | None = None,
+    ) -> EnsembleScores:
+        members = self.raw(prompts, completions)
+        if self.mu is not None:
+            members = (members - self.mu[:, None]) / self.sigma[:, None]
+        agg = aggregate(members, aggregation or self.aggregation, self.lam, self.ddof, self.k_s)
+        return EnsembleScores(agg, members, spread(members, self.ddof))
+
+    def __call__(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
+        return self.score(prompts, completions).aggregate
+
+    def save_standardization(self, path: str | Path) -> None:
+        from align.io import atomic_write_text
+
+        if self.mu is None:
+            raise ValueError("fit_standardization first")
+        stats = {m.name: [float(a), float(b)] for m, a, b in zip(self.members, self.mu, self.sigma)}
+        atomic_write_text(path, json.dumps(stats, indent=2))
+
+    def load_standardization(self, path: str | Path) -> None:
+        stats = json.loads(Path(path).read_text())
+        missing = [m.name for m in self.members if m.name not in stats]
+        if missing:
+            raise ValueError(f"{path} has no standardisation for members {missing}")
+        self.mu = torch.tensor([stats[m.name][0] for m in self.members], dtype=torch.float64)
+        self.sigma = torch.tensor([stats[m.name][1] for m in self.members], dtype=torch.float64)
+
+
+def load_ensemble(path: str | Path, device: str = "cpu", **kwargs: Any) -> RewardEnsemble:
+    """The ensemble ``align train reward`` saved: ``path/ensemble.json`` names the member directories
+    (safetensors; ``trust_remote_code=False``). ``kwargs`` go to :class:`RewardEnsemble`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} is not a reward ensemble: {MANIFEST} is missing")
+    manifest = json.loads(manifest_path.read_text())
+    members = []
+    for member in manifest["members"]:
+        member_dir = path / member["dir"]
+        model = AutoModelForSequenceClassification.from_pretrained(member_dir, trust_remote_code=False).to(device)
+        members.append(HFRewardModel(model, AutoTokenizer.from_pretrained(member_dir), member["dir"]))
+    return RewardEnsemble(members, **kwargs)

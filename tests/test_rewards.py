@@ -1,0 +1,176 @@
+"""rewards: aggregations and ddof by hand, standardisation, LSC, the unbiased best-of-n estimator
+against exhaustive enumeration, best-of-n, the TRL adapter called as TRL calls it, bad inputs,
+HF reward members and `align train reward` on the tiny testbed."""
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewards import (
+    FunctionReward,
+    HFRewardModel,
+    ReferenceRewards,
+    RewardEnsemble,
+    TRLRewardFunction,
+    aggregate,
+    best_of_n,
+    combine,
+    kl_best_of_n,
+    load_ensemble,
+    lsc,
+    unbiased_best_of_n,
+)
+
+S = torch.tensor([[1.0, 2.0], [3.0, 2.0], [8.0, 2.0]])  # 3 members, 2 rows; row 2 all agree
+
+
+def test_aggregations_by_hand():
+    assert aggregate(S, "mean").tolist() == [4.0, 2.0]
+    assert aggregate(S, "min").tolist() == [1.0, 2.0]
+    assert aggregate(S, "median").tolist() == [3.0, 2.0]
+    # population variance of (1, 3, 8) = (9 + 1 + 16) / 3 = 26/3; unbiased = 13
+    assert aggregate(S, "uwo", lam=0.5).tolist() == pytest.approx([4 - 0.5 * 26 / 3, 2.0])
+    assert aggregate(S, "uwo", lam=0.5, ddof=1).tolist() == pytest.approx([4 - 6.5, 2.0])
+    assert aggregate(S, "mean_minus_std", k_s=2.0).tolist() == pytest.approx([4 - 2 * math.sqrt(26 / 3), 2.0])
+    assert aggregate(torch.tensor([[1.0], [5.0], [2.0], [10.0]]), "median").tolist() == [3.5]  # even k: middle mean
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="at least 2 members"):
+        aggregate(S[:1], "uwo")
+    with pytest.raises(ValueError, match="at least 2 members"):
+        RewardEnsemble([FunctionReward(lambda p, c: 1.0, "one")], aggregation="uwo")
+    with pytest.raises(ValueError, match="member 1 gave a non-finite score .* for row 0"):
+        aggregate(torch.tensor([[1.0], [float("nan")]]))
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        aggregate(S, "max")
+    ens = RewardEnsemble([FunctionReward(lambda p, c: 1.0, "a"), FunctionReward(lambda p, c: float("nan"), "b")])
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        ens.score(["x", "y"], ["z"])
+    with pytest.raises(ValueError, match="member 1 gave a non-finite"):
+        ens.score(["x"], ["z"])
+    with pytest.raises(ValueError, match="unique"):
+        RewardEnsemble([FunctionReward(len, "a"), FunctionReward(len, "a")])
+
+
+def test_standardisation_is_frozen_on_the_calibration_set(tmp_path):
+    ens = RewardEnsemble([FunctionReward(lambda p, c: 100 * len(c), "big"), FunctionReward(lambda p, c: len(c) / 10, "small")])
+    calib = ["a", "abc", "abcde", "abcdefg"]
+    ens.fit_standardization(["q"] * 4, calib)
+    z = ens.score(["q"] * 4, calib).members
+    assert torch.allclose(z.mean(1), torch.zeros(2, dtype=z.dtype), atol=1e-12)
+    assert torch.allclose(z.std(1), torch.ones(2, dtype=z.dtype))
+    assert torch.allclose(z[0], z[1])  # same ranking on different scales -> identical z-scores
+    later = ens.score(["q"], ["abcdefghi"])  # new data does not refit: (9 - 4) / std(1, 3, 5, 7)
+    assert later.members[0, 0].item() == pytest.approx(5 / torch.tensor([1.0, 3, 5, 7]).std().item())
+    ens.save_standardization(tmp_path / "std.json")
+    other = RewardEnsemble(ens.members)
+    other.load_standardization(tmp_path / "std.json")
+    assert torch.equal(other.score(["q"], ["ab"]).members, ens.score(["q"], ["ab"]).members)
+    assert ens.score(["q"], ["ab"]).spread.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lsc_and_reference_rewards_by_hand():
+    assert lsc(torch.tensor([1.0]), torch.tensor([1.0])).item() == pytest.approx(math.log(0.5))
+    assert lsc(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(math.log(1 / (1 + math.exp(-2))))
+    calls = []
+
+    def sample(prompts, m):
+        calls.append(list(prompts))
+        return [[str(i) for i in range(m)] for _ in prompts]  # completions "0".."m-1"
+
+    ref = ReferenceRewards(lambda p, c: torch.tensor([float(x) for x in c]), sample, m=5, q=0.5)
+    assert ref(["a", "b", "a"]).tolist() == [2.0, 2.0, 2.0]  # median of 0..4
+    assert ref(["a", "c"]).tolist() == [2.0, 2.0] and calls == [["a", "b"], ["c"]]  # cached per prompt
+    assert ReferenceRewards(lambda p, c: torch.tensor([float(x) for x in c]), sample, m=4, q=None)(["z"]).item() == 1.5
+    total = combine({"helpful": torch.tensor([-0.1, -2.0]), "harmless": torch.tensor([-0.2, -0.1])})
+    assert total.tolist() == pytest.approx([-0.3, -2.1])
+    with pytest.raises(ValueError, match="disagree on shape"):
+        combine({"a": torch.zeros(2), "b": torch.zeros(3)})
+
+
+def test_unbiased_best_of_n_equals_exhaustive_enumeration():
+    g = torch.Generator().manual_seed(0)
+    proxy, gold = torch.randn(9, generator=g), torch.randn(9, generator=g)
+    for n in range(1, 10):
+        subsets = list(itertools.combinations(range(9), n))
+        brute = sum(float(gold[max(s, key=lambda i: proxy[i])]) for s in subsets) / len(subsets)
+        assert unbiased_best_of_n(proxy, gold, n) == pytest.approx(brute, abs=1e-12)
+    assert unbiased_best_of_n(proxy, gold, 1) == pytest.approx(float(gold.mean()))
+    assert kl_best_of_n(1) == 0.0 and kl_best_of_n(4) == pytest.approx(math.log(4) - 0.75)
+    ties = torch.zeros(6)
+    assert unbiased_best_of_n(ties, gold[:6], 3, seed=1) == unbiased_best_of_n(ties, gold[:6], 3, seed=1)
+    with pytest.raises(ValueError, match="1 <= n <= N"):
+        unbiased_best_of_n(proxy, gold, 10)
+
+
+def test_best_of_n_keeps_the_highest_aggregate():
+    def sample(prompts, n):
+        return [[p + "x" * k for k in (2, 0, 3, 1)][:n] for p in prompts]
+
+    ens = RewardEnsemble([FunctionReward(lambda p, c: len(c), "len"), FunctionReward(lambda p, c: -abs(len(c) - 3), "near3")])
+    picked = best_of_n(["a", "bb"], sample, lambda p, c: ens.score(p, c, "min").aggregate, n=4)
+    # min(len, -|len-3|): "axx" -> min(3, 0) = 0 is best for "a"; "bbx" -> min(3, 0) = 0 for "bb"
+    assert [c for c, _ in picked] == ["axx", "bbx"] and [s for _, s in picked] == [0.0, 0.0]
+
+
+def test_trl_adapter_called_as_trl_calls_reward_functions():
+    from trl.trainer.utils import get_callable_name
+
+    ens = RewardEnsemble([FunctionReward(lambda p, c: len(c[-1]["content"]), "len"),
+                          FunctionReward(lambda p, c: 2.0 * len(c[-1]["content"]), "twice")])
+    fn = TRLRewardFunction(ens, "mean", name="ens")
+    logged = {}
+    prompts = [[{"role": "user", "content": "1+1="}]] * 2
+    completions = [[{"role": "assistant", "content": "2"}], [{"role": "assistant", "content": "11"}]]
+    out = fn(prompts=prompts, completions=completions, completion_ids=[[5], [4, 4]], trainer_state=None,
+             log_extra=lambda column, values: None, log_metric=lambda name, value: logged.setdefault(name, value),
+             answer=["2", "2"])
+    assert out == [1.5, 3.0] and all(isinstance(x, float) for x in out)
+    assert get_callable_name(fn) == "ens"
+    assert logged == {"ens/mean": 2.25, "ens/std": 0.75, "ens/min": 1.5}
+
+
+@pytest.fixture(scope="module")
+def reward_ensemble(tiny_testbed, tmp_path_factory):
+    from align.reward import RewardArgs, train_reward
+
+    out = tmp_path_factory.mktemp("rm")
+    args = RewardArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=64, ensemble_size=2,
+                      label_noise=0.25, max_steps=3, per_device_train_batch_size=8, output_dir=str(out))
+    return args, train_reward(args)
+
+
+def test_train_reward_writes_an_ensemble_and_resumes(reward_ensemble):
+    from align.reward import train_reward
+
+    args, manifest = reward_ensemble
+    assert [m["seed"] for m in manifest["members"]] == [0, 1] and manifest["pairs"] == 64
+    flipped = [m["flipped"] for m in manifest["members"]]
+    assert flipped[0] != flipped[1] and all(4 <= f <= 28 for f in flipped)  # ~Binomial(64, 0.25)
+    weights = [Path(args.output_dir) / f"member-{i}" / "model.safetensors" for i in (0, 1)]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    args.resume = True
+    again = train_reward(args)
+    assert again["members"] == manifest["members"]
+    assert [w.stat().st_mtime_ns for w in weights] == stamps  # finished members are not retrained
+
+
+def test_hf_members_score_like_a_plain_forward(reward_ensemble, tiny_testbed):
+    args, _ = reward_ensemble
+    ens = load_ensemble(args.output_dir, aggregation="uwo")
+    prompts = [[{"role": "user", "content": "12+3="}], [{"role": "user", "content": "7-9="}], [{"role": "user", "content": "1+1="}]]
+    completions = [[{"role": "assistant", "content": "15"}], [{"role": "assistant", "content": "-2"}], [{"role": "assistant", "content": "3"}]]
+    scores = ens.score(prompts, completions)
+    assert scores.members.shape == (2, 3) and not torch.allclose(scores.members[0], scores.members[1])
+    member = ens.members[0]
+    for i, (p, c) in enumerate(zip(prompts, completions)):  # one at a time, no padding
+        ids = torch.tensor([member.tokenizer.apply_chat_template(p + c)["input_ids"]])
+        alone = member.model(input_ids=ids).logits[0, 0].item()
+        assert scores.members[0, i].item() == pytest.approx(alone, abs=1e-5)
+    m = scores.members
+    assert torch.allclose(scores.aggregate, m.mean(0) - 0.5 * m.var(0, correction=0))
+    assert isinstance(member, HFRewardModel)
