@@ -7,6 +7,7 @@ nothing is tuned to make a claim hold.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
+from .claims_rewards import overoptimization
 from .claims_training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
 from .io import atomic_write_text
 
@@ -349,6 +351,7 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "bco-vs-dpo": bco_vs_dpo,
     "bco-udm": bco_udm,
     "ches-filter": ches_filter,
+    "overoptimization": overoptimization,
 }
 
 
@@ -357,7 +360,10 @@ def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "run
     if name not in CLAIMS:
         raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
     start = time.perf_counter()
-    result = CLAIMS[name](tb, n)
+    claim = CLAIMS[name]
+    # claims that write files beside result.json (plots) take the directory
+    extra = {"out_dir": Path(out_dir) / name} if "out_dir" in inspect.signature(claim).parameters else {}
+    result = claim(tb, n, **extra)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["testbed"] = {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
     path = atomic_write_text(Path(out_dir) / name / "result.json", json.dumps(result, indent=2))

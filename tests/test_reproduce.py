@@ -31,6 +31,16 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     elif name == "ches-filter":
         assert saved["value"] == sweep["ln_ches_lowest"]["drop"] and saved["baseline"] == sweep["random"]["drop"]
         assert saved["holds"] == (saved["value"] < saved["baseline"])
+    elif name == "overoptimization":
+        curves, ns = sweep["curves"], sweep["n"]
+        assert ns[0] == 1 and set(curves) == {"single proxy", "mean", "WCO (min)", "UWO (λ=0.5)"}
+        assert all(len(c["gold"]) == len(c["proxy"]) == len(ns) for c in curves.values())
+        # n = 1 is one random sample whatever the reward: every aggregator starts at the sample accuracy
+        assert all(c["gold"][0] == pytest.approx(sweep["samples_correct"], abs=1e-3) for c in curves.values())
+        single = curves["single proxy"]["gold"]
+        falls = max(single) - single[-1] >= 0.01 and single.index(max(single)) < len(ns) - 1
+        assert saved["holds"] == (falls and saved["value"] > saved["baseline"])
+        assert (tmp_path / name / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     elif name == "steer-diversity":  # also needs lower self-BLEU and matched coherence
         steered = saved["sweep"]["steer (gamma=0.2, eta=0.6, top_k=10)"]
         plain = saved["sweep"]["plain sampling"]
