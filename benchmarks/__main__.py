@@ -260,7 +260,14 @@ def training(profile: str) -> dict:
     return run(profile)
 
 
-BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training}
+def rewards(profile: str) -> dict:
+    """Scoring with a 5-member reward ensemble vs one member (see benchmarks/reward_scoring.py)."""
+    from .reward_scoring import reward_scoring
+
+    return reward_scoring(profile)
+
+
+BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards}
 
 
 def main() -> None:

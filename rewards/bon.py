@@ -86,10 +86,14 @@ def hf_sampler(model: Any, tokenizer: Any, batch_size: int = 64, **generate_kwar
     def sample(prompts: Sequence[Any], n: int) -> list[list[Any]]:
         repeated = [p for p in prompts for _ in range(n)]
         texts = [t for t, _ in generate_with(model, tokenizer, repeated, batch_size=batch_size, **kwargs)]
-        wrap = [(lambda t: t) if isinstance(p, str) else (lambda t: [{"role": "assistant", "content": t}]) for p in prompts]
-        return [[wrap[i](t) for t in texts[i * n : (i + 1) * n]] for i in range(len(prompts))]
+        return [[_like(p, t) for t in texts[i * n : (i + 1) * n]] for i, p in enumerate(prompts)]
 
     return sample
+
+
+def _like(prompt: Any, text: str) -> Any:
+    """A completion in the prompt's format: text, or one assistant message."""
+    return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
 
 
 def vllm_sampler(llm: Any, **sampling_kwargs: Any) -> Callable[[Sequence[str], int], list[list[str]]]:

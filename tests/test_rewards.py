@@ -174,3 +174,13 @@ def test_hf_members_score_like_a_plain_forward(reward_ensemble, tiny_testbed):
     m = scores.members
     assert torch.allclose(scores.aggregate, m.mean(0) - 0.5 * m.var(0, correction=0))
     assert isinstance(member, HFRewardModel)
+
+
+def test_shipped_reward_config_is_the_claims_recipe():
+    from align.claims_rewards import LABEL_NOISE, PROXIES, RM_RECIPE
+    from align.config import parse_config
+    from align.reward import RewardArgs
+
+    args = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml"])
+    assert {k: getattr(args, k) for k in RM_RECIPE} == RM_RECIPE
+    assert (args.ensemble_size, args.label_noise) == (PROXIES, LABEL_NOISE)
