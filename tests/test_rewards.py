@@ -184,3 +184,27 @@ def test_shipped_reward_config_is_the_claims_recipe():
     args = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml"])
     assert {k: getattr(args, k) for k in RM_RECIPE} == RM_RECIPE
     assert (args.ensemble_size, args.label_noise) == (PROXIES, LABEL_NOISE)
+
+
+def test_trl_adapter_inside_a_real_grpo_step(tiny_testbed, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    seen = []
+
+    def length(prompt, completion):
+        seen.append(completion[-1]["content"])
+        return float(len(completion[-1]["content"]))
+
+    ens = RewardEnsemble([FunctionReward(length, "len"), FunctionReward(lambda p, c: 1.0, "one")], aggregation="mean")
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"{i}+1="}]} for i in range(4)])
+    config = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_completion_length=4,
+                        max_steps=1, report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, logging_steps=1,
+                        save_strategy="no")
+    trainer = GRPOTrainer(model=tiny_testbed.model("small-instruct"), reward_funcs=[TRLRewardFunction(ens, name="ens")],
+                          args=config, train_dataset=data, processing_class=tiny_testbed.tokenizer())
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert len(seen) == 4  # 2 prompts x 2 generations per step
+    assert log["rewards/ens/mean"] == pytest.approx(sum((len(t) + 1) / 2 for t in seen) / 4)
+    assert log["ens/mean"] == pytest.approx(log["rewards/ens/mean"]) and "ens/std" in log
