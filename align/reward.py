@@ -98,7 +98,8 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
         resume = get_last_checkpoint(str(member_dir)) if args.resume and member_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(member_dir))
-        tok.save_pretrained(str(member_dir))
+        if trainer.is_world_process_zero():
+            tok.save_pretrained(str(member_dir))
         logged = [h for h in trainer.state.log_history if "loss" in h]
         summary = {"final_loss": logged[-1]["loss"] if logged else None,
                    "final_accuracy": logged[-1].get("accuracy") if logged else None}
@@ -107,5 +108,8 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
         members.append({**info, **summary})
     manifest = {"base_model": args.model, "dataset": args.dataset, "pairs": len(rows), "dropped_identical": same,
                 "members": members}
-    atomic_write_text(root / "ensemble.json", json.dumps(manifest, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        atomic_write_text(root / "ensemble.json", json.dumps(manifest, indent=2))
     return manifest

@@ -158,7 +158,8 @@ def last_checkpoint(args: TrainArgs) -> str | None:
 def finish(trainer: Any, args: TrainArgs, tok: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """Save the model, collect the logged losses, write ``metrics_file`` atomically (main process)."""
     trainer.save_model(args.output_dir)
-    tok.save_pretrained(args.output_dir)
+    if trainer.is_world_process_zero():  # every rank reaches here; one writes
+        tok.save_pretrained(args.output_dir)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     result = {
         **extra,

@@ -61,7 +61,10 @@ def test_short_training_run(tiny_testbed, tmp_path, loss, extra):
 
 
 def test_cli_and_shipped_config(tmp_path, capsys):
-    assert parse_config(DPOArgs, ["--config", "configs/dpo-testbed.yaml"]).max_steps == 50
+    from align.claims_training import N_PAIRS, RECIPE
+
+    shipped = parse_config(DPOArgs, ["--config", "configs/dpo-testbed.yaml"])
+    assert {k: getattr(shipped, k) for k in RECIPE} == RECIPE and shipped.n_train == N_PAIRS  # quickstart's recipe
     bad = tmp_path / "bad.yaml"
     bad.write_text("betta: 0.1\n")
     assert main(["train", "dpo", "--config", str(bad)]) == 2
@@ -83,13 +86,19 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tm
 
     common = ["train", trainer, "--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "32",
               "--max_steps", "3", "--logging_steps", "1"]
+    import socket
+
+    with socket.socket() as free:  # a fresh rendezvous port: the previous launch's may still be in TIME_WAIT
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
     two = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_2proc.yaml",
-           "-m", "align", *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two"),
+           "--main_process_port", port, "-m", "align", *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two"),
            "--metrics_file", str(tmp_path / "two.json")]
     one = [sys.executable, "-m", "align", *common, "--per_device_train_batch_size", "8", "--output_dir",
            str(tmp_path / "one"), "--metrics_file", str(tmp_path / "one.json")]
     for cmd in (two, one):
-        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
     r2, r1 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
     assert r2["world_size"] == 2 and r1["world_size"] == 1
     assert len(r1["losses"]) == len(r2["losses"]) == 3
