@@ -254,6 +254,12 @@ class BCOTrainer(Trainer):
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        if resume_from_checkpoint is True:  # what Trainer would pick: the last checkpoint in output_dir
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no checkpoint")
         if isinstance(resume_from_checkpoint, str):
             state = Path(resume_from_checkpoint) / STATE_FILE
             if not state.exists():

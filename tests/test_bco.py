@@ -65,17 +65,23 @@ def test_eval_never_moves_delta(tiny_testbed, tmp_path):
     rows = unpaired_feedback(16, 16, 0, True, 0.5)
     encode = lambda split: Dataset.from_list(  # noqa: E731
         [{**tokenize_prompt_completion(tok, r, 1024), "label": r["label"], "weight": 1.0} for r in rows[split]])
-    trainer = BCOTrainer(
-        model=tiny_testbed.model("small-instruct"), ref_model=tiny_testbed.model("small-base"),
-        args=TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
-                               remove_unused_columns=False, label_names=["label"], use_cpu=True),
-        train_dataset=encode("train"), eval_dataset=encode("eval"), data_collator=collate(tok.pad_token_id),
-    )
+    def make():
+        return BCOTrainer(
+            model=tiny_testbed.model("small-instruct"), ref_model=tiny_testbed.model("small-base"),
+            args=TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
+                                   remove_unused_columns=False, label_names=["label"], use_cpu=True, save_steps=2),
+            train_dataset=encode("train"), eval_dataset=encode("eval"), data_collator=collate(tok.pad_token_id),
+        )
+
+    trainer = make()
     trainer.train()
     before = trainer.shift.state_dict()
     metrics = trainer.evaluate()
     assert trainer.shift.state_dict() == before and before["totals"][1] + before["totals"][3] == 16
     assert metrics["eval_delta"] == pytest.approx(trainer.shift.value)
+    again = make()
+    again.train(resume_from_checkpoint=True)  # finds checkpoint-2 like Trainer does, and brings δ back
+    assert again.shift.state_dict() == before
 
 
 def test_bad_rows_are_named_before_training(tmp_path):
