@@ -52,11 +52,14 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
                         dtype=torch.float64).view(len(prompts), big_n)
     ns = [2**i for i in range(big_n.bit_length() - 1)]  # 1 .. N/2
     curves: dict[str, dict[str, list[float]]] = {}
+    top_picks: dict[str, dict[str, float]] = {}
+    texts = [[c[-1]["content"] for c in s] for s in samples]
     for label, how in AGGREGATORS.items():
         if how is None:
             proxy = members[0]
         else:
             proxy = aggregate(members.reshape(PROXIES, -1), how, lam=0.5).view(len(prompts), big_n)
+        top_picks[label] = _kinds([texts[i][int(j)] for i, j in enumerate(proxy.argmax(1))], problems)
         curves[label] = {
             "gold": [round(sum(unbiased_best_of_n(proxy[i], gold[i], k) for i in range(len(prompts))) / len(prompts), 4) for k in ns],
             "proxy": [round(sum(unbiased_best_of_n(proxy[i], proxy[i], k) for i in range(len(prompts))) / len(prompts), 4) for k in ns],
@@ -74,11 +77,26 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
         "holds": falls and all(v > single[-1] for v in robust.values()),
         "sweep": {"n": ns, "kl_bon": kl, "curves": curves, "single_peak_n": ns[peak],
                   "proxy_heldout_pair_accuracy": _heldout_accuracy(ensemble), "samples_correct": round(float(gold.mean()), 4),
+                  "samples_kinds": _kinds([t for row in texts for t in row], [p for p in problems for _ in range(big_n)]),
+                  "best_of_all_kinds": top_picks,
                   "recipe": {**recipe, "proxies": PROXIES, "label_noise": LABEL_NOISE}},
     }
     if out_dir is not None:
         result["plot"] = str(_plot(Path(out_dir) / "curves.png", kl, curves))
     return result
+
+
+def _kinds(texts: list[str], problems: list) -> dict[str, float]:
+    """Fractions of completions that are correct, a wrong number, a wrong sign only, or unparseable."""
+    from .testbed.arithmetic import parse_answer
+
+    counts = {"correct": 0, "wrong_number": 0, "sign_flipped": 0, "malformed": 0}
+    for text, p in zip(texts, problems):
+        value = parse_answer(text)
+        kind = ("malformed" if value is None else "correct" if value == p.answer
+                else "sign_flipped" if value == -p.answer else "wrong_number")
+        counts[kind] += 1
+    return {k: round(v / max(1, len(texts)), 4) for k, v in counts.items()}
 
 
 def _heldout_accuracy(ensemble: Any, n_pairs: int = 300) -> list[float]:

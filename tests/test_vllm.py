@@ -66,6 +66,20 @@ def test_greedy_vllm_equals_transformers(engine, tiny_testbed, chat):
         assert got == expected, (tokenizer.decode(ids), tokenizer.decode(got), tokenizer.decode(expected))
 
 
+def test_best_of_n_through_vllm_keeps_the_highest_reward(engine):
+    from rewards import FunctionReward, RewardEnsemble, best_of_n, vllm_sampler
+
+    sample = vllm_sampler(engine, max_tokens=6, seed=0)
+    drawn = sample(PROMPTS[:2], 8)
+    assert [len(s) for s in drawn] == [8, 8] and all(isinstance(c, str) for s in drawn for c in s)
+    ens = RewardEnsemble([FunctionReward(lambda p, c: len(c), "length"), FunctionReward(lambda p, c: c.count("1"), "ones")])
+    picked = best_of_n(PROMPTS[:2], lambda prompts, n: drawn, ens, n=8)
+    for (text, score), candidates in zip(picked, drawn):
+        assert score == max(len(c) + c.count("1") for c in candidates) / 2 and len(text) + text.count("1") == 2 * score
+
+
+# Keep last: run_generate starts and shuts down its own engine, and vLLM's shutdown tears down the
+# process-wide parallel state the shared `engine` fixture still uses.
 def test_align_generate_vllm_backend_equals_transformers(tiny_testbed, tmp_path):
     import json
 
@@ -79,15 +93,3 @@ def test_align_generate_vllm_backend_equals_transformers(tiny_testbed, tmp_path)
     vl = run_generate(GenerateArgs(**common, output=str(tmp_path / "vllm.jsonl"), backend="vllm"))
     rows = [[json.loads(l)["output"] for l in p.read_text().splitlines()] for p in (hf, vl)]
     assert rows[0] == rows[1]
-
-
-def test_best_of_n_through_vllm_keeps_the_highest_reward(engine):
-    from rewards import FunctionReward, RewardEnsemble, best_of_n, vllm_sampler
-
-    sample = vllm_sampler(engine, max_tokens=6, seed=0)
-    drawn = sample(PROMPTS[:2], 8)
-    assert [len(s) for s in drawn] == [8, 8] and all(isinstance(c, str) for s in drawn for c in s)
-    ens = RewardEnsemble([FunctionReward(lambda p, c: len(c), "length"), FunctionReward(lambda p, c: c.count("1"), "ones")])
-    picked = best_of_n(PROMPTS[:2], lambda prompts, n: drawn, ens, n=8)
-    for (text, score), candidates in zip(picked, drawn):
-        assert score == max(len(c) + c.count("1") for c in candidates) / 2 and len(text) + text.count("1") == 2 * score
