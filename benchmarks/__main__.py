@@ -135,21 +135,23 @@ def switching(profile: str) -> dict:
     chat = [[{"role": "user", "content": p}] for p in prompts]
     out: dict[str, float | str | None] = {}
 
-    def plain_eft():
-        for i in range(len(prompts)):
-            rows = slice(i, i + 1)
+    def plain_eft(batch: int):
+        for i in range(0, len(prompts), batch):
+            rows = slice(i, i + batch)
             procs = [EFTLogitsProcessor(tok, [AuxiliaryModel(instruct, tok, chat[rows])], AuxiliaryModel(small, tok, prompts[rows]))]
-            generate_with(large, tok, prompts[rows], lambda _r, p=procs: p, do_sample=False, max_new_tokens=8)
+            generate_with(large, tok, prompts[rows], lambda _r, p=procs: p, do_sample=False, max_new_tokens=8, batch_size=batch)
 
-    def spec_eft():
-        for i in range(len(prompts)):
+    def spec_eft(batch: int):
+        for i in range(0, len(prompts), batch):
+            rows = slice(i, i + batch)
             speculative_eft_generate(
-                AuxiliaryModel(large, tok, prompts[i : i + 1]), AuxiliaryModel(instruct, tok, chat[i : i + 1]),
-                AuxiliaryModel(small, tok, prompts[i : i + 1]), tok(prompts[i : i + 1], return_tensors="pt")["input_ids"],
+                AuxiliaryModel(large, tok, prompts[rows]), AuxiliaryModel(instruct, tok, chat[rows]),
+                AuxiliaryModel(small, tok, prompts[rows]), tok(prompts[rows], return_tensors="pt", padding=True)["input_ids"],
                 max_new_tokens=8, eos_token_id=tok.eos_token_id,  # default k (3)
             )
 
-    out["spec_eft_speedup"] = round(best_seconds(plain_eft, 2) / best_seconds(spec_eft, 2), 3)
+    for batch, key in ((1, "spec_eft_speedup"), (8, "spec_eft_speedup_b8")):
+        out[key] = round(best_seconds(lambda: plain_eft(batch), 2) / best_seconds(lambda: spec_eft(batch), 2), 3)
 
     out.update(_ead_over_formula(tb, tok, chat))
     out.update(_vllm_ratios(tb, tok))

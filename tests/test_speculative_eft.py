@@ -20,11 +20,12 @@ def models(tiny_testbed):
 
 
 def spec(tok, models, prompt, weight=1.0, **kw):
+    prompts = prompt if isinstance(prompt, list) else [prompt]
     return speculative_eft_generate(
-        AuxiliaryModel(models["large-base"], tok, [prompt], "base"),
-        AuxiliaryModel(models["small-instruct"], tok, chat([prompt]), "tuned"),
-        AuxiliaryModel(models["small-base"], tok, [prompt], "ref"),
-        tok([prompt], return_tensors="pt")["input_ids"],
+        AuxiliaryModel(models["large-base"], tok, prompts, "base"),
+        AuxiliaryModel(models["small-instruct"], tok, chat(prompts), "tuned"),
+        AuxiliaryModel(models["small-base"], tok, prompts, "ref"),
+        tok(prompts, return_tensors="pt", padding=True)["input_ids"],
         weight=weight,
         eos_token_id=tok.eos_token_id,
         **kw,
@@ -45,6 +46,23 @@ def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
     n = len(tok(prompt)["input_ids"])
     assert out.sequences[0, n:].tolist() == expected
     assert out.drafted >= out.accepted >= 0 and out.rounds >= 1
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k):
+    """Three left-padded rows advancing together (each by the fewest accepted drafts) decode
+    exactly what the EFT processor decodes for the same batch."""
+    tok = tiny_testbed.tokenizer()
+    proc = EFTLogitsProcessor(
+        tok,
+        tuned=[AuxiliaryModel(models["small-instruct"], tok, chat(PROMPTS), "tuned")],
+        reference=AuxiliaryModel(models["small-base"], tok, PROMPTS, "ref"),
+    )
+    expected = [ids for ids, _ in processor_greedy(models["large-base"], tok, PROMPTS, proc, 12)]
+    out = spec(tok, models, PROMPTS, k=k, max_new_tokens=12)
+    width = tok(PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape[1]
+    for row, want in zip(out.sequences[:, width:].tolist(), expected):
+        assert row[: len(want)] == want and set(row[len(want) :]) <= {tok.pad_token_id}
 
 
 def exact_two_token_distribution(tok, models, prompt, weight):
@@ -73,8 +91,10 @@ def exact_two_token_distribution(tok, models, prompt, weight):
     return first[:, None] * second
 
 
-def test_sampling_matches_eft_distribution(tiny_testbed, models):
-    """Empirical two-token distribution vs the exact EFT one.
+@pytest.mark.parametrize("rows", [1, 2])
+def test_sampling_matches_eft_distribution(tiny_testbed, models, rows):
+    """Empirical two-token distribution vs the exact EFT one (with ``rows=2`` two copies of the
+    prompt run as one batch, so each row is cut by the other's acceptance).
 
     Test: total variation over the 12 most likely token pairs plus an 'other' bucket (m = 13
     cells). By the Bretagnolle-Huber-Carol inequality P(TV > eps) <= 2^m exp(-2 N eps^2); with
@@ -90,10 +110,11 @@ def test_sampling_matches_eft_distribution(tiny_testbed, models):
     lookup = {int(i): c for c, i in enumerate(top)}
     g = torch.Generator().manual_seed(0)
     n_prompt = len(tok(prompt)["input_ids"])
-    for _ in range(n_samples):
-        out = spec(tok, models, prompt, weight=weight, k=2, max_new_tokens=2, do_sample=True, generator=g)
-        x1, x2 = out.sequences[0, n_prompt : n_prompt + 2].tolist() + [tok.eos_token_id] * (2 - len(out.sequences[0, n_prompt:]))
-        counts[lookup.get(x1 * len(tok) + x2, m - 1)] += 1
+    for _ in range(n_samples // rows):
+        out = spec(tok, models, [prompt] * rows, weight=weight, k=2, max_new_tokens=2, do_sample=True, generator=g)
+        for row in out.sequences[:, n_prompt:].tolist():
+            x1, x2 = (row + [tok.eos_token_id] * 2)[:2]
+            counts[lookup.get(x1 * len(tok) + x2, m - 1)] += 1
     result = tv_test(counts, cells, false_alarm=1e-3)
     assert result["eps"] == pytest.approx(eps)
     assert result["passed"], result
@@ -108,8 +129,8 @@ def test_errors(tiny_testbed, models):
     tok = tiny_testbed.tokenizer()
     with pytest.raises(ValueError, match="k >= 1"):
         spec(tok, models, "1+1=", k=0)
-    with pytest.raises(ValueError, match="batch 1"):
+    with pytest.raises(ValueError, match="3 prompts were given"):  # one auxiliary prompt per row
         speculative_eft_generate(
-            AuxiliaryModel(models["large-base"], tok, PROMPTS[:2]), AuxiliaryModel(models["small-instruct"], tok, PROMPTS[:2]),
-            AuxiliaryModel(models["small-base"], tok, PROMPTS[:2]), tok(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"],
+            AuxiliaryModel(models["large-base"], tok, PROMPTS), AuxiliaryModel(models["small-instruct"], tok, PROMPTS),
+            AuxiliaryModel(models["small-base"], tok, PROMPTS), tok(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"],
         )
