@@ -37,6 +37,7 @@ from transformers import Trainer, TrainerCallback
 from .config import ConfigError
 from .training import (
     TrainArgs,
+    check_text_field,
     finish,
     last_checkpoint,
     load_models,
@@ -130,8 +131,6 @@ class BCOArgs(TrainArgs):
 
 def check_unpaired_rows(rows: Any) -> None:
     """``prompt``/``completion`` non-empty text or messages, ``label`` a bool; the error names row and field."""
-    from .dpo import check_text_field
-
     for i, row in enumerate(rows):
         for key in ("prompt", "completion"):
             check_text_field(row, i, key)
@@ -196,7 +195,7 @@ class BCOTrainer(Trainer):
         self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)
         self.beta = beta
         self.shift = RewardShift(delta_mode)
-        self._sums: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
+        self._sums: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}  # per logging interval
         self.add_callback(_SaveShift(self))
 
     def _reference_logps(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -224,33 +223,34 @@ class BCOTrainer(Trainer):
         loss = losses.mean()
         return (loss, {"rewards": rewards}) if return_outputs else loss
 
+    STATS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "udm/weight_mean", "udm/frac_clipped")
+
     def _record(self, mode: str, rewards, logps, labels, weights, delta: float) -> None:
-        """Accumulate sums and counts over the logging interval (gathered from every process)."""
-        g = self.accelerator.gather_for_metrics
-        rewards, logps, labels, weights = g(rewards), g(logps), g(labels), g(weights)
-        neg = ~labels
-        udm_rows = weights[neg]
-        stats = {
-            "rewards/chosen": (rewards[labels].sum().item(), labels.sum().item()),
-            "rewards/rejected": (rewards[neg].sum().item(), neg.sum().item()),
-            "logps/chosen": (logps[labels].sum().item(), labels.sum().item()),
-            "logps/rejected": (logps[neg].sum().item(), neg.sum().item()),
-            "udm/weight_mean": (udm_rows.sum().item(), len(udm_rows)),
-            "udm/frac_clipped": (((udm_rows <= self.udm_clip[0]) | (udm_rows >= self.udm_clip[1])).sum().item(), len(udm_rows)),
-            "delta": (delta, 1),
-        }
-        for key, (total, count) in stats.items():
-            acc = self._sums[mode].setdefault(key, [0.0, 0])
-            acc[0] += total
-            acc[1] += count
+        """Add this batch's sums and counts to the logging interval's, on device (no sync per step;
+        they are summed across processes when logged)."""
+        pos, neg = labels.to(rewards.dtype), (~labels).to(rewards.dtype)
+        udm_w = weights.to(rewards.dtype)
+        clipped = ((udm_w <= self.udm_clip[0]) | (udm_w >= self.udm_clip[1])).to(rewards.dtype)
+        row = torch.stack([
+            (rewards * pos).sum(), pos.sum(), (rewards * neg).sum(), neg.sum(),
+            (logps * pos).sum(), pos.sum(), (logps * neg).sum(), neg.sum(),
+            (udm_w * neg).sum(), neg.sum(), (clipped * neg).sum(), neg.sum(),
+        ]).detach().double()
+        acc = self._sums[mode]
+        acc["sums"] = row if "sums" not in acc else acc["sums"] + row
+        acc.setdefault("delta", []).append(delta)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         prefix = "eval_" if mode == "eval" else ""
-        for key, (total, count) in self._sums[mode].items():
-            if count:
-                logs[prefix + key] = total / count
-        self._sums[mode].clear()
+        acc = self._sums[mode]
+        if "sums" in acc:
+            totals = self.accelerator.reduce(acc["sums"].to(self.accelerator.device), "sum").view(-1, 2).tolist()
+            for key, (total, count) in zip(self.STATS, totals):
+                if count:
+                    logs[prefix + key] = total / count
+            logs[prefix + "delta"] = sum(acc["delta"]) / len(acc["delta"])
+        acc.clear()
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):

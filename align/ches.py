@@ -132,10 +132,9 @@ def run_ches(args: CHESArgs) -> tuple[Path, dict[str, Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .config import ConfigError
-    from .dpo import check_preference_rows
     from .io import atomic_write_jsonl
     from .testbed.datasets import preference_pairs
-    from .training import load_rows, resolve_model
+    from .training import check_preference_rows, load_rows, resolve_model
 
     rows = load_rows(args.dataset, {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)["train"]})
     keep, same = check_preference_rows(rows)

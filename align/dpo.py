@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config import ConfigError
-from .training import TrainArgs, finish, last_checkpoint, load_models, load_rows, training_kwargs
+from .training import (  # noqa: F401  (check_preference_rows: part of this module's API)
+    TrainArgs,
+    check_preference_rows,
+    finish,
+    last_checkpoint,
+    load_models,
+    load_rows,
+    training_kwargs,
+)
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
@@ -83,35 +91,6 @@ def dpo_config_kwargs(args: DPOArgs) -> dict[str, Any]:
         kwargs["f_alpha_divergence_coef"] = 1.0 - paper_alpha(args.alpha, args.alpha_convention)
     kwargs["loss_type"] = ["sigmoid"]
     return kwargs
-
-
-def check_preference_rows(rows: Any) -> tuple[list[int], int]:
-    """Validate ``prompt``/``chosen``/``rejected`` rows before any training.
-
-    Returns the indices to keep and how many pairs had ``chosen == rejected`` (dropped: they carry
-    no preference). Raises :class:`ConfigError` naming the first bad row and field.
-    """
-    keep, same = [], 0
-    for i, row in enumerate(rows):
-        for key in ("prompt", "chosen", "rejected"):
-            check_text_field(row, i, key)
-        if row["chosen"] == row["rejected"]:
-            same += 1
-        else:
-            keep.append(i)
-    return keep, same
-
-
-def check_text_field(row: Any, index: int, key: str) -> None:
-    """``row[key]`` must be non-empty text or non-empty chat messages; the error names row and field."""
-    value = row.get(key) if isinstance(row, dict) else None
-    if value is None:
-        raise ConfigError(f"row {index}: field {key!r} is missing")
-    ok = (isinstance(value, str) and value.strip()) or (
-        isinstance(value, list) and value and all(isinstance(m, dict) and m.get("content") for m in value)
-    )
-    if not ok:
-        raise ConfigError(f"row {index}: field {key!r} must be non-empty text or chat messages, got {value!r}")
 
 
 def train_dpo(args: DPOArgs) -> dict[str, Any]:

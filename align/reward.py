@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .training import TrainArgs, load_rows, resolve_model, training_kwargs
+from .training import TrainArgs, check_preference_rows, load_rows, resolve_model, training_kwargs
 
 
 @dataclass
@@ -66,7 +66,6 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardConfig, RewardTrainer
 
-    from .dpo import check_preference_rows
     from .io import atomic_write_text
     from .testbed.datasets import preference_pairs
 

@@ -80,6 +80,35 @@ def load_rows(spec: str, testbed: dict[str, Any]) -> Any:
     return loaded["train"] if hasattr(loaded, "keys") and "train" in loaded else loaded
 
 
+def check_preference_rows(rows: Any) -> tuple[list[int], int]:
+    """Validate ``prompt``/``chosen``/``rejected`` rows before any training.
+
+    Returns the indices to keep and how many pairs had ``chosen == rejected`` (dropped: they carry
+    no preference). Raises :class:`ConfigError` naming the first bad row and field.
+    """
+    keep, same = [], 0
+    for i, row in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            check_text_field(row, i, key)
+        if row["chosen"] == row["rejected"]:
+            same += 1
+        else:
+            keep.append(i)
+    return keep, same
+
+
+def check_text_field(row: Any, index: int, key: str) -> None:
+    """``row[key]`` must be non-empty text or non-empty chat messages; the error names row and field."""
+    value = row.get(key) if isinstance(row, dict) else None
+    if value is None:
+        raise ConfigError(f"row {index}: field {key!r} is missing")
+    ok = (isinstance(value, str) and value.strip()) or (
+        isinstance(value, list) and value and all(isinstance(m, dict) and m.get("content") for m in value)
+    )
+    if not ok:
+        raise ConfigError(f"row {index}: field {key!r} must be non-empty text or chat messages, got {value!r}")
+
+
 def tokenize_prompt_completion(tokenizer: Any, row: dict, max_length: int = 1024) -> dict[str, list[int]] | None:
     """Prompt + completion ids and the completion mask, as TRL tokenizes preference data: chat
     messages through the template, plain text with EOS appended; the completion starts where the
