@@ -88,8 +88,9 @@ def check_config(cls: type, config: dict[str, Any], source: str = "config") -> N
             )
 
 
-def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None) -> T:
-    """Build ``cls`` from ``--config file.yaml`` and command-line flags (flags win).
+def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None, defaults: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from ``defaults``, then ``--config file.yaml``, then command-line flags (each wins
+    over the one before).
 
     Example:
         >>> from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None) -> 
         check_config(cls, config, source=path)
         os.environ.update({str(k): str(v) for k, v in env.items()})
     parser = TrlParser(dataclass_types=[cls], prog=prog)
-    if config:
-        parser.set_defaults_with_config(**config)
+    if defaults or config:
+        parser.set_defaults_with_config(**{**(defaults or {}), **config})
     (out,) = parser.parse_args_into_dataclasses(args=args)
     return out

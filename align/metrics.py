@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
+from decoding.ead import entropy, flops_per_token  # noqa: F401  (EAD, one package lower, needs them too)
+
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores`` for predicting ``labels`` (1 = positive).
@@ -34,20 +36,6 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     ranks[order] = (group_sum / counts)[inverse]
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of ``softmax(logits)`` over the last axis, computed in fp32
-    (log-probabilities work too; ``-inf`` entries contribute 0)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-
-
-def flops_per_token(model: torch.nn.Module) -> int:
-    """Forward FLOPs per token of a decoder, 2 x (parameters used per token): embedding lookups are free."""
-    params = sum(p.numel() for p in model.parameters())
-    return 2 * (params - model.get_input_embeddings().weight.numel())
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:

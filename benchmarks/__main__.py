@@ -287,7 +287,7 @@ def main() -> None:
         "results": BENCHMARKS[args.name](args.profile),
     }
     RESULTS.mkdir(exist_ok=True)
-    from align.io import atomic_write_text
+    from rewards.io import atomic_write_text
 
     path = atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(result, indent=2))
     record_row(args, result["results"])
@@ -311,7 +311,7 @@ def _flatten(values: dict, prefix: str = "") -> list[str]:
 
 def record_row(args: argparse.Namespace, results: dict) -> None:
     """Append this run to the history table of RESULTS.md (atomically)."""
-    from align.io import atomic_write_text
+    from rewards.io import atomic_write_text
 
     text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
     if HISTORY not in text:

@@ -25,11 +25,11 @@ def training(profile: str) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import unpair_preference_dataset
 
-    from align.bco import BCOTrainer, collate
-    from align.dpo import DPOArgs, dpo_config_kwargs, rpo_trainer_class
+    from align.trainers.bco import BCOTrainer, collate
+    from align.trainers.dpo import DPOArgs, dpo_config_kwargs, rpo_trainer_class
     from align.testbed import build_testbed
     from align.testbed.datasets import preference_pairs
-    from align.training import tokenize_prompt_completion, training_kwargs
+    from align.trainers.common import tokenize_prompt_completion, training_kwargs
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()

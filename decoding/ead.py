@@ -29,11 +29,23 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
-from align.metrics import entropy, flops_per_token
-
 from .auxiliary import AuxiliaryModel
 
 LOG2 = math.log(2.0)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of ``softmax(logits)`` over the last axis, computed in fp32
+    (log-probabilities work too; ``-inf`` entries contribute 0)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+def flops_per_token(model: torch.nn.Module) -> int:
+    """Forward FLOPs per token of a decoder, 2 x (parameters used per token): embedding lookups are free."""
+    params = sum(p.numel() for p in model.parameters())
+    return 2 * (params - model.get_input_embeddings().weight.numel())
 
 
 def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,35 @@ from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBa
 from .auxiliary import Prompt, encode_prompts
 
 
-def decode_completions(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> list[tuple[str, bool]]:
-    """Generated ids -> ``(text, finished)``: text up to the first EOS (specials dropped), and
-    whether an EOS was produced at all (``False`` = truncated at the length limit)."""
+def eos_token_ids(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a generation: ``generation_config.eos_token_id`` (an int or a list, e.g.
+    Qwen's ``<|im_end|>`` and ``<|endoftext|>``) and the tokenizer's EOS."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    for i in [configured] if isinstance(configured, int) else list(configured or []):
+        ids.append(int(i))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, eos_ids: Sequence[int]) -> int:
+    """The tokenizer's pad id; without one, the first EOS id (padding is masked, any id works)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, rows: list[list[int]], eos_ids: Sequence[int] | None = None
+) -> list[tuple[str, bool]]:
+    """Generated ids -> ``(text, finished)``: text up to the first EOS (any of ``eos_ids``, default
+    the tokenizer's; specials dropped), and whether it ended with an EOS (``False`` = truncated at
+    the length limit)."""
+    stops = set(eos_ids if eos_ids is not None else [tokenizer.eos_token_id])
     out = []
     for row in rows:
-        finished = tokenizer.eos_token_id in row
-        row = row[: row.index(tokenizer.eos_token_id)] if finished else row
-        out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        out.append((tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True), end is not None))
     return out
 
 
@@ -31,7 +52,8 @@ def generate_with(
     on_batch: Callable[[slice, list[tuple[str, bool]]], None] | None = None,
     **generate_kwargs,
 ) -> list[tuple[str, bool]]:
-    """Generate for every prompt; returns ``(text, finished)`` per prompt (``finished``: ended with EOS).
+    """Generate for every prompt; returns ``(text, finished)`` per prompt (``finished``: ended with
+    any of the model's EOS ids; a tokenizer without a pad token pads with EOS).
 
     ``make_processors(rows)`` builds the processors for the prompts ``prompts[rows]``, so each
     auxiliary model gets the matching slice of its own prompts; ``on_batch(rows, outputs)`` sees
@@ -44,7 +66,8 @@ def generate_with(
         ...     do_sample=False, max_new_tokens=8)                                     # doctest: +SKIP
     """
     ids = encode_prompts(tokenizer, prompts)
-    pad = tokenizer.pad_token_id
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
     out: list[tuple[str, bool]] = []
     device = next(model.parameters()).device
     for start in range(0, len(ids), batch_size):
@@ -55,9 +78,10 @@ def generate_with(
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
         processors = make_processors(rows) if make_processors is not None else []
         generated = model.generate(
-            input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, **generate_kwargs
+            input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
+            **generate_kwargs,
         )[:, width:]
-        batch_out = decode_completions(tokenizer, generated.tolist())
+        batch_out = decode_completions(tokenizer, generated.tolist(), eos)
         if on_batch is not None:
             on_batch(rows, batch_out)
         out.extend(batch_out)

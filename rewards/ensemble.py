@@ -153,7 +153,7 @@ class RewardEnsemble:
         return self.score(prompts, completions).aggregate
 
     def save_standardization(self, path: str | Path) -> None:
-        from align.io import atomic_write_text
+        from .io import atomic_write_text
 
         if self.mu is None:
             raise ValueError("fit_standardization first")

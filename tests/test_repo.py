@@ -28,3 +28,24 @@ def test_constraints_pin_exact_versions():
         assert all("==" in l for l in lines), name
         pins = dict(l.split("==") for l in lines)
         assert pins["torch"].startswith("2.13.0") and pins["trl"].startswith("1.16.")
+
+
+def imported_packages(package: str) -> set[tuple[str, str]]:
+    """(file, top-level package) for every absolute import in ``package``'s modules."""
+    import ast
+
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(path.name, alias.name.split(".")[0]) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add((path.name, node.module.split(".")[0]))
+    return found
+
+
+def test_dependencies_point_one_way():
+    """decoding <- rewards <- align: the lower packages never import the higher ones."""
+    assert not {(f, p) for f, p in imported_packages("decoding") if p in ("align", "rewards")}
+    assert not {(f, p) for f, p in imported_packages("rewards") if p == "align"}
+    assert any(p == "decoding" for _, p in imported_packages("rewards"))

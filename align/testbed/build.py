@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..io import atomic_write_text
-from ..metrics import flops_per_token
+from rewards.io import atomic_write_text
+from align.metrics import flops_per_token
 from .arithmetic import eval_problems
 from .evaluate import accuracy_by_op, answer_token_entropy_auroc
 from .tokenizer import build_tokenizer

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from ..io import atomic_write_jsonl
+from rewards.io import atomic_write_jsonl
 from .arithmetic import Problem, sample_problems, split_of
 
 Row = dict[str, Any]

@@ -7,7 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from decoding.generate import decode_completions
 
-from ..metrics import auroc, entropy
+from align.metrics import auroc, entropy
 from .arithmetic import Problem, gold_reward
 from .tokenizer import chat_text
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from align.cli import main
-from align.reproduce import CLAIMS, reproduce
+from align.claims import CLAIMS, reproduce
 from decoding.generate import generate_with
 
 

@@ -23,28 +23,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .training import TrainArgs, check_preference_rows, load_rows, resolve_model, training_kwargs
+from trl import RewardConfig
+
+from ..config import ConfigError
+from .common import AlignFields, load_splits, lora_config
 
 
 @dataclass
-class RewardArgs(TrainArgs):
+class RewardArgs(AlignFields, RewardConfig):
+    """``trl.RewardConfig`` (every TRL option, TRL's defaults) plus :class:`AlignFields` and the ensemble options."""
+
     dataset: str = field(
-        default="testbed:preference", metadata={"help": "testbed:preference, a .jsonl file or a save_to_disk dir"}
+        default="testbed:preference", metadata={"help": "preference data: hub id, directory, file or testbed:preference"}
     )
     n_train: int = field(default=2000, metadata={"help": "testbed:preference: training pairs"})
     ensemble_size: int = field(default=1, metadata={"help": "members, seeds seed, seed+1, ..."})
     label_noise: float = field(default=0.0, metadata={"help": "per member, flip each pair's label with this probability"})
     output_dir: str = field(default="runs/train/reward", metadata={"help": "member-<i>/ directories and ensemble.json"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    max_steps: int = field(default=250, metadata={"help": "optimizer steps per member"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.check_align_fields()
         if self.ensemble_size < 1 or self.n_train < 1:
             raise ConfigError(f"ensemble_size and n_train must be >= 1, got {self.ensemble_size}, {self.n_train}")
         if not 0.0 <= self.label_noise < 0.5:
             raise ConfigError(f"label_noise must be in [0, 0.5), got {self.label_noise}")
+        from ..models import torch_dtype
+
+        # RewardTrainer builds the sequence classifier itself, from these
+        self.model_init_kwargs = {"dtype": torch_dtype(self.dtype), **(self.model_init_kwargs or {})}
+        super().__post_init__()
 
 
 def flip_labels(rows: list[dict], noise: float, seed: int) -> tuple[list[dict], int]:
@@ -61,39 +68,37 @@ def flip_labels(rows: list[dict], noise: float, seed: int) -> tuple[list[dict], 
 
 def train_reward(args: RewardArgs) -> dict[str, Any]:
     """Train every member, write ``ensemble.json`` atomically; returns the manifest."""
+    from dataclasses import replace
+
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
-    from .io import atomic_write_text
-    from .testbed.datasets import preference_pairs
+    from rewards.io import atomic_write_text
 
-    rows = load_rows(args.dataset, {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)["train"]})
-    keep, same = check_preference_rows(rows)
-    if not keep:
-        raise ConfigError("no usable preference pairs")
-    rows = [dict(rows[i]) for i in keep]
-    path = resolve_model(args, args.model)
-    tok = AutoTokenizer.from_pretrained(path)
+    from ..data import select_valid_preferences
+    from ..models import load_tokenizer
+    from ..testbed.datasets import preference_pairs
+
+    train, test = load_splits(args, {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)})
+    train, same = select_valid_preferences(train)
+    if test is not None:
+        test, _ = select_valid_preferences(test)
+    rows = [dict(r) for r in train]
+    path = args.resolve(args.model)
+    tok = load_tokenizer(path, args.trust_remote_code)
     root = Path(args.output_dir)
     members = []
     for i in range(args.ensemble_size):
         seed, member_dir = args.seed + i, root / f"member-{i}"
         data, flipped = flip_labels(rows, args.label_noise, seed)
         info = {"dir": member_dir.name, "seed": seed, "label_noise": args.label_noise, "flipped": flipped}
-        done = member_dir / "model.safetensors"
-        if args.resume and done.is_file():
+        if args.resume and (member_dir / "member.json").is_file():  # written last, after the weights
             members.append({**info, **json.loads((member_dir / "member.json").read_text())})
             continue
-        peft_config = None
-        if args.lora_r > 0:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="SEQ_CLS")
-        config = RewardConfig(**{**training_kwargs(args), "output_dir": str(member_dir), "seed": seed}, max_length=args.max_length)
-        trainer = RewardTrainer(model=path, args=config, train_dataset=Dataset.from_list(data), processing_class=tok,
-                                peft_config=peft_config)
+        config = replace(args, output_dir=str(member_dir), seed=seed)
+        trainer = RewardTrainer(model=path, args=config, train_dataset=Dataset.from_list(data), eval_dataset=test,
+                                processing_class=tok, peft_config=lora_config(args, "SEQ_CLS"))
         resume = get_last_checkpoint(str(member_dir)) if args.resume and member_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(member_dir))

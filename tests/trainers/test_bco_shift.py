@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from align.bco import RewardShift
+from align.trainers.bco import RewardShift
 
 T = torch.tensor
 

@@ -1,27 +1,11 @@
-"""Paper claims checked on the offline testbed: ``align reproduce NAME``.
-
-Each claim writes ``runs/reproduce/NAME/result.json`` with ``claim``, ``metric``, ``value``,
-``baseline`` and ``holds`` (plus the whole sweep). The numbers are whatever the testbed shows;
-nothing is tuned to make a claim hold.
-"""
+"""Decoding-time claims (EFT, DLF, GeDi, STEER, EAD, speculative EFT) checked on the offline testbed."""
 
 from __future__ import annotations
 
-import inspect
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
-
-from .claims_rewards import overoptimization
-from .claims_training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
-from .io import atomic_write_text
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
-    from .testbed import Testbed
+    from align.testbed import Testbed
 
 Result = dict[str, Any]
 
@@ -31,14 +15,14 @@ def _chat(prompts: list[str]) -> list[list[dict[str, str]]]:
 
 
 def _accuracy(completions: list[tuple[str, bool]], answers: list[int]) -> float:
-    from .testbed import gold_reward
+    from align.testbed import gold_reward
 
     return round(sum(gold_reward(t, a, done) for (t, done), a in zip(completions, answers)) / len(answers), 4)
 
 
 def eft_upscaling(tb: "Testbed", n: int) -> Result:
     """EFT 2310.12962: large base + small-instruct delta answers chat prompts better than small-instruct."""
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
     from decoding import AuxiliaryModel, EFTLogitsProcessor
     from decoding.generate import generate_with
 
@@ -76,7 +60,7 @@ def eft_upscaling(tb: "Testbed", n: int) -> Result:
 
 def dlf_vs_fixed(tb: "Testbed", n: int) -> Result:
     """DLF 2406.15480: per-step α (one active expert) beats fixed-α fusion of two task experts."""
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
     from decoding import AuxiliaryModel, DLFLogitsProcessor, EFTLogitsProcessor
     from decoding.generate import generate_with
 
@@ -126,7 +110,7 @@ def gedi_steering(tb: "Testbed", n: int) -> Result:
     from decoding import GeDiLogitsProcessor
     from decoding.generate import generate_with
 
-    from .testbed.gedi import CODES, build_sign_guide, negative_fraction
+    from align.testbed.gedi import CODES, build_sign_guide, negative_fraction
 
     tok = tb.tokenizer()
     guide = AutoModelForCausalLM.from_pretrained(build_sign_guide(tb)).eval()
@@ -163,9 +147,9 @@ def steer_diversity(tb: "Testbed", n: int) -> Result:
     from decoding import AuxiliaryModel, NegativePool, SteerLogitsProcessor
     from decoding.generate import generate_with
 
-    from .metrics import distinct_n, self_bleu
-    from .testbed import sample_problems
-    from .testbed.gedi import negative_fraction
+    from align.metrics import distinct_n, self_bleu
+    from align.testbed import sample_problems
+    from align.testbed.gedi import negative_fraction
 
     import numpy as np
 
@@ -216,7 +200,7 @@ def ead_tradeoff(tb: "Testbed", n: int) -> Result:
     window 5 and 10-token minimum run would never switch inside an answer: the sweep uses window 1
     and no minimum (and reports the spec defaults as one more point).
     """
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
     from decoding import AuxiliaryModel, entropy_adaptive_generate
     from decoding.auxiliary import encode_prompts
     from decoding.generate import decode_completions
@@ -273,13 +257,13 @@ def spec_eft_equivalence(tb: "Testbed", n: int) -> Result:
     first generated token of one prompt drawn 2000 times vs the exact EFT distribution, with a
     total-variation test whose false-alarm rate is 1e-3 (:func:`align.metrics.tv_test`).
     """
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
     import torch
 
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
     from decoding.generate import decode_completions, generate_with
 
-    from .metrics import tv_test
+    from align.metrics import tv_test
 
     tok = tb.tokenizer()
     problems = eval_problems(n)
@@ -337,34 +321,3 @@ def spec_eft_equivalence(tb: "Testbed", n: int) -> Result:
             "tv_test": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in test.items()},
         },
     }
-
-
-CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
-    "spec-eft-equivalence": spec_eft_equivalence,
-    "ead-tradeoff": ead_tradeoff,
-    "eft-upscaling": eft_upscaling,
-    "dlf-vs-fixed": dlf_vs_fixed,
-    "gedi-steering": gedi_steering,
-    "steer-diversity": steer_diversity,
-    "dpo-gold": dpo_gold,
-    "rpo-displacement": rpo_displacement,
-    "bco-vs-dpo": bco_vs_dpo,
-    "bco-udm": bco_udm,
-    "ches-filter": ches_filter,
-    "overoptimization": overoptimization,
-}
-
-
-def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
-    """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically."""
-    if name not in CLAIMS:
-        raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
-    start = time.perf_counter()
-    claim = CLAIMS[name]
-    # claims that write files beside result.json (plots) take the directory
-    extra = {"out_dir": Path(out_dir) / name} if "out_dir" in inspect.signature(claim).parameters else {}
-    result = claim(tb, n, **extra)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    result["testbed"] = {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
-    path = atomic_write_text(Path(out_dir) / name / "result.json", json.dumps(result, indent=2))
-    return result, path

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from align.entanglement import entanglement_stats, sequence_logp
-from align.losses import dpo_loss
+from align.diagnostics.entanglement import entanglement_stats, sequence_logp
+from align.trainers.losses import dpo_loss
 
 
 def test_first_order_prediction_matches_a_real_sgd_step(tiny_testbed):

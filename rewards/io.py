@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash loses nothing written."""
+"""Atomic file writes: a reader never sees a half-written file, and a crash loses nothing written.
+
+It lives in ``rewards`` (the lowest package that writes files) so ``rewards`` and ``align`` share it
+without ``rewards`` importing ``align``.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from align.losses import dpo_loss, rpo_loss, sft_nll
+from align.trainers.losses import dpo_loss, rpo_loss, sft_nll
 from align.testbed.datasets import preference_pairs
 
 

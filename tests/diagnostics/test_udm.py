@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from align.udm import UDM, minilm_embedder, prompt_text
+from align.diagnostics.udm import UDM, minilm_embedder, prompt_text
 
 
 def test_odds_recover_a_known_density_ratio():

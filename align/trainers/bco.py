@@ -32,19 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .config import ConfigError
-from .training import (
-    TrainArgs,
-    check_text_field,
-    finish,
-    last_checkpoint,
-    load_models,
-    load_rows,
-    tokenize_prompt_completion,
-    training_kwargs,
-)
+from ..config import ConfigError
+from ..data import check_unpaired_rows, tokenize_prompt_completion
+from .common import AlignFields, finish, last_checkpoint, load_models, load_splits
 
 STATE_FILE = "bco_state.json"
 UDM_FILE = "udm.safetensors"
@@ -102,10 +94,14 @@ class RewardShift:
 
 
 @dataclass
-class BCOArgs(TrainArgs):
+class BCOArgs(AlignFields, TrainingArguments):
+    """``transformers.TrainingArguments`` (TRL-style defaults below) plus :class:`AlignFields` and BCO's options."""
+
     dataset: str = field(
-        default="testbed:unpaired", metadata={"help": "testbed:unpaired, a .jsonl file or a save_to_disk dir"}
+        default="testbed:unpaired", metadata={"help": "{prompt, completion, label} rows: hub id, directory, file or testbed:unpaired"}
     )
+    beta: float = field(default=0.1, metadata={"help": "β: reward scale r = β(logp - ref_logp)"})
+    max_length: int = field(default=1024, metadata={"help": "tokens per sequence; rows whose prompt fills it are dropped"})
     n_train: int = field(default=512, metadata={"help": "testbed:unpaired: training rows"})
     positive_fraction: float = field(default=0.5, metadata={"help": "testbed:unpaired: share of thumbs-up rows"})
     delta_mode: Literal["mean", "balanced"] = field(
@@ -116,26 +112,25 @@ class BCOArgs(TrainArgs):
     udm_clip_min: float = field(default=0.5, metadata={"help": "UDM: smallest weight"})
     udm_clip_max: float = field(default=10.0, metadata={"help": "UDM: largest weight"})
     output_dir: str = field(default="runs/train/bco", metadata={"help": "checkpoints and the final model"})
+    # TRL's preference-config defaults, where transformers' differ
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (TRL's preference default)"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "trade compute for memory"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (unset: only on GPUs that support it)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep label and weight columns"})
+    label_names: list[str] | None = field(default_factory=lambda: ["label"], metadata={"help": "label columns"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.check_align_fields()
         if self.delta_mode not in ("mean", "balanced"):
             raise ConfigError(f"delta_mode must be 'mean' or 'balanced', got {self.delta_mode!r}")
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise ConfigError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
-        if self.n_train < 1 or self.udm_max_prompts < 1:
-            raise ConfigError("n_train and udm_max_prompts must be >= 1")
+        if self.n_train < 1 or self.udm_max_prompts < 1 or self.max_length < 1:
+            raise ConfigError("n_train, udm_max_prompts and max_length must be >= 1")
         if not 0 < self.udm_clip_min <= self.udm_clip_max:
             raise ConfigError(f"need 0 < udm_clip_min <= udm_clip_max, got {self.udm_clip_min}, {self.udm_clip_max}")
-
-
-def check_unpaired_rows(rows: Any) -> None:
-    """``prompt``/``completion`` non-empty text or messages, ``label`` a bool; the error names row and field."""
-    for i, row in enumerate(rows):
-        for key in ("prompt", "completion"):
-            check_text_field(row, i, key)
-        if not isinstance(row.get("label"), bool):
-            raise ConfigError(f"row {i}: field 'label' must be true or false, got {row.get('label')!r}")
+        super().__post_init__()
 
 
 def completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -276,20 +271,21 @@ class _SaveShift(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            from .io import atomic_write_text
+            from rewards.io import atomic_write_text
 
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
             atomic_write_text(path, json.dumps(self.trainer.shift.state_dict()))
 
 
 def udm_weights(
-    rows: list[dict], args: BCOArgs, embedding_func: Callable | None = None
-) -> tuple[list[float], dict[str, Any]]:
-    """UDM weights per row (1 for desirable rows): fitted once and saved in ``output_dir``, loaded
-    from there when present (a resumed run never refits). Fitting happens on the main process."""
+    rows: list[dict], args: BCOArgs, embedding_func: Callable | None = None, eval_rows: list[dict] | None = None
+) -> tuple[list[float], list[float] | None, dict[str, Any]]:
+    """UDM weights per training row and per eval row (1 for desirable rows): fitted once on the
+    training rows and saved in ``output_dir``, loaded from there when present (a resumed run never
+    refits). Fitting happens on the main process."""
     from accelerate import PartialState
 
-    from .udm import UDM, minilm_embedder, prompt_text
+    from ..diagnostics.udm import UDM, minilm_embedder, prompt_text
 
     path = Path(args.output_dir) / UDM_FILE
     embed = embedding_func or minilm_embedder()
@@ -305,8 +301,15 @@ def udm_weights(
             if state.is_main_process:
                 udm.save(path)
             source = "fitted"
-    weights = torch.where(labels, torch.ones(len(rows)), udm.weights(embeddings))
-    return weights.tolist(), {"udm": source, **(udm.info or {})}
+
+    def weigh(rows: list[dict], embeddings: torch.Tensor) -> list[float]:
+        labels = torch.tensor([r["label"] for r in rows])
+        return torch.where(labels, torch.ones(len(rows)), udm.weights(embeddings)).tolist()
+
+    eval_weights = None
+    if eval_rows is not None:
+        eval_weights = weigh(eval_rows, embed([prompt_text(r["prompt"]) for r in eval_rows]))
+    return weigh(rows, embeddings), eval_weights, {"udm": source, **(udm.info or {})}
 
 
 def train_bco(
@@ -317,51 +320,56 @@ def train_bco(
     ``embedding_func`` (texts -> ``[N, D]`` tensor) replaces UDM's default MiniLM embedder;
     ``callbacks`` are added to the ``Trainer``.
     """
-    from datasets import Dataset
-
-    rows = [dict(r) for r in _load_rows(args)]
+    train, test = load_splits(args, _testbed_datasets(args))
+    rows = [dict(r) for r in train]
     check_unpaired_rows(rows)
     if not rows:
         raise ConfigError("the dataset has no rows")
+    eval_rows = [dict(r) for r in test] if test is not None else None
+    if eval_rows is not None:
+        check_unpaired_rows(eval_rows)
     resume_from = last_checkpoint(args)
     info: dict[str, Any] = {}
+    weights = eval_weights = None
     if args.udm:
-        weights, info = udm_weights(rows, args, embedding_func)
-    else:
-        weights = [1.0] * len(rows)
+        weights, eval_weights, info = udm_weights(rows, args, embedding_func, eval_rows)
     tok, policy, ref, peft_config = load_models(args)
-    encoded, too_long = [], 0
-    for row, w in zip(rows, weights):
-        enc = tokenize_prompt_completion(tok, row, args.max_length)
-        if enc is None:
-            too_long += 1
-        else:
-            encoded.append({**enc, "label": row["label"], "weight": w})
+    encoded, too_long = encode_unpaired(tok, rows, weights, args.max_length)
     if too_long:
         print(f"dropped {too_long} rows whose prompt fills max_length={args.max_length}")
-    if not encoded:
+    if not len(encoded):
         raise ConfigError("no usable rows")
+    eval_encoded = encode_unpaired(tok, eval_rows, eval_weights, args.max_length)[0] if eval_rows is not None else None
     if peft_config is not None:
         from peft import get_peft_model
 
         policy = get_peft_model(policy, peft_config)
-    from transformers import TrainingArguments
-
-    config = TrainingArguments(**training_kwargs(args), remove_unused_columns=False, label_names=["label"])
     trainer = BCOTrainer(
-        model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(encoded),
+        model=policy, ref_model=ref, args=args, train_dataset=encoded, eval_dataset=eval_encoded,
         data_collator=collate(tok.pad_token_id), processing_class=tok, beta=args.beta, delta_mode=args.delta_mode,
         udm_clip=(args.udm_clip_min, args.udm_clip_max), callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_from)
-    labels = [r["label"] for r in encoded]
-    extra = {"rows": len(encoded), "desirable": sum(labels), "dropped_too_long": too_long,
+    extra = {"rows": len(encoded), "desirable": sum(encoded["label"]), "dropped_too_long": too_long,
              "delta": trainer.shift.value, **info}
     return finish(trainer, args, tok, extra)
 
 
-def _load_rows(args: BCOArgs) -> Any:
-    from .testbed.datasets import unpaired_feedback
+def encode_unpaired(tok: Any, rows: list[dict], weights: list[float] | None, max_length: int) -> tuple[Any, int]:
+    """Tokenized rows (``input_ids``, ``completion_mask``, ``label``, ``weight``) and how many were too long."""
+    from datasets import Dataset
 
-    testbed = {"testbed:unpaired": lambda: unpaired_feedback(args.n_train, 8, args.seed, True, args.positive_fraction)["train"]}
-    return load_rows(args.dataset, testbed)
+    encoded, too_long = [], 0
+    for i, row in enumerate(rows):
+        enc = tokenize_prompt_completion(tok, row, max_length)
+        if enc is None:
+            too_long += 1
+        else:
+            encoded.append({**enc, "label": row["label"], "weight": 1.0 if weights is None else weights[i]})
+    return Dataset.from_list(encoded), too_long
+
+
+def _testbed_datasets(args: BCOArgs) -> dict[str, Any]:
+    from ..testbed.datasets import unpaired_feedback
+
+    return {"testbed:unpaired": lambda: unpaired_feedback(args.n_train, 8, args.seed, True, args.positive_fraction)}

@@ -34,20 +34,10 @@ def ches_from_sums(s_chosen: torch.Tensor, s_rejected: torch.Tensor, n_chosen: i
     return inner - norm2, inner / (n_chosen * n_rejected) - norm2 / n_chosen**2
 
 
-def _prompt_and_response(row: Mapping[str, Any], key: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    prompt, response = row["prompt"], row[key]
-    if isinstance(prompt, str):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        text = response
-    else:  # conversational: the training template's prompt, the assistant content as the response
-        prompt_ids = list(tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)["input_ids"])
-        text = response[-1]["content"] if not isinstance(response, str) else response
-    return prompt_ids, tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 @torch.no_grad()
 def hidden_sum(model: PreTrainedModel, prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
-    """Σ of the last hidden states at the positions predicting each response token (fp32)."""
+    """Σ of the last hidden states at the positions predicting each response token (fp32); one
+    sequence, no padding: the reference :func:`hidden_sums` is tested against."""
     if not response_ids:
         raise ValueError("empty response")
     ids = torch.tensor([prompt_ids + response_ids], device=next(model.parameters()).device)
@@ -56,20 +46,40 @@ def hidden_sum(model: PreTrainedModel, prompt_ids: list[int], response_ids: list
     return hidden[first : first + len(response_ids)].sum(0)
 
 
-def ches_scores(dataset: Dataset, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """``dataset`` with ``ches`` and ``ln_ches`` columns (rows with an empty response get ``nan``)."""
-    ches, ln = [], []
+@torch.no_grad()
+def hidden_sums(model: PreTrainedModel, sequences: list[tuple[list[int], list[int]]], batch_size: int = 16) -> torch.Tensor:
+    """:func:`hidden_sum` for many ``(prompt_ids, response_ids)`` at once, ``batch_size`` sequences
+    per right-padded forward (padding after a sequence cannot change its causal hidden states)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        width = max(len(p) + len(r) for p, r in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        scored = torch.zeros(len(batch), width)  # 1 at the positions predicting response tokens
+        for i, (p, r) in enumerate(batch):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            attention[i, : len(p) + len(r)] = 1
+            scored[i, len(p) - 1 : len(p) - 1 + len(r)] = 1
+        hidden = model(input_ids=ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
+        out.append(torch.einsum("bt,bth->bh", scored.to(device), hidden.hidden_states[-1].float()).cpu())
+    return torch.cat(out)
+
+
+def ches_scores(dataset: Dataset, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16) -> Dataset:
+    """``dataset`` with ``ches`` and ``ln_ches`` columns, scored on exactly the tokens DPO trains on
+    (TRL's tokenization: chat template, EOS; :func:`align.diagnostics.entanglement.probe_pairs`).
+    Rows with an empty response get ``nan``."""
+    from .entanglement import probe_pairs
+
     model.eval()
-    for row in dataset:
-        p_c, y_c = _prompt_and_response(row, "chosen", tokenizer)
-        p_r, y_r = _prompt_and_response(row, "rejected", tokenizer)
-        if not y_c or not y_r:
-            ches.append(float("nan"))
-            ln.append(float("nan"))
-            continue
-        c, n = ches_from_sums(hidden_sum(model, p_c, y_c), hidden_sum(model, p_r, y_r), len(y_c), len(y_r))
-        ches.append(c)
-        ln.append(n)
+    pairs = probe_pairs(tokenizer, dataset)
+    valid = [i for i, (_, yc, yr) in enumerate(pairs) if yc and yr]
+    sums = hidden_sums(model, [(pairs[i][0], pairs[i][k]) for i in valid for k in (1, 2)], batch_size)
+    ches, ln = [float("nan")] * len(pairs), [float("nan")] * len(pairs)
+    for j, i in enumerate(valid):
+        ches[i], ln[i] = ches_from_sums(sums[2 * j], sums[2 * j + 1], len(pairs[i][1]), len(pairs[i][2]))
     return dataset.add_column("ches", ches).add_column("ln_ches", ln)
 
 
@@ -103,19 +113,29 @@ def filter_by_ches(
 
 @dataclass
 class CHESArgs:
-    model: str = field(default="testbed:small-instruct", metadata={"help": "the initial policy: testbed:NAME or a checkpoint dir"})
-    dataset: str = field(default="testbed:preference", metadata={"help": "testbed:preference, a .jsonl file or a save_to_disk dir"})
+    model: str = field(
+        default="testbed:small-instruct", metadata={"help": "the initial policy: hub id, checkpoint directory or testbed:NAME"}
+    )
+    dataset: str = field(
+        default="testbed:preference", metadata={"help": "preference data: hub id, directory, file or testbed:preference"}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
+    dataset_train_split: str = field(default="train", metadata={"help": "split to score"})
     n_train: int = field(default=512, metadata={"help": "testbed:preference: pairs"})
     out: str = field(default="runs/data/ches.jsonl", metadata={"help": "scored pairs: a .jsonl file, or a directory (save_to_disk)"})
     keep_fraction: float | None = field(default=None, metadata={"help": "write only the lowest-scored fraction"})
     drop_top_fraction: float | None = field(default=None, metadata={"help": "write all but the highest-scored fraction"})
     normalized: bool = field(default=True, metadata={"help": "rank by LN-CHES (true) or CHES"})
-    profile: Literal["full", "tiny"] = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "model dtype"})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with a hub checkpoint"})
+    profile: str = field(default="full", metadata={"help": "testbed profile for testbed:NAME"})
     seed: int = field(default=0, metadata={"help": "testbed seed (and testbed dataset seed)"})
     cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
 
     def __post_init__(self) -> None:
-        from .config import ConfigError
+        from align.config import ConfigError
 
         if self.keep_fraction is not None and self.drop_top_fraction is not None:
             raise ConfigError("give at most one of keep_fraction and drop_top_fraction")
@@ -123,35 +143,31 @@ class CHESArgs:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key} must be in [0, 1], got {value}")
-        if self.n_train < 1:
-            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
+        if self.n_train < 1 or self.batch_size < 1:
+            raise ConfigError(f"n_train and batch_size must be >= 1, got {self.n_train}, {self.batch_size}")
 
 
 def run_ches(args: CHESArgs) -> tuple[Path, dict[str, Any]]:
     """``align data ches``: score (and optionally filter) a preference dataset, write it atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from align.data import load_split, select_valid_preferences
+    from align.models import default_device, load_causal_lm, load_tokenizer, resolve_model
+    from align.testbed.datasets import preference_pairs
+    from rewards.io import atomic_write_jsonl
 
-    from .config import ConfigError
-    from .io import atomic_write_jsonl
-    from .testbed.datasets import preference_pairs
-    from .training import check_preference_rows, load_rows, resolve_model
-
-    rows = load_rows(args.dataset, {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)["train"]})
-    keep, same = check_preference_rows(rows)
-    if not keep:
-        raise ConfigError("no usable preference pairs")
-    dataset = Dataset.from_list([dict(rows[i]) for i in keep])
-    path = resolve_model(args, args.model)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
-    tok = AutoTokenizer.from_pretrained(path)
+    testbed = {"testbed:preference": lambda: preference_pairs(args.n_train, 8, args.seed, True)}
+    loaded = load_split(args.dataset, args.dataset_train_split, args.dataset_config, testbed)
+    dataset, same = select_valid_preferences(loaded)
+    path = resolve_model(args.model, args.profile, args.seed, args.cache_dir)
+    tok = load_tokenizer(path, args.trust_remote_code)
+    model = load_causal_lm(path, args.dtype, args.device or default_device(), trust_remote_code=args.trust_remote_code)
     if args.keep_fraction is None and args.drop_top_fraction is None:
-        scored = ches_scores(dataset, model, tok)
+        scored = ches_scores(dataset, model, tok, args.batch_size)
     else:
         scored = filter_by_ches(dataset, model, tok, args.keep_fraction, args.drop_top_fraction, args.normalized)
     column = torch.tensor(scored["ln_ches" if args.normalized else "ches"], dtype=torch.float64)
     column = column[~column.isnan()]
     quantiles = torch.quantile(column, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)).tolist() if len(column) else []
-    summary = {"pairs_in": len(rows), "dropped_identical": same, "pairs_out": len(scored),
+    summary = {"pairs_in": len(loaded), "dropped_identical": same, "pairs_out": len(scored),
                "score": "ln_ches" if args.normalized else "ches", "quantiles_0_25_50_75_100": quantiles}
     out = Path(args.out)
     if out.suffix == ".jsonl":

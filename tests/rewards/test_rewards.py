@@ -136,7 +136,7 @@ def test_trl_adapter_called_as_trl_calls_reward_functions():
 
 @pytest.fixture(scope="module")
 def reward_ensemble(tiny_testbed, tmp_path_factory):
-    from align.reward import RewardArgs, train_reward
+    from align.trainers.reward_model import RewardArgs, train_reward
 
     out = tmp_path_factory.mktemp("rm")
     args = RewardArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=64, ensemble_size=2,
@@ -145,7 +145,7 @@ def reward_ensemble(tiny_testbed, tmp_path_factory):
 
 
 def test_train_reward_writes_an_ensemble_and_resumes(reward_ensemble):
-    from align.reward import train_reward
+    from align.trainers.reward_model import train_reward
 
     args, manifest = reward_ensemble
     assert [m["seed"] for m in manifest["members"]] == [0, 1] and manifest["pairs"] == 64
@@ -177,9 +177,9 @@ def test_hf_members_score_like_a_plain_forward(reward_ensemble, tiny_testbed):
 
 
 def test_shipped_reward_config_is_the_claims_recipe():
-    from align.claims_rewards import LABEL_NOISE, PROXIES, RM_RECIPE
+    from align.claims.rewards import LABEL_NOISE, PROXIES, RM_RECIPE
     from align.config import parse_config
-    from align.reward import RewardArgs
+    from align.trainers.reward_model import RewardArgs
 
     args = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml"])
     assert {k: getattr(args, k) for k in RM_RECIPE} == RM_RECIPE

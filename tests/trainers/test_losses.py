@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from align.losses import bco_loss, dpo_loss, f_score, paper_alpha, rpo_loss, sft_nll
+from align.trainers.losses import bco_loss, dpo_loss, f_score, paper_alpha, rpo_loss, sft_nll
 
 
 def softplus(x):

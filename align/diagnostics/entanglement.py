@@ -71,7 +71,7 @@ def entanglement_stats(
 
 def probe_pairs(tokenizer: Any, rows: Iterable[Mapping[str, Any]]) -> list[tuple[list[int], list[int], list[int]]]:
     """``(prompt_ids, chosen_ids, rejected_ids)`` of preference rows, tokenized as for training."""
-    from .training import tokenize_prompt_completion
+    from align.data import tokenize_prompt_completion
 
     pairs = []
     for row in rows:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from align.bco import BCOArgs, BCOTrainer, collate, train_bco
-from align.training import tokenize_prompt_completion
+from align.trainers.bco import BCOArgs, BCOTrainer, collate, train_bco
+from align.data import tokenize_prompt_completion
 from align.config import ConfigError
-from align.entanglement import sequence_logp
+from align.diagnostics.entanglement import sequence_logp
 from align.testbed.datasets import unpaired_feedback
 
 
@@ -87,7 +87,7 @@ def test_eval_never_moves_delta(tiny_testbed, tmp_path):
 def test_bad_rows_are_named_before_training(tmp_path):
     good = {"prompt": "1+1=", "completion": "2", "label": True}
     for bad, message in [({"prompt": "1+1=", "label": True}, "row 1: field 'completion' is missing"),
-                         ({**good, "label": "yes"}, "row 1: field 'label' must be true or false"),
+                         ({**good, "label": "yes"}, "row 1: field 'label' is str"),
                          ({**good, "prompt": " "}, "row 1: field 'prompt' must be non-empty")]:
         path = tmp_path / "rows.jsonl"
         path.write_text("\n".join(json.dumps(r) for r in (good, bad)) + "\n")
@@ -107,7 +107,7 @@ def test_over_long_prompts_are_dropped_and_counted(tiny_testbed, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
-    from align.bco import BCOArgs, train_bco
+    from align.trainers.bco import BCOArgs, train_bco
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from align.ches import ches_from_sums, ches_scores, filter_by_ches, hidden_sum
+from align.diagnostics.ches import ches_from_sums, ches_scores, filter_by_ches, hidden_sum
 from align.testbed.datasets import preference_pairs
 
 
@@ -32,12 +32,16 @@ def test_scores_and_filter(tiny_testbed, conversational):
     pairs = preference_pairs(12, 2, conversational=conversational)["train"]
     scored = ches_scores(pairs, model, tok)
     row = pairs[0]
+    # exactly what DPO trains on: the rendered conversation (or text + EOS) after the prompt's tokens
     if conversational:
         prompt = list(tok.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"])
-        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        full = [list(tok.apply_chat_template(row["prompt"] + row[k])["input_ids"]) for k in ("chosen", "rejected")]
     else:
-        prompt, chosen, rejected = tok(row["prompt"])["input_ids"], row["chosen"], row["rejected"]
-    yc, yr = tok(chosen, add_special_tokens=False)["input_ids"], tok(rejected, add_special_tokens=False)["input_ids"]
+        prompt = tok(row["prompt"])["input_ids"]
+        full = [tok(row["prompt"] + row[k] + tok.eos_token)["input_ids"] for k in ("chosen", "rejected")]
+    assert all(f[: len(prompt)] == prompt for f in full)
+    yc, yr = (f[len(prompt) :] for f in full)
+    assert yc[-1] == tok.eos_token_id  # the EOS DPO trains on is scored too
     expected = ches_from_sums(hidden_sum(model, prompt, yc), hidden_sum(model, prompt, yr), len(yc), len(yr))
     assert (scored[0]["ches"], scored[0]["ln_ches"]) == pytest.approx(expected)
     kept = filter_by_ches(pairs, model, tok, keep_fraction=0.25)
@@ -54,7 +58,7 @@ def test_data_ches_command_writes_the_safest_pairs(tiny_testbed, tmp_path, suffi
     from datasets import load_from_disk
 
     from align.cli import main
-    from align.io import read_jsonl
+    from rewards.io import read_jsonl
 
     out = tmp_path / f"scored{suffix}"
     common = ["--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "12", "--out", str(out)]

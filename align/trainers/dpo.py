@@ -1,8 +1,8 @@
 """``align train dpo|rpo``: DPO, f-DPO and RPO on TRL's ``DPOTrainer``.
 
-TRL already computes the f-DPO objectives exactly as :mod:`align.losses` does (an exact cross-check
-lives in ``tests/test_losses_vs_trl.py``), so for DPO the trainer is configuration: our divergence
-names and the paper's α map onto ``DPOConfig``. RPO adds :func:`align.losses.sft_nll` of the chosen
+TRL already computes the f-DPO objectives exactly as :mod:`align.trainers.losses` does (an exact cross-check
+lives in ``tests/trainers/test_losses_vs_trl.py``), so for DPO the trainer is configuration: our divergence
+names and the paper's α map onto ``DPOConfig``. RPO adds :func:`align.trainers.losses.sft_nll` of the chosen
 completions with any of its three reductions (``sum`` with η·β, ``seq_mean``, ``token_mean``; TRL
 has only the last), read from the policy forward TRL runs anyway, so it costs no extra pass. The
 reference is always passed explicitly (or, with LoRA, is the policy with its adapter disabled): TRL
@@ -23,24 +23,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import ConfigError
-from .training import (  # noqa: F401  (check_preference_rows: part of this module's API)
-    TrainArgs,
-    check_preference_rows,
-    finish,
-    last_checkpoint,
-    load_models,
-    load_rows,
-    training_kwargs,
-)
+from trl import DPOConfig
+
+from ..config import ConfigError
+from .common import AlignFields, finish, last_checkpoint, load_models, load_splits
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
 
 @dataclass
-class DPOArgs(TrainArgs):
+class DPOArgs(AlignFields, DPOConfig):
+    """``trl.DPOConfig`` (every TRL option, TRL's defaults) plus :class:`AlignFields` and the
+    f-DPO / RPO options below; our divergence names and the paper's α set TRL's fields."""
+
     dataset: str = field(
-        default="testbed:preference", metadata={"help": "testbed:preference, a .jsonl file or a save_to_disk dir"}
+        default="testbed:preference", metadata={"help": "preference data: hub id, directory, file or testbed:preference"}
     )
     n_train: int = field(default=512, metadata={"help": "testbed:preference: training pairs"})
     loss: Literal["dpo", "rpo"] = field(default="dpo", metadata={"help": "dpo, or rpo (adds the chosen NLL)"})
@@ -53,9 +50,6 @@ class DPOArgs(TrainArgs):
     sft_reduction: Literal["sum", "seq_mean", "token_mean"] = field(
         default="token_mean", metadata={"help": "rpo: sum (Liu, η·β), seq_mean (Liu App. F) or token_mean (TRL)"}
     )
-    precompute_ref_log_probs: bool = field(
-        default=False, metadata={"help": "score the data with the reference once before training (TRL), then free it"}
-    )
     ge_probe_every: int = field(default=0, metadata={"help": "log ge/* gradient entanglement every N steps (0: off)"})
     ge_probe_size: int = field(default=8, metadata={"help": "pairs in the fixed ge/* probe batch (the first rows)"})
     ge_params: Literal["trainable", "last_block"] = field(
@@ -64,7 +58,7 @@ class DPOArgs(TrainArgs):
     output_dir: str = field(default="runs/train/dpo", metadata={"help": "checkpoints and the final model"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.check_align_fields()
         if self.ge_probe_every < 0 or self.ge_probe_size < 1:
             raise ConfigError("ge_probe_every must be >= 0 and ge_probe_size >= 1")
         if not (math.isfinite(self.alpha) and math.isfinite(self.rpo_eta) and self.rpo_eta >= 0):
@@ -73,13 +67,13 @@ class DPOArgs(TrainArgs):
             raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
         if self.sft_reduction not in ("sum", "seq_mean", "token_mean"):
             raise ConfigError(f"sft_reduction must be sum, seq_mean or token_mean, got {self.sft_reduction!r}")
-        if self.divergence == "alpha":
-            from .losses import paper_alpha
-
-            try:
-                paper_alpha(self.alpha, self.alpha_convention)
-            except ValueError as err:
-                raise ConfigError(f"alpha: {err}") from err
+        if self.loss not in ("dpo", "rpo"):
+            raise ConfigError(f"loss must be dpo or rpo, got {self.loss!r}")
+        if self.divergence not in TRL_DIVERGENCE:
+            raise ConfigError(f"divergence must be one of {', '.join(TRL_DIVERGENCE)}, got {self.divergence!r}")
+        for key, value in dpo_config_kwargs(self).items():
+            setattr(self, key, value)
+        super().__post_init__()
 
 
 def dpo_config_kwargs(args: DPOArgs) -> dict[str, Any]:
@@ -88,44 +82,41 @@ def dpo_config_kwargs(args: DPOArgs) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = {"beta": args.beta, "f_divergence_type": TRL_DIVERGENCE[args.divergence]}
     if args.divergence == "alpha":
-        kwargs["f_alpha_divergence_coef"] = 1.0 - paper_alpha(args.alpha, args.alpha_convention)
+        try:
+            kwargs["f_alpha_divergence_coef"] = 1.0 - paper_alpha(args.alpha, args.alpha_convention)
+        except ValueError as err:
+            raise ConfigError(f"alpha: {err}") from err
     kwargs["loss_type"] = ["sigmoid"]
     return kwargs
 
 
 def train_dpo(args: DPOArgs) -> dict[str, Any]:
     """Train and save to ``args.output_dir``; returns the last logged metrics and data counts."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    dataset = _load_dataset(args)
-    keep, same = check_preference_rows(dataset)
-    if same:
-        print(f"dropped {same} pairs whose chosen equals rejected")
-    if not keep:
-        raise ConfigError("no usable preference pairs")
-    dataset = dataset.select(keep) if isinstance(dataset, Dataset) else Dataset.from_list([dataset[i] for i in keep])
+    from ..data import select_valid_preferences
+
+    train, test = load_splits(args, _testbed_datasets(args))
+    train, same = select_valid_preferences(train)
+    if test is not None:
+        test, _ = select_valid_preferences(test)
     tok, policy, ref, peft_config = load_models(args)
-    config = DPOConfig(
-        **training_kwargs(args), max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref_log_probs,
-        **dpo_config_kwargs(args),
-    )
     if args.loss == "rpo":
         trainer_cls, extra = rpo_trainer_class(DPOTrainer), {"rpo_eta": args.rpo_eta, "sft_reduction": args.sft_reduction}
     else:
         trainer_cls, extra = DPOTrainer, {}
     callbacks = []
     if args.ge_probe_every:
-        from .entanglement import EntanglementCallback, probe_pairs
+        from ..diagnostics.entanglement import EntanglementCallback, probe_pairs
 
-        probe = probe_pairs(tok, [dataset[i] for i in range(min(args.ge_probe_size, len(dataset)))])
+        probe = probe_pairs(tok, [train[i] for i in range(min(args.ge_probe_size, len(train)))])
         callbacks.append(EntanglementCallback(probe, args.ge_probe_every, args.ge_params))
     trainer = trainer_cls(
-        model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tok, peft_config=peft_config,
-        callbacks=callbacks, **extra,
+        model=policy, ref_model=ref, args=args, train_dataset=train, eval_dataset=test, processing_class=tok,
+        peft_config=peft_config, callbacks=callbacks, **extra,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
-    return finish(trainer, args, tok, {"pairs": len(keep), "dropped_identical": same})
+    return finish(trainer, args, tok, {"pairs": len(train), "dropped_identical": same})
 
 
 def rpo_trainer_class(base: type) -> type:
@@ -179,8 +170,7 @@ def rpo_trainer_class(base: type) -> type:
     return RPOTrainer
 
 
-def _load_dataset(args: DPOArgs) -> Any:
-    from .testbed.datasets import preference_pairs
+def _testbed_datasets(args: DPOArgs) -> dict[str, Any]:
+    from ..testbed.datasets import preference_pairs
 
-    testbed = {"testbed:preference": lambda: preference_pairs(args.n_train, 8, seed=args.seed, conversational=True)["train"]}
-    return load_rows(args.dataset, testbed)
+    return {"testbed:preference": lambda: preference_pairs(args.n_train, 8, seed=args.seed, conversational=True)}

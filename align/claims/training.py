@@ -14,7 +14,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .testbed import Testbed
+    from align.testbed import Testbed
 
 RECIPE = {"beta": 0.1, "learning_rate": 5e-5, "max_steps": 50, "per_device_train_batch_size": 8, "logging_steps": 10}
 N_PAIRS = 512
@@ -27,7 +27,7 @@ def policy_accuracy(model: Any, tok: Any, problems: list, samples: int = SAMPLES
 
     from decoding.generate import generate_with
 
-    from .testbed import gold_reward
+    from align.testbed import gold_reward
 
     chat = [[{"role": "user", "content": p.prompt}] for p in problems]
     greedy = generate_with(model, tok, chat, do_sample=False, max_new_tokens=8)
@@ -55,7 +55,7 @@ def chosen_logp(model: Any, tok: Any, rows: list[dict]) -> float:
     """Mean summed log π(chosen | prompt) over preference rows (the likelihood displacement probe)."""
     import torch
 
-    from .entanglement import probe_pairs, sequence_logp
+    from align.diagnostics.entanglement import probe_pairs, sequence_logp
 
     with torch.no_grad():
         values = [float(sequence_logp(model, prompt, chosen)) for prompt, chosen, _ in probe_pairs(tok, rows)]
@@ -89,18 +89,18 @@ def _train(kind: str, tb: "Testbed", dataset: Any, out: str, **overrides: Any) -
     Dataset.from_list([dict(r) for r in dataset]).save_to_disk(path)
     common = {"model": str(tb.path("small-instruct")), "dataset": path, "output_dir": f"{out}/model", **RECIPE, **overrides}
     if kind == "bco":
-        from .bco import BCOArgs, train_bco
+        from align.trainers.bco import BCOArgs, train_bco
 
         result = train_bco(BCOArgs(**common))
     else:
-        from .dpo import DPOArgs, train_dpo
+        from align.trainers.dpo import DPOArgs, train_dpo
 
         result = train_dpo(DPOArgs(loss=kind, **common))
     return AutoModelForCausalLM.from_pretrained(f"{out}/model"), result
 
 
 def _pairs(n: int, seed: int = 0) -> list[dict]:
-    from .testbed.datasets import preference_pairs
+    from align.testbed.datasets import preference_pairs
 
     return [dict(r) for r in preference_pairs(n, 8, seed=seed, conversational=True)["train"]]
 
@@ -111,7 +111,7 @@ def _curve(result: dict, key: str = "logps/chosen") -> list[list[float]]:
 
 def dpo_gold(tb: "Testbed", n: int) -> dict:
     """DPO 2305.18290 on verifier-labelled pairs raises small-instruct's verifier accuracy."""
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
 
     tok, problems = tb.tokenizer(), eval_problems(n)
     before = policy_accuracy(tb.model("small-instruct"), tok, problems)
@@ -127,7 +127,7 @@ def dpo_gold(tb: "Testbed", n: int) -> dict:
 
 def rpo_displacement(tb: "Testbed", n: int) -> dict:
     """RPO 2405.16436: DPO lowers the chosen log-probability over training; RPO's NLL largely stops it."""
-    from .testbed.datasets import preference_pairs
+    from align.testbed.datasets import preference_pairs
 
     held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
     tok = tb.tokenizer()
@@ -155,7 +155,7 @@ def bco_vs_dpo(tb: "Testbed", n: int, margin: float = 0.03) -> dict:
     from trl.data_utils import unpair_preference_dataset
     from datasets import Dataset
 
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
 
     tok, problems = tb.tokenizer(), eval_problems(n)
     pairs = _pairs(N_PAIRS)
@@ -183,8 +183,8 @@ def _shifted_feedback(n: int, seed: int = 0, majority: float = 0.8) -> list[dict
     """Unpaired rows whose thumbs-up prompts are mostly additions and thumbs-down mostly subtractions."""
     import numpy as np
 
-    from .testbed.arithmetic import sample_problems
-    from .testbed.datasets import wrong_answer
+    from align.testbed.arithmetic import sample_problems
+    from align.testbed.datasets import wrong_answer
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -201,7 +201,7 @@ def _shifted_feedback(n: int, seed: int = 0, majority: float = 0.8) -> list[dict
 def bco_udm(tb: "Testbed", n: int) -> dict:
     """BCO's UDM: when thumbs-up and thumbs-down prompts differ in distribution, reweighting the
     thumbs-down rows by the prompt density ratio improves over plain BCO."""
-    from .testbed import eval_problems
+    from align.testbed import eval_problems
 
     tok, problems = tb.tokenizer(), eval_problems(n)
     rows = _shifted_feedback(2 * N_PAIRS)
@@ -224,7 +224,7 @@ def ches_filter(tb: "Testbed", n: int) -> dict:
     DPO on a random half of the same size."""
     from datasets import Dataset
 
-    from .ches import ches_scores
+    from align.diagnostics.ches import ches_scores
 
     tok = tb.tokenizer()
     pairs = _pairs(2 * N_PAIRS)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .testbed import Testbed
+    from align.testbed import Testbed
 
 PROXIES, LABEL_NOISE, SAMPLES, MAX_PROMPTS = 5, 0.25, 512, 100
 RM_RECIPE = {"learning_rate": 3e-4, "max_steps": 600, "per_device_train_batch_size": 32, "n_train": 4000}
@@ -29,8 +29,8 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
 
     from rewards import aggregate, hf_sampler, kl_best_of_n, load_ensemble, unbiased_best_of_n
 
-    from .reward import RewardArgs, train_reward
-    from .testbed import eval_problems, gold_reward
+    from align.trainers.reward_model import RewardArgs, train_reward
+    from align.testbed import eval_problems, gold_reward
 
     tiny = tb.manifest["profile"] == "tiny"  # plumbing only: a handful of steps and samples
     recipe = {**RM_RECIPE, "max_steps": 20, "n_train": 256} if tiny else RM_RECIPE
@@ -88,7 +88,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
 
 def _kinds(texts: list[str], problems: list) -> dict[str, float]:
     """Fractions of completions that are correct, a wrong number, a wrong sign only, or unparseable."""
-    from .testbed.arithmetic import parse_answer
+    from align.testbed.arithmetic import parse_answer
 
     counts = {"correct": 0, "wrong_number": 0, "sign_flipped": 0, "malformed": 0}
     for text, p in zip(texts, problems):
@@ -101,7 +101,7 @@ def _kinds(texts: list[str], problems: list) -> dict[str, float]:
 
 def _heldout_accuracy(ensemble: Any, n_pairs: int = 300) -> list[float]:
     """Each proxy's accuracy on clean held-out verifier-labelled pairs."""
-    from .testbed.datasets import preference_pairs
+    from align.testbed.datasets import preference_pairs
 
     pairs = preference_pairs(8, n_pairs, 0, True)["eval"]
     prompts = [r["prompt"] for r in pairs]

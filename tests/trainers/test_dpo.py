@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from align.cli import main
 from align.config import ConfigError, parse_config
-from align.dpo import DPOArgs, check_preference_rows, dpo_config_kwargs, train_dpo
+from align.data import check_preference_rows
+from align.trainers.dpo import DPOArgs, dpo_config_kwargs, train_dpo
 
 
 def test_objective_maps_onto_trl():
@@ -61,7 +62,7 @@ def test_short_training_run(tiny_testbed, tmp_path, loss, extra):
 
 
 def test_cli_and_shipped_config(tmp_path, capsys):
-    from align.claims_training import N_PAIRS, RECIPE
+    from align.claims.training import N_PAIRS, RECIPE
 
     shipped = parse_config(DPOArgs, ["--config", "configs/dpo-testbed.yaml"])
     assert {k: getattr(shipped, k) for k in RECIPE} == RECIPE and shipped.n_train == N_PAIRS  # quickstart's recipe
@@ -114,8 +115,8 @@ def test_rpo_reductions_match_a_naive_recomputation(tiny_testbed, tmp_path, redu
     chosen completions, NLL recomputed here token by token from the chat-rendered pairs."""
     import math
 
-    from align.training import tokenize_prompt_completion
-    from align.entanglement import sequence_logp
+    from align.data import tokenize_prompt_completion
+    from align.diagnostics.entanglement import sequence_logp
     from align.testbed.datasets import preference_pairs
 
     eta, beta = 0.3, 0.5
@@ -142,7 +143,7 @@ def test_entanglement_probe_logs_ge_stats_of_the_current_policy(tiny_testbed, tm
     """The ge/* entry at step 2 equals entanglement_stats recomputed on the saved step-2 model."""
     from transformers import AutoModelForCausalLM
 
-    from align.entanglement import entanglement_stats, probe_pairs
+    from align.diagnostics.entanglement import entanglement_stats, probe_pairs
     from align.testbed.datasets import preference_pairs
 
     args = DPOArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=16, max_steps=2,

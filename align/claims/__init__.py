@@ -1,0 +1,57 @@
+"""Paper claims checked on the offline testbed: ``align reproduce NAME``.
+
+Each claim writes ``runs/reproduce/NAME/result.json`` with ``claim``, ``metric``, ``value``,
+``baseline`` and ``holds`` (plus the whole sweep). The numbers are whatever the testbed shows;
+nothing is tuned to make a claim hold. Decoding claims live in :mod:`align.claims.decoding`,
+training claims in :mod:`align.claims.training`, reward claims in :mod:`align.claims.rewards`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rewards.io import atomic_write_text
+
+from .decoding import dlf_vs_fixed, ead_tradeoff, eft_upscaling, gedi_steering, spec_eft_equivalence, steer_diversity
+from .rewards import overoptimization
+from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
+
+if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
+    from align.testbed import Testbed
+
+Result = dict[str, Any]
+
+CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
+    "spec-eft-equivalence": spec_eft_equivalence,
+    "ead-tradeoff": ead_tradeoff,
+    "eft-upscaling": eft_upscaling,
+    "dlf-vs-fixed": dlf_vs_fixed,
+    "gedi-steering": gedi_steering,
+    "steer-diversity": steer_diversity,
+    "dpo-gold": dpo_gold,
+    "rpo-displacement": rpo_displacement,
+    "bco-vs-dpo": bco_vs_dpo,
+    "bco-udm": bco_udm,
+    "ches-filter": ches_filter,
+    "overoptimization": overoptimization,
+}
+
+
+def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
+    """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically."""
+    if name not in CLAIMS:
+        raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
+    start = time.perf_counter()
+    claim = CLAIMS[name]
+    # claims that write files beside result.json (plots) take the directory
+    extra = {"out_dir": Path(out_dir) / name} if "out_dir" in inspect.signature(claim).parameters else {}
+    result = claim(tb, n, **extra)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["testbed"] = {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
+    path = atomic_write_text(Path(out_dir) / name / "result.json", json.dumps(result, indent=2))
+    return result, path

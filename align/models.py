@@ -1,0 +1,99 @@
+"""Model and tokenizer loading for every command: a hub id, a local directory or ``testbed:NAME``.
+
+Real checkpoints differ from the testbed in ways every command must survive: no pad token (Llama,
+Mistral, GPT-2: the EOS token pads, as TRL does), several EOS ids (``generation_config.eos_token_id``
+as a list, e.g. Qwen's ``<|im_end|>`` and ``<|endoftext|>``), a chat template or none, bf16 weights.
+``trust_remote_code`` is off unless the caller turns it on.
+
+Example:
+    >>> from align.testbed import build_tokenizer
+    >>> tok = build_tokenizer()
+    >>> uses_chat(tok), uses_chat(tok, "plain")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_model(name: str, profile: str = "full", seed: int = 0, cache_dir: str | None = None) -> str:
+    """``testbed:NAME`` -> that testbed model's directory; a hub id or a directory is returned as is."""
+    if name.startswith("testbed:"):
+        from .testbed import load_testbed
+
+        return str(load_testbed(profile, seed, cache_dir).path(name.removeprefix("testbed:")))
+    return name
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer`` for ``path``; a tokenizer without a pad token pads with its EOS token (TRL's rule)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ConfigError(f"model {path}: its tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(dtype: str) -> "torch.dtype | str":
+    """``"auto"`` (the checkpoint's own dtype) or the named ``torch.dtype``."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(
+    path: str | Path,
+    dtype: str = "auto",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    cls: Any = None,
+) -> Any:
+    """A model from a hub id or a directory, in ``dtype``, on ``device`` (or spread by ``device_map``).
+
+    Training passes ``dtype="float32"`` (fp32 master weights: a bf16 hub checkpoint would otherwise
+    train in pure bf16); generation defaults to the checkpoint's dtype.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = (cls or AutoModelForCausalLM).from_pretrained(str(path), **kwargs)
+    except OSError as err:
+        raise ConfigError(f"model {path!r}: not a testbed:NAME, a checkpoint directory or a reachable hub id ({err})") from err
+    if device is not None and device_map is None:
+        model.to(device)
+    return model
+
+
+def uses_chat(tokenizer: Any, override: str | None = None) -> bool:
+    """Whether prompts go through the chat template: ``override`` (``"chat"``/``"plain"``) if given,
+    else whether the tokenizer has a chat template."""
+    if override is not None:
+        if override not in ("chat", "plain"):
+            raise ConfigError(f"prompt format must be 'chat' or 'plain', got {override!r}")
+        return override == "chat"
+    return getattr(tokenizer, "chat_template", None) is not None
