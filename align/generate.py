@@ -129,7 +129,11 @@ def read_prompts(spec: str | Path, field_name: str = "prompt", split: str = "tra
     ds = load_split(str(spec), split, config)
     if field_name not in ds.column_names:
         raise ConfigError(f"prompts: {spec} has no field {field_name!r} (fields: {', '.join(ds.column_names)})")
-    return list(ds[field_name])
+    prompts = list(ds[field_name])
+    for i, prompt in enumerate(prompts):
+        if prompt is None:
+            raise ConfigError(f"prompts: {spec} row {i} has no field {field_name!r}")
+    return prompts
 
 
 class ModelStore:

@@ -39,12 +39,19 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """``AutoTokenizer`` for ``path``; a tokenizer without a pad token pads with its EOS token (TRL's rule)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(not_found(path, err)) from err
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ConfigError(f"model {path}: its tokenizer has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def not_found(path: str | Path, err: Exception) -> str:
+    return f"model {str(path)!r} is neither testbed:NAME, a checkpoint directory nor a reachable hub id ({err})"
 
 
 def torch_dtype(dtype: str) -> "torch.dtype | str":
@@ -83,7 +90,7 @@ def load_causal_lm(
     try:
         model = (cls or AutoModelForCausalLM).from_pretrained(str(path), **kwargs)
     except OSError as err:
-        raise ConfigError(f"model {path!r}: not a testbed:NAME, a checkpoint directory or a reachable hub id ({err})") from err
+        raise ConfigError(not_found(path, err)) from err
     if device is not None and device_map is None:
         model.to(device)
     return model

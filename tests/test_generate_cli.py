@@ -68,7 +68,7 @@ def test_config_errors_before_loading(tiny_testbed, prompt_file, tmp_path, capsy
         GenerateArgs(prompts=str(prompt_file), method="eft")
     with pytest.raises(ConfigError, match="weights must be finite"):
         GenerateArgs(prompts=str(prompt_file), method="eft", tuned=["x"], weights=[float("nan")])
-    with pytest.raises(ConfigError, match="row 1 has no field 'prompt'"):
+    with pytest.raises(ConfigError, match=r"has no field 'prompt' \(fields: problem\)"):
         read_prompts(prompt_file)
     bad = args(tiny_testbed, prompt_file, tmp_path, method="eft", tuned=["/no/such/model"])
     with pytest.raises(ConfigError, match="'/no/such/model' is neither"):
@@ -94,12 +94,12 @@ def test_prompts_from_a_saved_dataset(tiny_testbed, tmp_path):
     ds.save_to_disk(str(tmp_path / "ds"))
     prompts = read_prompts(tmp_path / "ds", "prompt", "eval")
     assert prompts == ds["eval"]["prompt"] and isinstance(prompts[0], list)
-    with pytest.raises(ConfigError, match="not 'test'"):
+    with pytest.raises(ConfigError, match="has no split 'test'; its splits: train, eval"):
         read_prompts(tmp_path / "ds", "prompt", "test")
-    with pytest.raises(ConfigError, match="no column 'problem'"):
+    with pytest.raises(ConfigError, match="has no field 'problem'"):
         read_prompts(tmp_path / "ds", "problem", "eval")
     out = run_generate(
-        GenerateArgs(prompts=str(tmp_path / "ds"), output=str(tmp_path / "o.jsonl"), profile="tiny",
+        GenerateArgs(prompts=str(tmp_path / "ds"), split="eval", output=str(tmp_path / "o.jsonl"), profile="tiny",
                      cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=3)
     )
     assert len(out.read_text().splitlines()) == 3

@@ -32,7 +32,7 @@ from rewards.io import atomic_write_text
 from align.metrics import flops_per_token
 from .arithmetic import eval_problems
 from .evaluate import accuracy_by_op, answer_token_entropy_auroc
-from .tokenizer import build_tokenizer
+from .tokenizer import FLAVOURS
 from .train import SIZES, ModelSize, make_model, problem_batches, train_steps
 
 VERSION = 1  # bump when a change alters what a build produces
@@ -64,6 +64,8 @@ class Profile:
     batch_size: int
     eval_size: int
     sizes: dict[str, ModelSize] = field(default_factory=lambda: dict(SIZES))
+    flavour: str = "char"  # tokenizer and formats: "char" or "bpe" (align.testbed.tokenizer.FLAVOURS)
+    dropout: float = 0.0  # attention dropout of every model
 
     @property
     def stages(self) -> list[Stage]:
@@ -106,6 +108,10 @@ PROFILES: dict[str, Profile] = {
         eval_size=500,
     ),
 }
+# Looks like a real model family: byte-level BPE, ChatML, no pad token, two EOS ids, dropout.
+PROFILES["tiny-bpe"] = Profile(
+    name="tiny-bpe", chains=PROFILES["tiny"].chains, batch_size=32, eval_size=64, flavour="bpe", dropout=0.1
+)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -117,7 +123,11 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def fingerprint(spec: Profile) -> str:
     """A short hash of everything that decides a build's weights (changing a profile changes its directory)."""
-    text = json.dumps({"version": VERSION, "profile": asdict(spec)}, sort_keys=True)
+    profile = asdict(spec)
+    for key, default in (("flavour", "char"), ("dropout", 0.0)):  # added later: old builds keep their directory
+        if profile[key] == default:
+            del profile[key]
+    text = json.dumps({"version": VERSION, "profile": profile}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -196,7 +206,7 @@ def _run_chain(
 
 def _train_chain(index: int, profile: Profile, seed: int, root: Path, progress: Any) -> dict[str, dict]:
     """``progress.put((chain index, steps done, model name, loss or None))`` reports as it goes."""
-    tokenizer = build_tokenizer()
+    tokenizer = FLAVOURS[profile.flavour].build()
     records: dict[str, dict[str, Any]] = {}
     for stage in profile.chains[index]:
         dest = root / stage.name
@@ -206,7 +216,7 @@ def _train_chain(index: int, profile: Profile, seed: int, root: Path, progress: 
         # Seeds differ per stage so that siblings (e.g. experts) do not share batches.
         stage_seed = seed * 1000 + [s.name for s in profile.stages].index(stage.name)
         if stage.parent is None:
-            model = make_model(profile.sizes[stage.size], tokenizer, stage_seed)
+            model = make_model(profile.sizes[stage.size], tokenizer, stage_seed, profile.dropout)
         else:
             model = AutoModelForCausalLM.from_pretrained(root / stage.parent)
         batches = problem_batches(tokenizer, stage_seed, profile.batch_size, stage.chat, stage.ops)
@@ -237,8 +247,9 @@ def build_testbed(
     """Build (or load from cache) the testbed ``profile`` for ``seed``.
 
     Args:
-        profile: ``"full"`` (capability targets met, about 20 minutes on 2 CPU cores) or ``"tiny"``
-            (seconds; for unit tests, no capability).
+        profile: ``"full"`` (capability targets met, about 20 minutes on 2 CPU cores), ``"tiny"``
+            (seconds; for unit tests, no capability) or ``"tiny-bpe"`` (tiny, with a byte-level BPE
+            tokenizer, ChatML, no pad token, two EOS ids and dropout: a real model family's traits).
         seed: every weight is a deterministic function of the seed (fixed thread count per chain).
         cache_dir: overrides ``$ALIGNKIT_CACHE`` / ``~/.cache/alignkit``.
         force: rebuild even if a complete build exists.
@@ -327,9 +338,9 @@ def _describe(spec: Profile, seed: int, root: Path, records: dict[str, dict], bu
         }
         if stage.chat:
             signal = answer_token_entropy_auroc(model, tokenizer, problems, chat=True)
-            entry["entropy_auroc"] = round(signal["auroc"], 4)
-            entry["entropy_wrong"] = round(signal["entropy_wrong"], 4)
-            entry["entropy_right"] = round(signal["entropy_right"], 4)
+            for key in ("auroc", "entropy_wrong", "entropy_right"):
+                if signal[key] is not None:  # a tiny model can be wrong at every position
+                    entry["entropy_auroc" if key == "auroc" else key] = round(signal[key], 4)
         models[stage.name] = entry
     base_flops = models["small-base"]["flops_per_token"]
     for entry in models.values():

@@ -5,33 +5,28 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from decoding.generate import decode_completions
+from decoding.generate import generate_with
 
 from align.metrics import auroc, entropy
 from .arithmetic import Problem, gold_reward
-from .tokenizer import chat_text
+from .tokenizer import flavour_of
 
 MAX_NEW_TOKENS = 8  # the longest answer is 4 digits and a sign, plus <eos>
 
 
-def prompts_for(problems: list[Problem], chat: bool) -> list[str]:
+def prompts_for(problems: list[Problem], chat: bool, tokenizer: PreTrainedTokenizerFast) -> list[str]:
     """Prompt strings in a model's own format (``<bos>`` included, so encode without specials)."""
-    return [chat_text(p.prompt) if chat else f"<bos>{p.prompt}" for p in problems]
+    flavour = flavour_of(tokenizer)
+    return [flavour.chat(p.prompt) if chat else f"{flavour.prefix}{p.prompt}" for p in problems]
 
 
 @torch.inference_mode()
 def greedy_completions(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, prompts: list[str], batch_size: int = 500
 ) -> list[tuple[str, bool]]:
-    """Greedy completions and whether each ended with ``<eos>`` (``False`` = truncated)."""
-    out: list[tuple[str, bool]] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
-        gen = model.generate(
-            **enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id
-        )[:, enc["input_ids"].shape[1] :]
-        out.extend(decode_completions(tokenizer, gen.tolist()))
-    return out
+    """Greedy completions and whether each ended with an EOS (``False`` = truncated)."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # the prompts carry their own specials
+    return generate_with(model, tokenizer, ids, batch_size=batch_size, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
 
 
 def accuracy_by_op(
@@ -42,7 +37,7 @@ def accuracy_by_op(
     Returns ``{"accuracy": ..., "accuracy_add": ..., "accuracy_sub": ...}`` (operator keys only for
     operators present).
     """
-    completions = greedy_completions(model, tokenizer, prompts_for(problems, chat))
+    completions = greedy_completions(model, tokenizer, prompts_for(problems, chat, tokenizer))
     scores = [gold_reward(text, p.answer, done) for (text, done), p in zip(completions, problems)]
     out = {"accuracy": round(sum(scores) / len(scores), 4)}
     for op, key in (("+", "accuracy_add"), ("-", "accuracy_sub")):
@@ -62,26 +57,29 @@ def answer_token_entropy_auroc(
     greedy token is an error if it differs from the gold token. Returns the AUROC of entropy for
     that error, the mean entropies of wrong and right positions, and the error rate.
     """
-    texts = [chat_text(p.prompt, str(p.answer)) if chat else f"<bos>{p.prompt}{p.answer}<eos>" for p in problems]
-    prefixes = prompts_for(problems, chat)
-    tokenizer_right = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = tokenizer_right
+    flavour = flavour_of(tokenizer)
+    texts = [
+        flavour.chat(p.prompt, str(p.answer)) if chat else f"{flavour.prefix}{p.prompt}{p.answer}{flavour.end}"
+        for p in problems
+    ]
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.full((len(rows), int(lengths.max())), tokenizer.eos_token_id)  # right padding, masked
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    prefixes = prompts_for(problems, chat, tokenizer)
     starts = torch.tensor([len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prefixes])
-    lengths = enc["attention_mask"].sum(1)
-    logits = model(**enc).logits[:, :-1, : len(tokenizer)]
-    targets = enc["input_ids"][:, 1:]
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, : len(tokenizer)]
+    targets = ids[:, 1:]
     pos = torch.arange(targets.shape[1])
     # logits[:, t] predicts token t+1; answer tokens sit at [start, length)
     is_answer = (pos[None] >= starts[:, None] - 1) & (pos[None] < lengths[:, None] - 1)
     h = entropy(logits)[is_answer]
     wrong = (logits.argmax(-1) != targets)[is_answer]
     return {
-        "auroc": auroc(h, wrong),
-        "entropy_wrong": float(h[wrong].mean()),
-        "entropy_right": float(h[~wrong].mean()),
+        "auroc": auroc(h, wrong) if 0 < int(wrong.sum()) < len(wrong) else None,  # None: one class only
+        "entropy_wrong": float(h[wrong].mean()) if wrong.any() else None,
+        "entropy_right": float(h[~wrong].mean()) if (~wrong).any() else None,
         "token_error_rate": float(wrong.float().mean()),
     }

@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM
 
 from .arithmetic import Problem, parse_answer
 from .build import Testbed, save_checkpoint
-from .tokenizer import build_tokenizer
 from .train import problem_batches, train_steps
 
 CODES = {"negative": "n:", "non-negative": "p:"}
@@ -40,7 +39,7 @@ def build_sign_guide(tb: Testbed, steps: int | None = None, seed: int = 0) -> Pa
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # same weights whatever the caller's thread count
     try:
-        tokenizer = build_tokenizer()
+        tokenizer = tb.tokenizer()
         model = AutoModelForCausalLM.from_pretrained(tb.path("small-base"))
         batches = problem_batches(tokenizer, seed * 1000 + 99, 128, chat=False, code=sign_code)
         train_steps(model, batches, steps, lr=1e-3, warmup=min(50, steps // 10 + 1))

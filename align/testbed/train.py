@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .arithmetic import Problem, sample_problems
-from .tokenizer import BOS, EOS, chat_text
+from .tokenizer import flavour_of
 
 HEAD_DIM = 64  # vLLM's CPU attention backend needs head_dim 64 (16 fails)
 
@@ -40,12 +40,15 @@ SIZES: dict[str, ModelSize] = {
 }
 
 
-def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int, dropout: float = 0.0) -> LlamaForCausalLM:
     """A freshly initialised Llama of ``size`` whose vocabulary is ``len(tokenizer)`` rounded up to 32.
 
     The padded rows exercise the "slice logits to ``len(tokenizer)``" rule every multi-model decoder
-    must follow (METHODS §0).
+    must follow (METHODS §0). ``eos_token_id`` lists every id that ends a generation in the
+    tokenizer's flavour (two for BPE); ``dropout`` is attention dropout (trainers must turn it off
+    where the method says so).
     """
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in flavour_of(tokenizer).eos_tokens]
     config = LlamaConfig(
         vocab_size=32 * math.ceil(len(tokenizer) / 32),
         hidden_size=size.hidden,
@@ -56,8 +59,9 @@ def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int) -
         head_dim=HEAD_DIM,
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=eos if len(eos) > 1 else eos[0],
         pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=dropout,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -77,16 +81,18 @@ def encode_rows(
     (pretraining format only) puts an unscored control code after ``<bos>``: the rows of a
     class-conditional LM such as GeDi's.
     """
+    flavour = flavour_of(tokenizer)
     if chat:
-        prefixes = [chat_text(p.prompt) for p in problems]
-        texts = [chat_text(p.prompt, str(p.answer)) for p in problems]
+        prefixes = [flavour.chat(p.prompt) for p in problems]
+        texts = [flavour.chat(p.prompt, str(p.answer)) for p in problems]
     else:
-        prefixes = [f"{BOS}{code(p) if code else ''}" for p in problems]
-        texts = [f"{prefix}{p.prompt}{p.answer}{EOS}" for prefix, p in zip(prefixes, problems)]
+        prefixes = [f"{flavour.prefix}{code(p) if code else ''}" for p in problems]
+        texts = [f"{prefix}{p.prompt}{p.answer}{flavour.end}" for prefix, p in zip(prefixes, problems)]
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     starts = [len(r) for r in tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # masked anyway
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
     for i, (row, start) in enumerate(zip(rows, starts)):
