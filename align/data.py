@@ -11,8 +11,9 @@ Example:
     >>> rows = [{"chosen": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}],
     ...          "rejected": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "5"}]}]
     >>> from datasets import Dataset
-    >>> preference_rows(Dataset.from_list(rows))[0]["prompt"]
-    [{'content': '2+2=', 'role': 'user'}]
+    >>> row = preference_rows(Dataset.from_list(rows))[0]
+    >>> row["prompt"][0]["content"], row["chosen"][0]["content"]
+    ('2+2=', '4')
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ forward FLOPs per token), so ``1 - C`` is the saving against large-only decoding
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,7 @@ def entropy_adaptive_generate(
     do_sample: bool = False,
     logits_processor: LogitsProcessorList | None = None,
     stopping_criteria: StoppingCriteriaList | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     costs: tuple[float, float] | None = None,
 ) -> EADOutput:
@@ -104,19 +105,23 @@ def entropy_adaptive_generate(
     """
     if not (math.isfinite(tau) and window >= 1 and min_tokens >= 0):
         raise ValueError(f"need a finite tau, window >= 1 and min_tokens >= 0 (got {tau}, {window}, {min_tokens})")
-    batch = input_ids.shape[0]
+    from .speculative_eft import eos_tensor
+
+    batch, device = input_ids.shape[0], input_ids.device
     processors = logits_processor or LogitsProcessorList()
     for aux in (small, large):
         aux.bind(input_ids)
-    on_large = torch.zeros(batch, dtype=torch.bool)
-    run_length = torch.zeros(batch, dtype=torch.long)  # tokens emitted on the current model
-    history = torch.full((batch, window), float("nan"))  # circular window of emitted-token entropies
-    unfinished = torch.ones(batch, dtype=torch.bool)
+    stops = eos_tensor(eos_token_id, device)
+    # all state lives on the input's device: no per-token host round trips
+    on_large = torch.zeros(batch, dtype=torch.bool, device=device)
+    run_length = torch.zeros(batch, dtype=torch.long, device=device)  # tokens emitted on the current model
+    history = torch.full((batch, window), float("nan"), device=device)  # circular window of emitted-token entropies
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     chosen_models, entropies = [], []
-    switches = torch.zeros(batch, dtype=torch.long)
+    switches = torch.zeros(batch, dtype=torch.long, device=device)
     catchup = 0
     for step in range(max_new_tokens):
-        logprobs = torch.empty(batch, small.vocab_size)
+        logprobs = torch.empty(batch, small.vocab_size, device=device)
         for aux, rows in ((small, ~on_large), (large, on_large)):
             if rows.any():
                 before = aux.state()["generated_tokens"]
@@ -133,7 +138,7 @@ def entropy_adaptive_generate(
         token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
         chosen_models.append(torch.where(unfinished, on_large.long(), torch.full_like(token, -1)))
         entropies.append(torch.where(unfinished, h, torch.full_like(h, float("nan"))))
-        input_ids = torch.cat([input_ids, token[:, None].to(input_ids.device)], dim=1)
+        input_ids = torch.cat([input_ids, token[:, None]], dim=1)
         # decide the model for the next token from the rolling entropy of emitted tokens
         history[:, step % window] = h
         mean = history.nanmean(dim=1)
@@ -144,9 +149,9 @@ def entropy_adaptive_generate(
         run_length[switch] = 0
         switches += (switch & unfinished).long()
         if stopping_criteria is not None:
-            unfinished &= ~stopping_criteria(input_ids, scores).cpu()
-        elif eos_token_id is not None:
-            unfinished &= token.cpu() != eos_token_id
+            unfinished &= ~stopping_criteria(input_ids, scores).to(device)
+        elif stops is not None:
+            unfinished &= ~torch.isin(token, stops)
         if not unfinished.any():
             break
     per_token = torch.stack(chosen_models, dim=1)

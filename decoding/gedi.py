@@ -42,7 +42,7 @@ def gedi_posterior(
 
 def gedi_filter(score: torch.Tensor, log_posterior: torch.Tensor, filter_p: float, target_p: float) -> torch.Tensor:
     """Keep ``V_m ∪ V_p`` of ``score`` (others ``-inf``); see the module docstring."""
-    order = log_posterior.argsort(dim=-1, descending=True)
+    order = log_posterior.argsort(dim=-1, descending=True, stable=True)  # ties: lower id first, deterministic
     mass = torch.softmax(score, dim=-1).gather(-1, order)
     keep_sorted = (mass.cumsum(-1) - mass) < (1.0 - filter_p)  # fewest tokens reaching ρ
     v_m = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
@@ -96,10 +96,13 @@ class GeDiLogitsProcessor(LogitsProcessor):
         self.vocab_size = check_same_vocab({"main": tokenizer, "gedi": gedi_tokenizer})
         self.omega, self.filter_p, self.target_p = float(omega), float(filter_p), float(target_p)
         self.scale, self.biases = float(scale), (float(biases[0]), float(biases[1]))
-        # code tokens are not scored; this relies on code + text tokenising as code, then text
-        texts = [f"{code}{p}" for code in (desired_code, anti_code) for p in prompts]
-        starts = [len(gedi_tokenizer(code)["input_ids"]) for code in (desired_code, anti_code) for _ in prompts]
-        self.guide = AuxiliaryModel(gedi_model, gedi_tokenizer, texts, "gedi", score_prompt_from=starts)
+        # code and text are tokenized apart and joined as ids, so a BPE merge across the boundary
+        # can never move it: exactly the text's tokens are scored
+        codes = [gedi_tokenizer(code)["input_ids"] for code in (desired_code, anti_code)]
+        texts = [gedi_tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = [code + text for code in codes for text in texts]
+        starts = [len(code) for code in codes for _ in prompts]
+        self.guide = AuxiliaryModel(gedi_model, gedi_tokenizer, ids, "gedi", score_prompt_from=starts)
         self.text_lengths = torch.tensor(
             [len(ids) - s for ids, s in zip(self.guide.prompt_ids, starts)][: len(prompts)], dtype=torch.float
         )

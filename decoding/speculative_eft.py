@@ -13,6 +13,7 @@ exactly as EFT's; greedy decoding reproduces greedy EFT token for token.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,27 @@ class SpeculativeOutput:
 
 
 def _pick(logprobs: torch.Tensor, do_sample: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of ``[B, V]`` log-probs: sampled, or the argmax."""
+    """One token per row of ``[B, V]`` log-probs: sampled, or the argmax (on ``logprobs``' device;
+    a generator on another device draws there and the result moves back)."""
     if do_sample:
-        return torch.multinomial(logprobs.exp(), 1, generator=generator)[:, 0]
+        probs = logprobs.exp()
+        if generator is not None and generator.device != probs.device:
+            return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
     return logprobs.argmax(-1)
+
+
+def _uniform(shape: torch.Size, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U(0, 1) draws on ``like``'s device, from ``generator`` wherever it lives."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device).to(like.device)
+
+
+def eos_tensor(eos_token_id: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+    """The ids that end a generation (one or several, e.g. ``generation_config.eos_token_id``) as a tensor."""
+    if eos_token_id is None:
+        return None
+    return torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
 
 
 @torch.no_grad()
@@ -49,7 +67,7 @@ def speculative_eft_generate(
     k: int = 3,
     max_new_tokens: int = 32,
     do_sample: bool = False,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
 ) -> SpeculativeOutput:
@@ -78,7 +96,8 @@ def speculative_eft_generate(
         aux.bind(input_ids)
     start = input_ids.shape[1]
     ids = input_ids
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    stops = eos_tensor(eos_token_id, input_ids.device)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     drafted = accepted = rounds = 0
     q_next = tuned(ids)  # [B, V]: the drafter's distribution for the next token
     while ids.shape[1] - start < max_new_tokens and not finished.all():
@@ -98,7 +117,7 @@ def speculative_eft_generate(
         p = torch.log_softmax(base_lp[:, :budget] + weight * (q - ref_lp[:, :budget]), dim=-1)
         if do_sample:
             ratio = (p.gather(-1, draft[..., None]) - q.gather(-1, draft[..., None]))[..., 0].exp()
-            ok = torch.rand(draft.shape, generator=generator) < ratio.clamp(max=1.0)
+            ok = _uniform(draft.shape, ratio, generator) < ratio.clamp(max=1.0)
         else:
             ok = p.argmax(-1) == draft
         n_ok = ok.long().cumprod(1).sum(1)  # leading accepted drafts per row
@@ -117,21 +136,22 @@ def speculative_eft_generate(
             if do_sample:
                 residual = (p_k.exp() - q_k.exp()).clamp(min=0)
                 residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_k.exp())  # p == q: take p
-                fix = torch.multinomial(residual / residual.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
+                fix = _pick((residual / residual.sum(-1, keepdim=True)).log(), True, generator)
             else:
                 fix = p_k.argmax(-1)
             last = torch.where(n_ok > keep, draft[:, keep], fix)
         new = torch.cat([draft[:, :keep], last[:, None]], dim=1)
-        is_eos = new == eos_token_id if eos_token_id is not None else None
+        new = new.to(ids.device)
+        is_eos = torch.isin(new, stops) if stops is not None else None
         if is_eos is not None and (finished.any() or is_eos.any()):  # after a row's EOS it only pads
             seen = is_eos.long().cumsum(1) - is_eos.long()
             new = torch.where(finished[:, None] | (seen > 0), torch.full_like(new, pad), new)
-            finished |= (new == eos_token_id).any(1)
-        ids = torch.cat([ids, new.to(ids.device)], dim=1)
+            finished |= torch.isin(new, stops).any(1)
+        ids = torch.cat([ids, new], dim=1)
         if not finished.all():
             q_next = tuned(ids)
     ids = ids[:, : start + max_new_tokens]
-    if eos_token_id is not None and finished.all():  # drop the columns that are padding in every row
-        is_eos = ids[:, start:] == eos_token_id
+    if stops is not None and finished.all():  # drop the columns that are padding in every row
+        is_eos = torch.isin(ids[:, start:], stops)
         ids = ids[:, : start + int((is_eos.long().argmax(1) + 1).max())]
     return SpeculativeOutput(ids, drafted, accepted, rounds)

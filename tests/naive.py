@@ -8,6 +8,7 @@ processors under test.
 import torch
 
 from decoding.auxiliary import encode_prompts
+from decoding.generate import eos_token_ids, pad_token_id
 
 
 def full_logprobs(model, ids, vocab_size):
@@ -25,6 +26,7 @@ def naive_greedy(tokenizer, models, combine, steps, main="main"):
     vocab = len(tokenizer)
     encoded = {name: encode_prompts(tokenizer, prompts) for name, (_, prompts) in models.items()}
     rows = len(next(iter(encoded.values())))
+    eos = eos_token_ids(models[main][0], tokenizer)
     results = []
     for i in range(rows):
         generated, step_scores = [], []
@@ -34,7 +36,7 @@ def naive_greedy(tokenizer, models, combine, steps, main="main"):
             step_scores.append(scores)
             token = int(scores.argmax())
             generated.append(token)
-            if token == tokenizer.eos_token_id:
+            if token in eos:
                 break
         results.append((generated, step_scores))
     return results
@@ -43,14 +45,14 @@ def naive_greedy(tokenizer, models, combine, steps, main="main"):
 def processor_greedy(model, tokenizer, prompts, processor, steps):
     """``model.generate`` with ``processor`` on left-padded ``prompts`` (texts or token-id lists);
     per-row generated ids (through <eos>) and per-step scores."""
-    if isinstance(prompts[0], str):
-        enc = tokenizer(prompts, padding=True, return_tensors="pt")
-    else:
-        width = max(map(len, prompts))
-        enc = {
-            "input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in prompts]),
-            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-        }
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
+    prompts = encode_prompts(tokenizer, prompts)
+    width = max(map(len, prompts))
+    enc = {
+        "input_ids": torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts]),
+        "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+    }
     out = model.generate(
         **enc,
         logits_processor=[processor],
@@ -58,14 +60,15 @@ def processor_greedy(model, tokenizer, prompts, processor, steps):
         max_new_tokens=steps,
         output_scores=True,
         return_dict_in_generate=True,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad,
     )
     new = out.sequences[:, enc["input_ids"].shape[1] :]
     results = []
     for i in range(new.shape[0]):
         ids = new[i].tolist()
-        if tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        end = next((t for t, token in enumerate(ids) if token in eos), None)
+        if end is not None:
+            ids = ids[: end + 1]
         results.append((ids, [out.scores[t][i, : len(tokenizer)] for t in range(len(ids))]))
     return results
 

@@ -69,17 +69,24 @@ def hidden_sums(model: PreTrainedModel, sequences: list[tuple[list[int], list[in
 
 def ches_scores(dataset: Dataset, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16) -> Dataset:
     """``dataset`` with ``ches`` and ``ln_ches`` columns, scored on exactly the tokens DPO trains on
-    (TRL's tokenization: chat template, EOS; :func:`align.diagnostics.entanglement.probe_pairs`).
+    (TRL's tokenization: chat template, EOS, the prompt/response split where the tokens diverge).
     Rows with an empty response get ``nan``."""
-    from .entanglement import probe_pairs
+    from align.data import tokenize_prompt_completion
 
     model.eval()
-    pairs = probe_pairs(tokenizer, dataset)
-    valid = [i for i, (_, yc, yr) in enumerate(pairs) if yc and yr]
-    sums = hidden_sums(model, [(pairs[i][0], pairs[i][k]) for i in valid for k in (1, 2)], batch_size)
-    ches, ln = [float("nan")] * len(pairs), [float("nan")] * len(pairs)
+    sides = []  # per row: ((prompt, chosen response), (prompt, rejected response)), each split as TRL splits it
+    for row in dataset:
+        pair = []
+        for key in ("chosen", "rejected"):
+            enc = tokenize_prompt_completion(tokenizer, {"prompt": row["prompt"], "completion": row[key]})
+            start = enc["completion_mask"].index(1) if 1 in enc["completion_mask"] else len(enc["input_ids"])
+            pair.append((enc["input_ids"][:start], enc["input_ids"][start:]))
+        sides.append(pair)
+    valid = [i for i, (c, r) in enumerate(sides) if c[1] and r[1]]
+    sums = hidden_sums(model, [side for i in valid for side in sides[i]], batch_size)
+    ches, ln = [float("nan")] * len(sides), [float("nan")] * len(sides)
     for j, i in enumerate(valid):
-        ches[i], ln[i] = ches_from_sums(sums[2 * j], sums[2 * j + 1], len(pairs[i][1]), len(pairs[i][2]))
+        ches[i], ln[i] = ches_from_sums(sums[2 * j], sums[2 * j + 1], len(sides[i][0][1]), len(sides[i][1][1]))
     return dataset.add_column("ches", ches).add_column("ln_ches", ln)
 
 

@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from align.metrics import flops_per_token
+from align.models import load_tokenizer
+from decoding.generate import eos_token_ids
 from decoding import AuxiliaryModel, EADOutput, ead_generate, entropy_adaptive_generate, entropy_bits
 from naive import full_logprobs
+
+
+@pytest.fixture(scope="module")
+def tiny_testbed(testbed):
+    """This module's tests run on both testbed flavours (char and BPE)."""
+    return testbed
 
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 
@@ -34,7 +42,7 @@ def naive_ead(tok, small, large, prompt_ids, tau, window, min_tokens, steps):
         run += 1
         if run >= min_tokens and ((not on_large and mean >= tau) or (on_large and mean <= tau)):
             on_large, run = not on_large, 0
-        if token == tok.eos_token_id:
+        if token in eos_token_ids(small, tok):
             break
     return generated, used
 
@@ -43,14 +51,14 @@ def run_ead(tok, models, prompts, **kw):
     enc = tok.apply_chat_template(chat(prompts), add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
     small = AuxiliaryModel(models["small-instruct"], tok, chat(prompts), "small")
     large = AuxiliaryModel(models["large-instruct"], tok, chat(prompts), "large")
-    out = entropy_adaptive_generate(small, large, enc["input_ids"], eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+    out = entropy_adaptive_generate(small, large, enc["input_ids"], eos_token_id=eos_token_ids(models["small-instruct"], tok), pad_token_id=tok.pad_token_id, **kw)
     return out, enc["input_ids"].shape[1]
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS[1:2], PROMPTS], ids=["batch1", "batch3"])
 @pytest.mark.parametrize("tau, window, min_tokens", [(3.715, 1, 0), (3.72, 2, 1), (3.71, 5, 2)])
 def test_ead_equals_naive_switching(tiny_testbed, models, prompts, tau, window, min_tokens):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     out, width = run_ead(tok, models, prompts, tau=tau, window=window, min_tokens=min_tokens, max_new_tokens=8)
     for row, prompt in enumerate(prompts):
         ids = tok.apply_chat_template(chat([prompt])[0], add_generation_prompt=True)["input_ids"]
@@ -61,7 +69,7 @@ def test_ead_equals_naive_switching(tiny_testbed, models, prompts, tau, window, 
 
 
 def test_thresholds_that_never_or_always_switch(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     never, width = run_ead(tok, models, PROMPTS, tau=1e9, window=1, min_tokens=0, max_new_tokens=6)
     plain = models["small-instruct"].generate(
         **tok.apply_chat_template(chat(PROMPTS), add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True),
@@ -81,7 +89,7 @@ def test_thresholds_that_never_or_always_switch(tiny_testbed, models):
 
 
 def test_accounting_and_cost_formula(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     out, _ = run_ead(tok, models, PROMPTS, tau=3.715, window=1, min_tokens=0, max_new_tokens=8, costs=(1.0, 4.0))
     n_s, n_l = int(out.tokens_small.sum()), int(out.tokens_large.sum())
     assert n_s > 0 and n_l > 0 and int(out.switches.sum()) > 0  # this threshold really switches
@@ -91,7 +99,7 @@ def test_accounting_and_cost_formula(tiny_testbed, models):
 
 
 def test_catch_up_counts_unseen_tokens(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     # min_tokens=3 on the small model first: the large model joins after 3 tokens, prefilling them
     out, _ = run_ead(tok, models, PROMPTS[:1], tau=-1.0, window=1, min_tokens=3, max_new_tokens=8)
     if out.tokens_large.item() > 0:
@@ -100,7 +108,7 @@ def test_catch_up_counts_unseen_tokens(tiny_testbed, models):
 
 
 def test_custom_generate_entry_point(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     enc = tok.apply_chat_template(chat(PROMPTS), add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
     large = AuxiliaryModel(models["large-instruct"], tok, chat(PROMPTS), "large")
     out = models["small-instruct"].generate(
@@ -114,7 +122,7 @@ def test_custom_generate_entry_point(tiny_testbed, models):
 
 
 def test_sampling_runs_and_bad_arguments(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     torch.manual_seed(0)
     out, _ = run_ead(tok, models, PROMPTS, tau=3.715, window=5, min_tokens=0, max_new_tokens=8, do_sample=True)
     assert out.sequences.shape[0] == 3

@@ -6,8 +6,12 @@ from transformers import AutoModelForCausalLM
 
 from align.testbed.gedi import CODES, build_sign_guide, negative_fraction, sign_code
 from align.testbed.arithmetic import Problem
+from align.models import load_tokenizer
+from decoding.generate import eos_token_ids
 from decoding import GeDiLogitsProcessor, gedi_filter, gedi_posterior
 from naive import assert_same_decoding, full_logprobs, naive_greedy, processor_greedy
+
+
 
 PROMPTS = ["37-", "123-", "5-"]
 STEPS = 5
@@ -45,7 +49,7 @@ def naive_gedi(tok, guide, text_prompt, generated, lp_main, omega, filter_p, tar
 
 @pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "batch3"])
 def test_gedi_equals_naive_recomputation(tiny_testbed, guide, prompts):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     large = tiny_testbed.model("large-base")
     omega, filter_p, target_p = 5.0, 0.8, 0.6
     proc = GeDiLogitsProcessor(tok, guide, tok, prompts, CODES["negative"], CODES["non-negative"], omega, filter_p, target_p)
@@ -58,14 +62,14 @@ def test_gedi_equals_naive_recomputation(tiny_testbed, guide, prompts):
             s = naive_gedi(tok, guide, prompt, generated, lp_main, omega, filter_p, target_p)
             scores.append(s)
             generated.append(int(s.argmax()))
-            if generated[-1] == tok.eos_token_id:
+            if generated[-1] in eos_token_ids(large, tok):
                 break
         expected.append((generated, scores))
     assert_same_decoding(got, expected)
 
 
 def test_no_weight_no_filter_reproduces_the_model(tiny_testbed, guide):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     large = tiny_testbed.model("large-base")
     proc = GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "p:", omega=0.0, filter_p=1.0, target_p=0.0)
     got = processor_greedy(large, tok, PROMPTS, proc, STEPS)
@@ -87,7 +91,7 @@ def test_posterior_and_filter_by_hand():
 
 
 def test_errors(tiny_testbed, guide):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     with pytest.raises(ValueError, match="omega must be finite"):
         GeDiLogitsProcessor(tok, guide, tok, PROMPTS, "n:", "p:", omega=math.nan)
     with pytest.raises(ValueError, match="filter_p must be in"):

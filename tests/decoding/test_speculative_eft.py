@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from align.metrics import tv_test
+from align.models import load_tokenizer
+from decoding.generate import eos_token_ids
 from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
 from naive import processor_greedy
+
+
+@pytest.fixture(scope="module")
+def tiny_testbed(testbed):
+    """This module's tests run on both testbed flavours (char and BPE)."""
+    return testbed
 
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 
@@ -27,7 +35,7 @@ def spec(tok, models, prompt, weight=1.0, **kw):
         AuxiliaryModel(models["small-base"], tok, prompts, "ref"),
         tok(prompts, return_tensors="pt", padding=True)["input_ids"],
         weight=weight,
-        eos_token_id=tok.eos_token_id,
+        eos_token_id=eos_token_ids(models["large-base"], tok),
         **kw,
     )
 
@@ -35,7 +43,7 @@ def spec(tok, models, prompt, weight=1.0, **kw):
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     proc = EFTLogitsProcessor(
         tok,
         tuned=[AuxiliaryModel(models["small-instruct"], tok, chat([prompt]), "tuned")],
@@ -52,7 +60,7 @@ def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
 def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k):
     """Three left-padded rows advancing together (each by the fewest accepted drafts) decode
     exactly what the EFT processor decodes for the same batch."""
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     proc = EFTLogitsProcessor(
         tok,
         tuned=[AuxiliaryModel(models["small-instruct"], tok, chat(PROMPTS), "tuned")],
@@ -100,7 +108,7 @@ def test_sampling_matches_eft_distribution(tiny_testbed, models, rows):
     cells). By the Bretagnolle-Huber-Carol inequality P(TV > eps) <= 2^m exp(-2 N eps^2); with
     N = 2500 and a false-alarm rate of 1e-3, eps = sqrt((m ln 2 + ln 1000) / (2N)) = 0.054.
     """
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     prompt, weight, n_samples, m = "37+485=", 3.0, 2500, 13
     exact = exact_two_token_distribution(tok, models, prompt, weight)
     top = exact.flatten().topk(m - 1).indices
@@ -126,7 +134,7 @@ def test_sampling_matches_eft_distribution(tiny_testbed, models, rows):
 
 
 def test_errors(tiny_testbed, models):
-    tok = tiny_testbed.tokenizer()
+    tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     with pytest.raises(ValueError, match="k >= 1"):
         spec(tok, models, "1+1=", k=0)
     with pytest.raises(ValueError, match="3 prompts were given"):  # one auxiliary prompt per row

@@ -7,6 +7,12 @@ from align.diagnostics.ches import ches_from_sums, ches_scores, filter_by_ches, 
 from align.testbed.datasets import preference_pairs
 
 
+@pytest.fixture(scope="module")
+def tiny_testbed(testbed):
+    """This module's tests run on both testbed flavours (char and BPE)."""
+    return testbed
+
+
 def test_formula_by_hand():
     s_plus, s_minus = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])
     # <S+,S-> = 1, ||S+||^2 = 5
@@ -39,10 +45,15 @@ def test_scores_and_filter(tiny_testbed, conversational):
     else:
         prompt = tok(row["prompt"])["input_ids"]
         full = [tok(row["prompt"] + row[k] + tok.eos_token)["input_ids"] for k in ("chosen", "rejected")]
-    assert all(f[: len(prompt)] == prompt for f in full)
-    yc, yr = (f[len(prompt) :] for f in full)
-    assert yc[-1] == tok.eos_token_id  # the EOS DPO trains on is scored too
-    expected = ches_from_sums(hidden_sum(model, prompt, yc), hidden_sum(model, prompt, yr), len(yc), len(yr))
+    # a BPE merge across the boundary ("=" + "-448" -> "=-") moves it: the response starts where
+    # the prompt's and the full sequence's tokens first differ (TRL's rule)
+    def split(f):
+        n = next((i for i, (a, b) in enumerate(zip(prompt, f)) if a != b), min(len(prompt), len(f)))
+        return f[:n], f[n:]
+
+    (pc, yc), (pr, yr) = split(full[0]), split(full[1])
+    assert tok.eos_token_id in yc  # the EOS DPO trains on is scored too (ChatML: "<|im_end|>\n")
+    expected = ches_from_sums(hidden_sum(model, pc, yc), hidden_sum(model, pr, yr), len(yc), len(yr))
     assert (scored[0]["ches"], scored[0]["ln_ches"]) == pytest.approx(expected)
     kept = filter_by_ches(pairs, model, tok, keep_fraction=0.25)
     assert len(kept) == 3
