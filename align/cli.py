@@ -129,8 +129,9 @@ def _testbed_datasets(argv: Sequence[str], prog: str) -> int:
 def _train_dpo(argv: Sequence[str], prog: str, loss: str) -> int:
     from .trainers.dpo import DPOArgs, train_dpo
 
-    args = parse_config(DPOArgs, argv, prog=prog)
-    args.loss = loss
+    args = parse_config(DPOArgs, argv, prog=prog, defaults={"loss": loss})
+    if args.loss != loss:  # the command names the objective; a config saying otherwise is a mistake
+        raise ConfigError(f"loss: {args.loss!r} contradicts `{prog}`; use `align train {args.loss}` or drop the key")
     print(json.dumps(train_dpo(args), indent=2))
     print(f"model saved to {args.output_dir}")
     return 0

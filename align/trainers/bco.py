@@ -36,7 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import ConfigError
 from ..data import check_unpaired_rows, tokenize_prompt_completion
-from .common import AlignFields, finish, last_checkpoint, load_models, load_splits
+from .common import AlignFields, disable_dropout, finish, last_checkpoint, load_models, load_splits
 
 STATE_FILE = "bco_state.json"
 UDM_FILE = "udm.safetensors"
@@ -185,6 +185,9 @@ class BCOTrainer(Trainer):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        for m in (self.model, ref_model):
+            if m is not None:
+                disable_dropout(m)
         self.udm_clip = udm_clip
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: let Trainer scale by 1/GA
         self.ref_model = None if ref_model is None else self.accelerator.prepare_model(ref_model, evaluation_mode=True)

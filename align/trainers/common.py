@@ -111,6 +111,19 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     return tok, policy, ref, None
 
 
+def disable_dropout(model: Any) -> None:
+    """Dropout off everywhere, including attention dropout that is a float on the attention module
+    (Llama, Qwen) rather than an ``nn.Dropout``: log-ratio objectives compare policy and reference
+    on the same tokens, and dropout noise would enter the rewards."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def last_checkpoint(args: Any) -> str | None:
     """The checkpoint to resume from: ``resume_from_checkpoint`` if set, the last one in
     ``output_dir`` when ``resume`` is set, else ``None`` (start fresh)."""

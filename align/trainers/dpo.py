@@ -26,7 +26,7 @@ from typing import Any, Literal
 from trl import DPOConfig
 
 from ..config import ConfigError
-from .common import AlignFields, finish, last_checkpoint, load_models, load_splits
+from .common import AlignFields, disable_dropout, finish, last_checkpoint, load_models, load_splits
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
@@ -101,6 +101,10 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
     if test is not None:
         test, _ = select_valid_preferences(test)
     tok, policy, ref, peft_config = load_models(args)
+    if args.disable_dropout:  # TRL's switch misses attention dropout kept as a float (Llama, Qwen)
+        for m in (policy, ref):
+            if m is not None:
+                disable_dropout(m)
     if args.loss == "rpo":
         trainer_cls, extra = rpo_trainer_class(DPOTrainer), {"rpo_eta": args.rpo_eta, "sft_reduction": args.sft_reduction}
     else:

@@ -24,12 +24,15 @@ def _args(tiny_testbed, tmp_path, **kw):
     return BCOArgs(**{**base, **kw})
 
 
-def test_first_step_loss_equals_a_naive_recomputation(tiny_testbed, tmp_path):
-    """Policy small-instruct vs reference small-base, so rewards and δ are non-zero at step 1."""
-    args = _args(tiny_testbed, tmp_path, ref_model="testbed:small-base", beta=0.5)
+def test_first_step_loss_equals_a_naive_recomputation(testbed, tmp_path):
+    """Policy small-instruct vs reference small-base, so rewards and δ are non-zero at step 1. On
+    both flavours; the BPE models have attention dropout 0.1, which BCO must switch off (the naive
+    recomputation runs in eval mode)."""
+    args = _args(testbed, tmp_path, ref_model="testbed:small-base", beta=0.5, profile=testbed.manifest["profile"])
     log = train_bco(args)["last_log"]
-    tok = tiny_testbed.tokenizer()
-    policy, ref = tiny_testbed.model("small-instruct"), tiny_testbed.model("small-base")
+    tok = testbed.tokenizer()
+    policy, ref = testbed.model("small-instruct"), testbed.model("small-base")
+    assert policy.config.attention_dropout == (0.1 if "bpe" in testbed.manifest["profile"] else 0.0)
     rows = unpaired_feedback(8, 8, 0, True, 0.5)["train"]
     rewards, labels = [], []
     with torch.no_grad():

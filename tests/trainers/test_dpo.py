@@ -158,3 +158,16 @@ def test_entanglement_probe_logs_ge_stats_of_the_current_policy(tiny_testbed, tm
     assert ge[0]["ge/inner"] == pytest.approx(expected["ge/inner"], rel=1e-4)
     assert ge[0]["ge/cos"] == pytest.approx(expected["ge/cos"], rel=1e-4, abs=1e-6)
     assert ge[0]["ge/frac_chosen_down"] == expected["ge/frac_chosen_down"]
+
+
+def test_first_step_on_both_flavours_policy_is_its_reference(testbed, tmp_path):
+    """Step 1: policy == reference, so every reward is exactly 0 and the loss log 2 — also on the BPE
+    flavour (no pad token, ChatML, two EOS ids, attention dropout 0.1 that must be off)."""
+    import math
+
+    args = DPOArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=8, max_steps=1,
+                   per_device_train_batch_size=8, logging_steps=1, output_dir=str(tmp_path / "o"), learning_rate=1e-3,
+                   gradient_checkpointing=False)
+    log = train_dpo(args)["log_history"][0]
+    assert log["rewards/chosen"] == 0 and log["rewards/rejected"] == 0
+    assert log["loss"] == pytest.approx(math.log(2), abs=1e-6)
