@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from align.testbed import Testbed
 
 PROXIES, LABEL_NOISE, SAMPLES, MAX_PROMPTS = 5, 0.25, 512, 100
-RM_RECIPE = {"learning_rate": 3e-4, "max_steps": 600, "per_device_train_batch_size": 32, "n_train": 4000}
+RM_RECIPE = {"learning_rate": 3e-4, "max_steps": 600, "per_device_train_batch_size": 32, "n_train": 4000,
+             "gradient_checkpointing": False, "save_strategy": "no"}
 AGGREGATORS = {"single proxy": None, "mean": "mean", "WCO (min)": "min", "UWO (λ=0.5)": "uwo"}
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from align.testbed import Testbed
 
-RECIPE = {"beta": 0.1, "learning_rate": 5e-5, "max_steps": 50, "per_device_train_batch_size": 8, "logging_steps": 10}
+RECIPE = {"beta": 0.1, "learning_rate": 5e-5, "max_steps": 50, "per_device_train_batch_size": 8, "logging_steps": 10,
+          "gradient_checkpointing": False, "save_strategy": "no"}
 N_PAIRS = 512
 SAMPLES = 4
 

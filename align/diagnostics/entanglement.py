@@ -84,6 +84,24 @@ def probe_pairs(tokenizer: Any, rows: Iterable[Mapping[str, Any]]) -> list[tuple
     return pairs
 
 
+def sharded_training(state: Any = None) -> str | None:
+    """``"FSDP"`` / ``"DeepSpeed ZeRO-3"`` when parameters are sharded across processes, else ``None``."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    if state is None:
+        if not PartialState._shared_state:
+            return None
+        state = AcceleratorState()
+    kind = getattr(state, "distributed_type", None)
+    if kind == DistributedType.FSDP:
+        return "FSDP"
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if kind == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3:
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
 class EntanglementCallback(TrainerCallback):
     """Logs ``ge/*`` (:func:`entanglement_stats`) on a fixed probe batch every ``probe_every`` steps.
 
@@ -114,6 +132,12 @@ class EntanglementCallback(TrainerCallback):
                 raise ValueError("params='last_block' needs a model with a `layers` module list")
             return [p for p in layers[-1][-1].parameters() if p.requires_grad]
         return [p for p in model.parameters() if p.requires_grad]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        reason = sharded_training()
+        if reason:  # the probe runs on the main process alone: with sharded weights it would hang
+            raise ValueError(f"ge_probe_every: the gradient-entanglement probe cannot run under {reason}; "
+                             "turn it off (ge_probe_every: 0) or train with DDP")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every or not state.is_world_process_zero:

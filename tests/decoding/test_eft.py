@@ -203,4 +203,7 @@ def test_padded_logit_rows_and_bf16_auxiliary(tiny_testbed, models):
         formula,
         STEPS,
     )
-    assert_same_decoding(got, expected, atol=1e-3)
+    # bf16 has 8 significant bits: the cached (one token a step) and uncached bf16 forwards round
+    # differently, by up to ~2^-8 of logits of size ~10 (0.026 measured on a CPU with bf16 kernels).
+    # The garbage rows would move every score by O(10), and the greedy ids must match exactly.
+    assert_same_decoding(got, expected, atol=0.05)

@@ -46,3 +46,19 @@ def test_stats_fields_and_parameter_subset(tiny_testbed):
     assert head["ge/norm_w2"] < full["ge/norm_w2"]  # a subset of the gradient has a smaller norm
     with pytest.raises(ValueError, match="at least one pair"):
         entanglement_stats(model, [])
+
+
+def test_probe_refuses_sharded_training():
+    """Under FSDP / ZeRO-3 a probe on the main process alone would hang the other ranks: refuse."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from align.diagnostics.entanglement import sharded_training
+
+    assert sharded_training(SimpleNamespace(distributed_type=DistributedType.FSDP)) == "FSDP"
+    zero3 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=3))
+    assert sharded_training(zero3) == "DeepSpeed ZeRO-3"
+    zero2 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=2))
+    assert sharded_training(zero2) is None
+    assert sharded_training(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)) is None

@@ -1,0 +1,65 @@
+"""CUDA equals CPU for the multi-model decoders: every piece of state stays on the input's device.
+Marked ``cuda``; skipped where no GPU is present (run them on a GPU machine whenever one is lent)."""
+
+import pytest
+import torch
+
+from decoding import (
+    AuxiliaryModel,
+    DLFLogitsProcessor,
+    EFTLogitsProcessor,
+    RefusalTokenLogitsProcessor,
+    entropy_adaptive_generate,
+    speculative_eft_generate,
+)
+from decoding.generate import eos_token_ids, generate_with
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+PROMPTS = ["37+485=", "7-9=", "123+4="]
+
+
+def chat(prompts):
+    return [[{"role": "user", "content": p}] for p in prompts]
+
+
+def _models(tb, device):
+    return {n: tb.model(n).to(device) for n in ("small-base", "small-instruct", "large-base", "large-instruct")}
+
+
+def _run(tb, device):
+    from align.models import load_tokenizer
+
+    tok = load_tokenizer(tb.path("small-base"))
+    m = _models(tb, device)
+    out = {}
+    out["eft"] = generate_with(m["large-base"], tok, PROMPTS, lambda rows: [EFTLogitsProcessor(
+        tok, [AuxiliaryModel(m["small-instruct"], tok, chat(PROMPTS)[rows])], AuxiliaryModel(m["small-base"], tok, PROMPTS[rows]))],
+        do_sample=False, max_new_tokens=6)
+    out["dlf"] = generate_with(m["large-base"], tok, PROMPTS, lambda rows: [DLFLogitsProcessor(
+        tok, AuxiliaryModel(m["small-base"], tok, PROMPTS[rows]), [AuxiliaryModel(m["small-instruct"], tok, chat(PROMPTS)[rows])])],
+        do_sample=False, max_new_tokens=6)
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids], device=device)
+    eos = eos_token_ids(m["large-base"], tok)
+    g = torch.Generator(device=device).manual_seed(0)
+    spec = speculative_eft_generate(
+        AuxiliaryModel(m["large-base"], tok, PROMPTS, "base"), AuxiliaryModel(m["small-instruct"], tok, chat(PROMPTS), "tuned"),
+        AuxiliaryModel(m["small-base"], tok, PROMPTS, "ref"), input_ids, k=3, max_new_tokens=6, eos_token_id=eos, generator=g)
+    out["spec"] = spec.sequences.cpu().tolist()
+    ead = entropy_adaptive_generate(
+        AuxiliaryModel(m["small-instruct"], tok, chat(PROMPTS), "small"), AuxiliaryModel(m["large-instruct"], tok, chat(PROMPTS), "large"),
+        input_ids, tau=1.0, window=1, min_tokens=0, max_new_tokens=6, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    out["ead"] = ead.sequences.cpu().tolist()
+    tok.add_special_tokens({"additional_special_tokens": ["[refuse]", "[respond]"]})
+    proc = RefusalTokenLogitsProcessor(tok, threshold=0.3)
+    out["refusal"] = proc(torch.zeros(2, 1, dtype=torch.long, device=device), torch.zeros(2, len(tok), device=device)).cpu()
+    return out
+
+
+def test_cuda_equals_cpu(testbed):
+    cpu, gpu = _run(testbed, "cpu"), _run(testbed, "cuda")
+    for key in ("eft", "dlf", "spec", "ead"):
+        assert cpu[key] == gpu[key], key  # greedy decoding: the same tokens on both devices
+    torch.testing.assert_close(cpu["refusal"], gpu["refusal"])
