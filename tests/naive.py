@@ -79,3 +79,8 @@ def assert_same_decoding(got, expected, atol=1e-4):
         assert ids == ref_ids
         for s, r in zip(scores, ref_scores):
             torch.testing.assert_close(s, r, atol=atol, rtol=0)
+
+
+def chat(prompts):
+    """One user turn per prompt, in chat-message form."""
+    return [[{"role": "user", "content": p}] for p in prompts]

@@ -3,6 +3,7 @@ Marked ``cuda``; skipped where no GPU is present (run them on a GPU machine when
 
 import pytest
 import torch
+from naive import chat
 
 from decoding import (
     AuxiliaryModel,
@@ -17,10 +18,6 @@ from decoding.generate import eos_token_ids, generate_with
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 PROMPTS = ["37+485=", "7-9=", "123+4="]
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 def _models(tb, device):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from decoding import AuxiliaryModel, DLFLogitsProcessor, dlf_select
-from naive import assert_same_decoding, naive_greedy, processor_greedy
+from naive import assert_same_decoding, chat, naive_greedy, processor_greedy
 
 
 @pytest.fixture(scope="module")
@@ -10,13 +10,10 @@ def tiny_testbed(testbed):
     """This module's tests run on both testbed flavours (char and BPE)."""
     return testbed
 
+
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 STEPS = 6
 GRID = [round(0.1 * i, 1) for i in range(21)]
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")

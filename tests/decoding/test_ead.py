@@ -7,7 +7,7 @@ from align.metrics import flops_per_token
 from align.models import load_tokenizer
 from decoding.generate import eos_token_ids
 from decoding import AuxiliaryModel, EADOutput, ead_generate, entropy_adaptive_generate, entropy_bits
-from naive import full_logprobs
+from naive import chat, full_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +15,8 @@ def tiny_testbed(testbed):
     """This module's tests run on both testbed flavours (char and BPE)."""
     return testbed
 
+
 PROMPTS = ["7+8=", "37+485=", "123-45="]
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")

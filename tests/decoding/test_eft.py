@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from decoding import AuxiliaryModel, EFTLogitsProcessor, eft_logprobs, top_p_mask
-from naive import assert_same_decoding, naive_greedy, processor_greedy
+from naive import assert_same_decoding, chat, naive_greedy, processor_greedy
 
 
 @pytest.fixture(scope="module")
@@ -10,12 +10,9 @@ def tiny_testbed(testbed):
     """This module's tests run on both testbed flavours (char and BPE)."""
     return testbed
 
+
 PROMPTS = ["7+8=", "37+485=", "123-45="]  # different lengths: left padding in the batch
 STEPS = 6
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")

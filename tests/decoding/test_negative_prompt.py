@@ -3,7 +3,7 @@ import torch
 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from decoding import AuxiliaryModel, NegativePromptLogitsProcessor
-from naive import assert_same_decoding, naive_greedy, processor_greedy
+from naive import assert_same_decoding, chat, naive_greedy, processor_greedy
 
 
 @pytest.fixture(scope="module")
@@ -11,13 +11,10 @@ def tiny_testbed(testbed):
     """This module's tests run on both testbed flavours (char and BPE)."""
     return testbed
 
+
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 NEGATIVES = ["1-1=", "99+99=", "5="]
 STEPS = 6
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")

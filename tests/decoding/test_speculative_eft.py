@@ -7,7 +7,7 @@ from align.metrics import tv_test
 from align.models import load_tokenizer
 from decoding.generate import eos_token_ids
 from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
-from naive import processor_greedy
+from naive import chat, processor_greedy
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +15,8 @@ def tiny_testbed(testbed):
     """This module's tests run on both testbed flavours (char and BPE)."""
     return testbed
 
+
 PROMPTS = ["7+8=", "37+485=", "123-45="]
-
-
-def chat(prompts):
-    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 @pytest.fixture(scope="module")
