@@ -81,6 +81,10 @@ def dpo_config_kwargs(args: DPOArgs) -> dict[str, Any]:
     from .losses import paper_alpha
 
     kwargs: dict[str, Any] = {"beta": args.beta, "f_divergence_type": TRL_DIVERGENCE[args.divergence]}
+    if args.divergence == "forward_kl":
+        # TRL's forward KL takes exp(-Δ) unclamped (inf, then nan gradients, once Δ < -88 in fp32); its
+        # α-divergence at coefficient 0 is the same f'(t) = 1 - 1/t with the exponent clamped (METHODS A1).
+        kwargs.update(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.0)
     if args.divergence == "alpha":
         try:
             kwargs["f_alpha_divergence_coef"] = 1.0 - paper_alpha(args.alpha, args.alpha_convention)

@@ -67,3 +67,28 @@ def test_rpo_token_mean_equals_trl_sigmoid_plus_sft(setup):
     chosen_tokens, chosen_mask = pol.chunk(2)[0], mask.chunk(2)[0]
     ours = rpo_loss(dpo_loss(pc, pr, rc, rr, beta=0.1)[0], sft_nll(chosen_tokens, chosen_mask, "token_mean"), eta, 0.1, "token_mean")
     assert ours.item() == pytest.approx(trl, abs=1e-6)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "alpha"])
+def test_training_loss_is_finite_when_the_policy_falls_far_below_its_reference(setup, divergence):
+    """Δ = -100 on the chosen side: exp(-Δ) overflows fp32 unless the exponent is clamped (METHODS A1).
+    Runs the loss TRL trains with, configured by our DPOArgs, and compares with our clamped formula."""
+    from align.trainers.dpo import DPOArgs
+
+    tok, data, policy, ref, out = setup
+    args = DPOArgs(dataset="unused", divergence=divergence, alpha=0.9, output_dir=str(out), per_device_train_batch_size=4,
+                   report_to=[], precompute_ref_log_probs=True)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    pol, _ = completion_logps(policy, batch)
+    pc, pr = pol.sum(1).chunk(2)
+    batch["ref_chosen_logps"], batch["ref_rejected_logps"] = pc + 100.0, pr  # Δ_w = -100, Δ_l = 0
+    trainer.model.train()
+    policy.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+    assert torch.isfinite(loss) and torch.isfinite(grads).all()
+    ours = dpo_loss(pc, pr, pc + 100.0, pr, beta=0.1, divergence=divergence, alpha=0.9)[0].mean()
+    assert loss.item() == pytest.approx(ours.item(), rel=1e-5)
+    policy.zero_grad()
