@@ -39,6 +39,8 @@ _EXPORTS = {
     "kl_best_of_n": "rewards.bon",
     "hf_sampler": "rewards.bon",
     "vllm_sampler": "rewards.bon",
+    "Sample": "rewards.bon",
+    "Pick": "rewards.bon",
     "TRLRewardFunction": "rewards.trl_adapter",
 }
 

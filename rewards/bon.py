@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -52,41 +52,70 @@ def unbiased_best_of_n(proxy: torch.Tensor, gold: torch.Tensor, n: int, seed: in
     return float((best_of_n_weights(len(proxy), n) * gold[order].double()).sum())
 
 
+class Sample(NamedTuple):
+    """One drawn completion (text, or chat messages) and whether it ended with an EOS id rather
+    than running into the token limit."""
+
+    completion: Any
+    finished: bool
+
+
+class Pick(NamedTuple):
+    """Best-of-n's choice for one prompt."""
+
+    completion: Any
+    score: float
+    finished: bool
+
+
 def best_of_n(
     prompts: Sequence[Any],
     sample: Callable[[Sequence[Any], int], list[list[Any]]],
     reward: Callable[[Sequence[Any], Sequence[Any]], torch.Tensor],
     n: int,
-) -> list[tuple[Any, float]]:
+    prefer_finished: bool = True,
+) -> list[Pick]:
     """For each prompt draw ``n`` completions with ``sample(prompts, n)`` and keep the one with the
-    highest ``reward`` (an ensemble with any aggregation, or any scorer); returns (completion, score).
+    highest ``reward`` (an ensemble with any aggregation, or any scorer).
 
-    Example::
+    ``sample`` returns, per prompt, :class:`Sample` s (as :func:`hf_sampler` and
+    :func:`vllm_sampler` do) or bare completions (counted as finished). With ``prefer_finished``
+    a truncated completion is picked only when none of its prompt's ``n`` finished: a reward model
+    has no way to see that an answer was cut off.
 
-        >>> best_of_n(prompts, hf_sampler(model, tok), ensemble, n=16)   # doctest: +SKIP
+    Example:
+        >>> draw = lambda prompts, n: [[Sample(p + "!" * k, finished=k < 2) for k in range(n)] for p in prompts]
+        >>> best_of_n(["hi"], draw, lambda p, c: torch.tensor([float(len(x)) for x in c]), n=3)
+        [Pick(completion='hi!', score=3.0, finished=True)]
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    samples = sample(prompts, n)
+    samples = [[s if isinstance(s, Sample) else Sample(s, True) for s in row] for row in sample(prompts, n)]
     if len(samples) != len(prompts) or any(len(s) != n for s in samples):
         raise ValueError(f"sample() must return {n} completions for each of the {len(prompts)} prompts")
-    scores = reward([p for p, s in zip(prompts, samples) for _ in s], [c for s in samples for c in s])
+    scores = reward([p for p, s in zip(prompts, samples) for _ in s], [c.completion for s in samples for c in s])
     scores = scores.double().view(len(prompts), n)
-    best = scores.argmax(1)
-    return [(s[int(b)], float(scores[i, b])) for i, (s, b) in enumerate(zip(samples, best))]
+    finished = torch.tensor([[c.finished for c in s] for s in samples]).view(len(prompts), n)
+    rank = scores.clone()
+    if prefer_finished:  # rows where something finished rank only their finished samples
+        rank[finished.any(1, keepdim=True) & ~finished] = -math.inf
+    best = rank.argmax(1)
+    return [Pick(s[int(b)].completion, float(scores[i, b]), s[int(b)].finished) for i, (s, b) in enumerate(zip(samples, best))]
 
 
-def hf_sampler(model: Any, tokenizer: Any, batch_size: int = 64, **generate_kwargs: Any) -> Callable[[Sequence[Any], int], list[list[str]]]:
-    """``sample(prompts, n)`` through ``model.generate`` (T=1 sampling unless overridden); chat
-    prompts get chat-message completions, text prompts text."""
+def hf_sampler(
+    model: Any, tokenizer: Any, batch_size: int = 64, **generate_kwargs: Any
+) -> Callable[[Sequence[Any], int], list[list[Sample]]]:
+    """``sample(prompts, n)`` through ``model.generate`` (T=1 sampling unless overridden): per prompt,
+    ``n`` :class:`Sample` s; chat prompts get chat-message completions, text prompts text."""
     from decoding.generate import generate_with
 
     kwargs = {"do_sample": True, "temperature": 1.0, "max_new_tokens": 64, **generate_kwargs}
 
-    def sample(prompts: Sequence[Any], n: int) -> list[list[Any]]:
+    def sample(prompts: Sequence[Any], n: int) -> list[list[Sample]]:
         repeated = [p for p in prompts for _ in range(n)]
-        texts = [t for t, _ in generate_with(model, tokenizer, repeated, batch_size=batch_size, **kwargs)]
-        return [[_like(p, t) for t in texts[i * n : (i + 1) * n]] for i, p in enumerate(prompts)]
+        drawn = generate_with(model, tokenizer, repeated, batch_size=batch_size, **kwargs)
+        return [[Sample(_like(p, t), done) for t, done in drawn[i * n : (i + 1) * n]] for i, p in enumerate(prompts)]
 
     return sample
 
@@ -96,12 +125,14 @@ def _like(prompt: Any, text: str) -> Any:
     return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
 
 
-def vllm_sampler(llm: Any, **sampling_kwargs: Any) -> Callable[[Sequence[str], int], list[list[str]]]:
-    """``sample(prompts, n)`` through a vLLM engine (text prompts; ``SamplingParams(n=n, ...)``)."""
+def vllm_sampler(llm: Any, **sampling_kwargs: Any) -> Callable[[Sequence[str], int], list[list[Sample]]]:
+    """``sample(prompts, n)`` through a vLLM engine (text prompts; ``SamplingParams(n=n, ...)``);
+    finished = vLLM's ``finish_reason == "stop"`` (an EOS or stop string, not the length limit)."""
     from vllm import SamplingParams
 
-    def sample(prompts: Sequence[str], n: int) -> list[list[str]]:
+    def sample(prompts: Sequence[str], n: int) -> list[list[Sample]]:
         params = SamplingParams(n=n, **{"temperature": 1.0, "max_tokens": 64, **sampling_kwargs})
-        return [[o.text for o in out.outputs] for out in llm.generate(list(prompts), params, use_tqdm=False)]
+        outs = llm.generate(list(prompts), params, use_tqdm=False)
+        return [[Sample(o.text, o.finish_reason == "stop") for o in out.outputs] for out in outs]
 
     return sample

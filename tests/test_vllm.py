@@ -71,11 +71,14 @@ def test_best_of_n_through_vllm_keeps_the_highest_reward(engine):
 
     sample = vllm_sampler(engine, max_tokens=6, seed=0)
     drawn = sample(PROMPTS[:2], 8)
-    assert [len(s) for s in drawn] == [8, 8] and all(isinstance(c, str) for s in drawn for c in s)
+    assert [len(s) for s in drawn] == [8, 8] and all(isinstance(c.completion, str) for s in drawn for c in s)
+    cut = vllm_sampler(engine, max_tokens=1, seed=0)(PROMPTS[:1], 2)  # no answer fits in one token
+    assert [c.finished for c in cut[0]] == [False, False]
     ens = RewardEnsemble([FunctionReward(lambda p, c: len(c), "length"), FunctionReward(lambda p, c: c.count("1"), "ones")])
     picked = best_of_n(PROMPTS[:2], lambda prompts, n: drawn, ens, n=8)
-    for (text, score), candidates in zip(picked, drawn):
-        assert score == max(len(c) + c.count("1") for c in candidates) / 2 and len(text) + text.count("1") == 2 * score
+    for (text, score, _), candidates in zip(picked, drawn):
+        eligible = [c.completion for c in candidates if c.finished] or [c.completion for c in candidates]
+        assert score == max(len(c) + c.count("1") for c in eligible) / 2 and len(text) + text.count("1") == 2 * score
 
 
 # Keep last: run_generate starts and shuts down its own engine, and vLLM's shutdown tears down the

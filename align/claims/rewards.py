@@ -44,7 +44,8 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
                                 output_dir=tmp, logging_steps=10**6, **recipe))
         ensemble = load_ensemble(tmp)
         torch.manual_seed(0)
-        samples = hf_sampler(tb.model("small-instruct"), tok, batch_size=512, max_new_tokens=8)(prompts, big_n)
+        drawn = hf_sampler(tb.model("small-instruct"), tok, batch_size=512, max_new_tokens=8)(prompts, big_n)
+        samples = [[s.completion for s in row] for row in drawn]
         flat_p = [p for p, s in zip(prompts, samples) for _ in s]
         flat_c = [c for s in samples for c in s]
         raw = ensemble.raw(flat_p, flat_c)  # [k, P*N]
@@ -78,6 +79,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None) -
         "holds": falls and all(v > single[-1] for v in robust.values()),
         "sweep": {"n": ns, "kl_bon": kl, "curves": curves, "single_peak_n": ns[peak],
                   "proxy_heldout_pair_accuracy": _heldout_accuracy(ensemble), "samples_correct": round(float(gold.mean()), 4),
+                  "samples_finished": round(sum(s.finished for row in drawn for s in row) / gold.numel(), 4),
                   "samples_kinds": _kinds([t for row in texts for t in row], [p for p in problems for _ in range(big_n)]),
                   "best_of_all_kinds": top_picks,
                   "recipe": {**recipe, "proxies": PROXIES, "label_noise": LABEL_NOISE}},

@@ -15,9 +15,12 @@ from rewards import (
     ReferenceRewards,
     RewardEnsemble,
     TRLRewardFunction,
+    Pick,
+    Sample,
     aggregate,
     best_of_n,
     combine,
+    hf_sampler,
     kl_best_of_n,
     load_ensemble,
     lsc,
@@ -114,7 +117,26 @@ def test_best_of_n_keeps_the_highest_aggregate():
     ens = RewardEnsemble([FunctionReward(lambda p, c: len(c), "len"), FunctionReward(lambda p, c: -abs(len(c) - 3), "near3")])
     picked = best_of_n(["a", "bb"], sample, lambda p, c: ens.score(p, c, "min").aggregate, n=4)
     # min(len, -|len-3|): "axx" -> min(3, 0) = 0 is best for "a"; "bbx" -> min(3, 0) = 0 for "bb"
-    assert [c for c, _ in picked] == ["axx", "bbx"] and [s for _, s in picked] == [0.0, 0.0]
+    assert [c for c, _, _ in picked] == ["axx", "bbx"] and [s for _, s, _ in picked] == [0.0, 0.0]
+
+
+def test_best_of_n_picks_a_truncated_sample_only_when_nothing_finished(tiny_testbed):
+    """hf_sampler keeps generate's finished flag: here the prompt's answer needs more than 1 token."""
+    model, tok = tiny_testbed.model("small-instruct"), tiny_testbed.tokenizer()
+    prompts = ["12+34=", "5+5="]
+    torch.manual_seed(0)
+    cut = hf_sampler(model, tok, max_new_tokens=1)(prompts, 3)
+    assert [[s.finished for s in row] for row in cut] == [[False] * 3] * 2
+    torch.manual_seed(0)
+    full = hf_sampler(model, tok, max_new_tokens=12)(prompts, 3)
+    assert all(isinstance(s, Sample) and isinstance(s.completion, str) for row in full for s in row)
+    assert any(s.finished for row in full for s in row)
+    mixed = [[Sample("a" * 9, False), Sample("a", True), Sample("aa", True)], [Sample("b" * 5, False), Sample("b", False)]]
+    longest = lambda p, c: torch.tensor([float(len(x)) for x in c])  # noqa: E731
+    picks = best_of_n(["p"], lambda prompts, n: mixed[:1], longest, n=3)
+    assert picks == [Pick("aa", 2.0, True)]  # the longest finished one, not the truncated 9
+    assert best_of_n(["p"], lambda prompts, n: mixed[:1], longest, n=3, prefer_finished=False)[0].completion == "a" * 9
+    assert best_of_n(["q"], lambda prompts, n: mixed[1:], longest, n=2) == [Pick("b" * 5, 5.0, False)]
 
 
 def test_trl_adapter_called_as_trl_calls_reward_functions():
