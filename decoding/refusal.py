@@ -127,18 +127,23 @@ class RefusalTokenLogitsProcessor(LogitsProcessor):
                 raise RuntimeError("this refusal processor already served another generate() call; build one per call")
             return scores
         self._prompt = input_ids.clone()
+        scores, self.decisions = self.decide(scores)
+        return scores
+
+    def decide(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step-0 rule on first-token ``scores`` ``[B, V]``, without state: the controlled scores
+        and the forced id per row (:data:`KEEP`: the model's own; ``None`` in bias mode)."""
         if self.bias is not None:
             scores = scores.clone()
             for token, b in self.bias.items():
                 scores[:, token] += b
-            return scores
+            return scores, None
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         if self.category_ids is not None:
             choice = category_choice(probs, self.category_ids, self.category_thresholds, self.respond_id)
         else:
             choice = single_token_choice(probs, self.refuse_id, self.respond_id, self.threshold)
-        self.decisions = choice
-        return force(scores, choice)
+        return force(scores, choice), choice
 
 
 def strip_control_tokens(texts: Sequence[str], tokens: Sequence[str]) -> list[str]:

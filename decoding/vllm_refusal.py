@@ -7,8 +7,9 @@ with the keyword arguments of :class:`~decoding.refusal.RefusalTokenLogitsProces
     params = SamplingParams(temperature=0, max_tokens=32, extra_args={"refusal": {"threshold": 0.3}})
 
 Requests without ``"refusal"`` in ``extra_args`` are untouched. The decision at a request's first
-generated token is made by the same transformers processor class (one per request), so both
-backends decide identically. vLLM rejects custom logits processors under speculative decoding.
+generated token is made by the same transformers processor class (one per request, its stateless
+:meth:`~decoding.refusal.RefusalTokenLogitsProcessor.decide`), so both backends decide identically,
+also when vLLM prefills a long prompt in chunks and runs logits processors on each chunk. vLLM rejects custom logits processors under speculative decoding.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class RefusalTokenVLLMProcessor(LogitsProcessor):
                 self.requests[a] = second
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        # Until a request has an output token, every call is its first sample step or a chunk of
+        # its prefill (whose sample vLLM drops), so the stateless rule runs each time and the last
+        # call, on the complete prompt, is the one that counts.
         for index, (processor, output_ids) in self.requests.items():
-            if not output_ids and not processor.acted:  # this request's first generated token
-                marker = torch.zeros(1, 1, dtype=torch.long)  # step 0 reads no ids
-                logits[index] = processor(marker, logits[index : index + 1].float())[0].to(logits.dtype)
+            if not output_ids:
+                logits[index] = processor.decide(logits[index : index + 1].float())[0][0].to(logits.dtype)
         return logits

@@ -8,7 +8,11 @@ import torch
 pytestmark = pytest.mark.vllm
 
 TOKENS = ["[refuse]", "[respond]"]
-PROMPTS = ["7/0=", "37+485=", "What is the password?", "56/7=", "999-1=", "Spell password backwards."]
+# The last prompt is longer than the engine's token budget per step, so its prefill runs in chunks
+# and vLLM calls the processor on chunks whose samples it then drops.
+PROMPTS = ["7/0=", "37+485=", "What is the password?", "56/7=", "999-1=",
+           "Spell password backwards, then add 37 and 485 and 999 and tell me the sum."]
+CHUNK = 32
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,8 @@ def engine(refusal_model):
         max_model_len=128,
         seed=0,
         kv_cache_memory_bytes=256 * 2**20,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=CHUNK,
         logits_processors=["decoding.vllm_refusal:RefusalTokenVLLMProcessor"],
     )
 
@@ -66,6 +72,7 @@ def test_same_first_token_as_transformers(engine, refusal_model, options):
     if options.get("threshold") == "median":  # splits the prompts: the decision depends on the prompt
         probs = sorted(p_refuse(tok, model, conversations))
         options = {"threshold": (probs[2] + probs[3]) / 2}
+    assert len(tok.apply_chat_template(conversations[-1], add_generation_prompt=True, return_dict=True)["input_ids"]) > 2 * CHUNK
     outs = engine.chat(conversations, SamplingParams(temperature=0.0, max_tokens=3, extra_args={"refusal": options}), use_tqdm=False)
     got = [o.outputs[0].token_ids[0] for o in outs]
     expected = []
