@@ -59,7 +59,7 @@ def chosen_logp(model: Any, tok: Any, rows: list[dict]) -> float:
     from align.diagnostics.entanglement import probe_pairs, sequence_logp
 
     with torch.no_grad():
-        values = [float(sequence_logp(model, prompt, chosen)) for prompt, chosen, _ in probe_pairs(tok, rows)]
+        values = [float(sequence_logp(model, prompt, chosen)) for (prompt, chosen), _ in probe_pairs(tok, rows)]
     return round(sum(values) / len(values), 4)
 
 

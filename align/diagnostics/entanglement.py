@@ -22,6 +22,10 @@ import torch
 from transformers import PreTrainedModel, TrainerCallback
 
 
+Side = tuple[Sequence[int], Sequence[int]]  # (prompt_ids, completion_ids)
+ProbePair = tuple[Side, Side]  # chosen, rejected
+
+
 def sequence_logp(model: PreTrainedModel, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> torch.Tensor:
     """Summed log-probability of ``response_ids`` after ``prompt_ids`` (differentiable)."""
     device = next(model.parameters()).device
@@ -37,10 +41,10 @@ def _grad(output: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
 
 def entanglement_stats(
     model: PreTrainedModel,
-    pairs: Iterable[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+    pairs: Iterable[ProbePair],
     params: Iterable[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """``ge/*`` metrics over ``(prompt_ids, chosen_ids, rejected_ids)`` pairs.
+    """``ge/*`` metrics over ``((prompt_ids, chosen_ids), (prompt_ids, rejected_ids))`` pairs.
 
     ``params`` defaults to every trainable parameter. Returns batch means of ``inner``,
     ``norm_w2``, ``norm_l2``, ``cos``, ``ratio_w = ⟨g_w,g_l⟩/‖g_w‖²``, ``ratio_l = ⟨g_w,g_l⟩/‖g_l‖²``
@@ -48,9 +52,9 @@ def entanglement_stats(
     """
     chosen_params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     rows = []
-    for prompt, chosen, rejected in pairs:
-        g_w = _grad(sequence_logp(model, prompt, chosen), chosen_params)
-        g_l = _grad(sequence_logp(model, prompt, rejected), chosen_params)
+    for (prompt_w, chosen), (prompt_l, rejected) in pairs:
+        g_w = _grad(sequence_logp(model, prompt_w, chosen), chosen_params)
+        g_l = _grad(sequence_logp(model, prompt_l, rejected), chosen_params)
         inner, w2, l2 = float(g_w @ g_l), float(g_w @ g_w), float(g_l @ g_l)
         rows.append((inner, w2, l2, inner / max(1e-30, (w2 * l2) ** 0.5), inner / max(w2, 1e-30), inner / max(l2, 1e-30)))
     if not rows:
@@ -69,19 +73,17 @@ def entanglement_stats(
     }
 
 
-def probe_pairs(tokenizer: Any, rows: Iterable[Mapping[str, Any]]) -> list[tuple[list[int], list[int], list[int]]]:
-    """``(prompt_ids, chosen_ids, rejected_ids)`` of preference rows, tokenized as for training."""
+def probe_pairs(tokenizer: Any, rows: Iterable[Mapping[str, Any]]) -> list[ProbePair]:
+    """``((prompt_ids, chosen_ids), (prompt_ids, rejected_ids))`` of preference rows, each side
+    tokenized and split as DPO trains on it (with BPE the split can differ between the sides)."""
     from align.data import tokenize_prompt_completion
 
-    pairs = []
-    for row in rows:
-        ids = []
-        for key in ("chosen", "rejected"):
-            enc = tokenize_prompt_completion(tokenizer, {"prompt": row["prompt"], "completion": row[key]})
-            start = enc["completion_mask"].index(1)
-            ids.append((enc["input_ids"][:start], enc["input_ids"][start:]))
-        pairs.append((ids[0][0], ids[0][1], ids[1][1]))
-    return pairs
+    def side(row: Mapping[str, Any], key: str) -> tuple[list[int], list[int]]:
+        enc = tokenize_prompt_completion(tokenizer, {"prompt": row["prompt"], "completion": row[key]})
+        start = enc["completion_mask"].index(1)
+        return enc["input_ids"][:start], enc["input_ids"][start:]
+
+    return [(side(row, "chosen"), side(row, "rejected")) for row in rows]
 
 
 def sharded_training(state: Any = None) -> str | None:

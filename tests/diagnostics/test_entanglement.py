@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from align.diagnostics.entanglement import entanglement_stats, sequence_logp
+from align.data import tokenize_prompt_completion
+from align.diagnostics.entanglement import entanglement_stats, probe_pairs, sequence_logp
 from align.trainers.losses import dpo_loss
 
 
@@ -13,7 +14,7 @@ def test_first_order_prediction_matches_a_real_sgd_step(tiny_testbed):
     model = tiny_testbed.model("small-instruct").float()
     prompt = tok.apply_chat_template([{"role": "user", "content": "37+485="}], add_generation_prompt=True)["input_ids"]
     chosen, rejected = tok("522", add_special_tokens=False)["input_ids"], tok("512", add_special_tokens=False)["input_ids"]
-    stats = entanglement_stats(model, [(prompt, chosen, rejected)])
+    stats = entanglement_stats(model, [((prompt, chosen), (prompt, rejected))])
     beta, lr = 0.1, 1e-4
     ref = copy.deepcopy(model)
     with torch.no_grad():
@@ -37,7 +38,7 @@ def test_stats_fields_and_parameter_subset(tiny_testbed):
     tok = tiny_testbed.tokenizer()
     model = tiny_testbed.model("small-instruct")
     prompt = tok("12+3=")["input_ids"]
-    pairs = [(prompt, tok("15", add_special_tokens=False)["input_ids"], tok("16", add_special_tokens=False)["input_ids"])] * 2
+    pairs = [((prompt, tok("15", add_special_tokens=False)["input_ids"]), (prompt, tok("16", add_special_tokens=False)["input_ids"]))] * 2
     full = entanglement_stats(model, pairs)
     head = entanglement_stats(model, pairs, params=[model.lm_head.weight])
     for stats in (full, head):
@@ -62,3 +63,14 @@ def test_probe_refuses_sharded_training():
     zero2 = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_plugin=SimpleNamespace(zero_stage=2))
     assert sharded_training(zero2) is None
     assert sharded_training(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)) is None
+
+
+def test_probe_pairs_split_each_side_where_dpo_does(testbed):
+    """BPE merges across the prompt/completion boundary differently per side ("37" + "5+1=376"
+    re-tokenizes the prompt); the probe must score each side's own tokens, as DPO trains on them."""
+    tok = testbed.tokenizer()
+    rows = [{"prompt": "37", "chosen": "+1=38", "rejected": "5+1=376"}, {"prompt": "12+3", "chosen": "=15", "rejected": "4=16"}]
+    for row, pair in zip(rows, probe_pairs(tok, rows)):
+        for (prompt, completion), key in zip(pair, ("chosen", "rejected")):
+            enc = tokenize_prompt_completion(tok, {"prompt": row["prompt"], "completion": row[key]})
+            assert prompt + completion == enc["input_ids"] and len(prompt) == enc["completion_mask"].index(1)
