@@ -182,6 +182,7 @@ def load_ensemble(path: str | Path, device: str = "cpu", **kwargs: Any) -> Rewar
     members = []
     for member in manifest["members"]:
         member_dir = path / member["dir"]
-        model = AutoModelForSequenceClassification.from_pretrained(member_dir, trust_remote_code=False).to(device)
+        # num_labels=1 also for a LoRA member, whose directory holds an adapter on the base checkpoint
+        model = AutoModelForSequenceClassification.from_pretrained(member_dir, num_labels=1, trust_remote_code=False).to(device)
         members.append(HFRewardModel(model, AutoTokenizer.from_pretrained(member_dir), member["dir"]))
     return RewardEnsemble(members, **kwargs)

@@ -26,7 +26,7 @@ from typing import Any
 from trl import RewardConfig
 
 from ..config import ConfigError
-from .common import AlignFields, load_splits, lora_config
+from .common import AlignFields, disable_dropout, load_splits, lora_config
 
 
 @dataclass
@@ -99,6 +99,8 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
         config = replace(args, output_dir=str(member_dir), seed=seed)
         trainer = RewardTrainer(model=path, args=config, train_dataset=Dataset.from_list(data), eval_dataset=test,
                                 processing_class=tok, peft_config=lora_config(args, "SEQ_CLS"))
+        if config.disable_dropout:  # TRL's switch misses attention dropout kept as a float (Llama, Qwen)
+            disable_dropout(trainer.model)
         resume = get_last_checkpoint(str(member_dir)) if args.resume and member_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(member_dir))

@@ -181,6 +181,52 @@ def test_train_reward_writes_an_ensemble_and_resumes(reward_ensemble):
     assert [w.stat().st_mtime_ns for w in weights] == stamps  # finished members are not retrained
 
 
+def test_first_logged_loss_equals_a_naive_recomputation(testbed, tmp_path):
+    """Learning rate 0 and one batch of every pair: the logged loss is the Bradley–Terry loss of the
+    saved member, scored one sequence at a time in eval mode — on both flavours (the BPE model has
+    attention dropout 0.1 and no pad token)."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification
+
+    from align.models import load_tokenizer
+    from align.testbed.datasets import preference_pairs
+    from align.trainers.reward_model import RewardArgs, train_reward
+
+    args = RewardArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=8, max_steps=1,
+                      per_device_train_batch_size=8, learning_rate=0.0, logging_steps=1, output_dir=str(tmp_path))
+    manifest = train_reward(args)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "member-0").eval()
+    tok = load_tokenizer(tmp_path / "member-0")
+
+    def score(messages):
+        ids = torch.tensor([tok.apply_chat_template(messages)["input_ids"]])
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, 0]
+
+    rows = preference_pairs(8, 8, 0, True)["train"]
+    margins = torch.stack([score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in rows])
+    assert margins.abs().max() > 1e-3  # a random head still ranks the pairs differently
+    assert manifest["members"][0]["final_loss"] == pytest.approx(float(-F.logsigmoid(margins).mean()), abs=1e-5)
+
+
+def test_lora_members_resume_as_finished(tiny_testbed, tmp_path):
+    """A LoRA member saves an adapter, not model.safetensors: resuming must still see it finished."""
+    from align.trainers.reward_model import RewardArgs, train_reward
+
+    args = RewardArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=16, ensemble_size=2, lora_r=4,
+                      max_steps=2, per_device_train_batch_size=8, output_dir=str(tmp_path))
+    manifest = train_reward(args)
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.name != "ensemble.json")
+    assert any(p.name == "adapter_model.safetensors" for p in files)
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    args.resume = True
+    assert train_reward(args)["members"] == manifest["members"]
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing retrained or rewritten
+    ens = load_ensemble(tmp_path)
+    scores = ens.score([[{"role": "user", "content": "1+1="}]], [[{"role": "assistant", "content": "2"}]])
+    assert scores.members.shape == (2, 1) and torch.isfinite(scores.members).all()
+
+
 def test_hf_members_score_like_a_plain_forward(reward_ensemble, tiny_testbed):
     args, _ = reward_ensemble
     ens = load_ensemble(args.output_dir, aggregation="uwo")
