@@ -160,14 +160,32 @@ def test_entanglement_probe_logs_ge_stats_of_the_current_policy(tiny_testbed, tm
     assert ge[0]["ge/frac_chosen_down"] == expected["ge/frac_chosen_down"]
 
 
-def test_first_step_on_both_flavours_policy_is_its_reference(testbed, tmp_path):
-    """Step 1: policy == reference, so every reward is exactly 0 and the loss log 2 — also on the BPE
-    flavour (no pad token, ChatML, two EOS ids, attention dropout 0.1 that must be off)."""
+@pytest.mark.parametrize("loss", ["dpo", "rpo"])
+def test_first_step_on_both_flavours_policy_is_its_reference(testbed, tmp_path, loss):
+    """Step 1: policy == reference, so every reward is exactly 0 and the DPO loss log 2 — also on the
+    BPE flavour (no pad token, ChatML, two EOS ids, attention dropout 0.1 that must be off). RPO adds
+    the chosen completions' token-mean NLL, recomputed here one sequence at a time."""
     import math
+
+    from align.data import tokenize_prompt_completion
+    from align.diagnostics.entanglement import sequence_logp
+    from align.testbed.datasets import preference_pairs
 
     args = DPOArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=8, max_steps=1,
                    per_device_train_batch_size=8, logging_steps=1, output_dir=str(tmp_path / "o"), learning_rate=1e-3,
-                   gradient_checkpointing=False)
+                   gradient_checkpointing=False, loss=loss, rpo_eta=0.5)
     log = train_dpo(args)["log_history"][0]
     assert log["rewards/chosen"] == 0 and log["rewards/rejected"] == 0
-    assert log["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    if loss == "dpo":
+        assert log["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        return
+    policy, tok = testbed.model("small-instruct"), testbed.tokenizer()
+    total = count = 0.0
+    with torch.no_grad():
+        for row in preference_pairs(8, 8, seed=0, conversational=True)["train"]:
+            enc = tokenize_prompt_completion(tok, {"prompt": row["prompt"], "completion": row["chosen"]})
+            start = enc["completion_mask"].index(1)
+            total -= float(sequence_logp(policy, enc["input_ids"][:start], enc["input_ids"][start:]))
+            count += len(enc["input_ids"]) - start
+    assert log["nll_loss"] == pytest.approx(total / count, abs=1e-5)
+    assert log["loss"] == pytest.approx(math.log(2) + 0.5 * total / count, abs=1e-5)
