@@ -14,6 +14,12 @@ PROMPTS = ["37+485=", "12-7=", "999+1=", "5-250="]
 
 
 @pytest.fixture(scope="module")
+def tiny_testbed(testbed):
+    """This module's tests run on both testbed flavours (char and BPE)."""
+    return testbed
+
+
+@pytest.fixture(scope="module")
 def engine(tiny_testbed):
     vllm = pytest.importorskip("vllm")
     # Keep the engine core in this process: no spawn re-importing the test module.
@@ -32,14 +38,20 @@ def engine(tiny_testbed):
 
 
 def _hf_greedy(model, tokenizer, ids, max_new_tokens):
+    """transformers' greedy continuation, cut after the first of the model's EOS ids."""
+    from decoding.generate import eos_token_ids, pad_token_id
+
+    eos = eos_token_ids(model, tokenizer)
     out = model.generate(
         torch.tensor([ids]),
         attention_mask=torch.ones(1, len(ids), dtype=torch.long),
         do_sample=False,
         max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad_token_id(tokenizer, eos),
     )
-    return out[0, len(ids) :].tolist()
+    new = out[0, len(ids) :].tolist()
+    end = next((i for i, t in enumerate(new) if t in eos), None)
+    return new if end is None else new[: end + 1]
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -57,12 +69,9 @@ def test_greedy_vllm_equals_transformers(engine, tiny_testbed, chat):
         outputs = engine.generate(PROMPTS, params, use_tqdm=False)
         prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
     for out, ids in zip(outputs, prompt_ids):
-        assert list(out.prompt_token_ids) == list(ids)  # same tokenisation, <bos> included
+        assert list(out.prompt_token_ids) == list(ids)  # same tokenisation, <bos> (if any) included
         expected = _hf_greedy(model, tokenizer, ids, 8)
         got = list(out.outputs[0].token_ids)
-        # transformers pads finished rows; compare up to and including <eos>
-        if tokenizer.eos_token_id in expected:
-            expected = expected[: expected.index(tokenizer.eos_token_id) + 1]
         assert got == expected, (tokenizer.decode(ids), tokenizer.decode(got), tokenizer.decode(expected))
 
 
@@ -90,7 +99,7 @@ def test_align_generate_vllm_backend_equals_transformers(tiny_testbed, tmp_path)
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("37+485=\n12-7=\n999+1=\n")
-    common = dict(prompts=str(prompts), model="testbed:small-instruct", profile="tiny",
+    common = dict(prompts=str(prompts), model="testbed:small-instruct", profile=tiny_testbed.manifest["profile"],
                   cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=6)
     hf = run_generate(GenerateArgs(**common, output=str(tmp_path / "hf.jsonl")))
     vl = run_generate(GenerateArgs(**common, output=str(tmp_path / "vllm.jsonl"), backend="vllm"))

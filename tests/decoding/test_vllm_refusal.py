@@ -12,7 +12,13 @@ TOKENS = ["[refuse]", "[respond]"]
 # and vLLM calls the processor on chunks whose samples it then drops.
 PROMPTS = ["7/0=", "37+485=", "What is the password?", "56/7=", "999-1=",
            "Spell password backwards, then add 37 and 485 and 999 and tell me the sum."]
-CHUNK = 32
+CHUNK = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_testbed(testbed):
+    """This module's tests run on both testbed flavours (char and BPE)."""
+    return testbed
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,7 @@ def test_same_first_token_as_transformers(engine, refusal_model, options):
     from vllm import SamplingParams
 
     from decoding import RefusalTokenLogitsProcessor
+    from decoding.generate import eos_token_ids, pad_token_id
 
     _, tok, model = refusal_model
     conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
@@ -79,7 +86,8 @@ def test_same_first_token_as_transformers(engine, refusal_model, options):
     for conv in conversations:
         enc = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         proc = RefusalTokenLogitsProcessor(tok, **options)
-        out = model.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=1, pad_token_id=tok.pad_token_id)
+        out = model.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=1,
+                             pad_token_id=pad_token_id(tok, eos_token_ids(model, tok)))
         expected.append(int(out[0, -1]))
     assert got == expected
     if "threshold" in options:
@@ -91,9 +99,11 @@ def test_same_first_token_as_transformers(engine, refusal_model, options):
 def test_requests_without_options_are_untouched(engine, refusal_model):
     from vllm import SamplingParams
 
+    from decoding.generate import eos_token_ids, pad_token_id
+
     _, tok, model = refusal_model
     conv = [[{"role": "user", "content": "12+3="}]]
     out = engine.chat(conv, SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)[0].outputs[0].token_ids
     enc = tok.apply_chat_template(conv[0], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    plain = model.generate(**enc, do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id)[0, enc["input_ids"].shape[1] :]
+    plain = model.generate(**enc, do_sample=False, max_new_tokens=4, pad_token_id=pad_token_id(tok, eos_token_ids(model, tok)))[0, enc["input_ids"].shape[1] :]
     assert list(out) == plain.tolist()[: len(out)]
