@@ -25,11 +25,11 @@ def training(profile: str) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import unpair_preference_dataset
 
-    from align.trainers.bco import BCOTrainer, collate
-    from align.trainers.dpo import DPOArgs, dpo_config_kwargs, rpo_trainer_class
+    from align.data import tokenize_prompt_completion
     from align.testbed import build_testbed
     from align.testbed.datasets import preference_pairs
-    from align.trainers.common import tokenize_prompt_completion, training_kwargs
+    from align.trainers.bco import BCOTrainer, collate
+    from align.trainers.dpo import DPOArgs, rpo_trainer_class
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()
@@ -44,8 +44,8 @@ def training(profile: str) -> dict[str, Any]:
     common = dict(output_dir=out, max_steps=steps, learning_rate=1e-5, report_to=[], use_cpu=True, bf16=False,
                   gradient_checkpointing=False,
                   save_strategy="no", logging_steps=10**6, seed=0, disable_tqdm=True)
-    ours = DPOArgs(output_dir=out, max_steps=steps, learning_rate=1e-5, per_device_train_batch_size=PAIRS_PER_STEP,
-                   logging_steps=10**6)
+    # our config is a DPOConfig: the same common settings, our objective fields on top
+    ours = DPOArgs(**common, dataset="testbed:preference", per_device_train_batch_size=PAIRS_PER_STEP)
 
     def models():
         return tb.model("small-instruct"), tb.model("small-instruct").requires_grad_(False)
@@ -61,10 +61,8 @@ def training(profile: str) -> dict[str, Any]:
     def ours_dpo(rpo: bool):
         def make():
             policy, ref = models()
-            config = DPOConfig(**{**training_kwargs(ours), "disable_tqdm": True}, max_length=ours.max_length,
-                               **dpo_config_kwargs(ours))
             cls, extra = (rpo_trainer_class(DPOTrainer), {"rpo_eta": 1.0, "sft_reduction": "token_mean"}) if rpo else (DPOTrainer, {})
-            return cls(model=policy, ref_model=ref, args=config, train_dataset=pairs, processing_class=tok, **extra)
+            return cls(model=policy, ref_model=ref, args=ours, train_dataset=pairs, processing_class=tok, **extra)
         return make
 
     def ours_bco():

@@ -126,3 +126,21 @@ def test_sign_attribute_helpers():
     assert sign_code(Problem(3, "-", 5)) == "n:" and sign_code(Problem(5, "-", 3)) == "p:"
     stats = negative_fraction(["37-", "5-", "2+"], ["485=-448", "3=2", "2=5"])
     assert stats == {"negative": 1 / 3, "correct": 2 / 3}
+
+
+def test_code_and_text_are_tokenized_apart(tiny_testbed, guide):
+    """On BPE "w" + "or 37-" merges into "wor": tokenized together, the boundary would move and the
+    guide would score the wrong tokens. The processor scores exactly the text's own tokens."""
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    code, text = "w", "or 37-"
+    proc = GeDiLogitsProcessor(tok, guide, tok, [text], code, "p:", omega=1.0)
+    text_ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert proc.guide.prompt_ids[0] == tok(code)["input_ids"] + text_ids
+    assert proc.text_lengths.tolist() == [len(text_ids)]
+    start = len(tok(code)["input_ids"])
+    ids = proc.guide.prompt_ids[0]
+    with torch.no_grad():
+        lp = torch.log_softmax(guide(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+    expected = sum(float(lp[j - 1, ids[j]]) for j in range(start, len(ids)))
+    proc(torch.tensor([tok(text)["input_ids"]]), torch.zeros(1, len(tok)))
+    assert float(proc.guide.prompt_logprob[0]) == pytest.approx(expected, abs=1e-4)
