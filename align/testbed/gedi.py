@@ -39,11 +39,15 @@ def build_sign_guide(tb: Testbed, steps: int | None = None, seed: int = 0) -> Pa
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # same weights whatever the caller's thread count
     try:
-        tokenizer = tb.tokenizer()
-        model = AutoModelForCausalLM.from_pretrained(tb.path("small-base"))
-        batches = problem_batches(tokenizer, seed * 1000 + 99, 128, chat=False, code=sign_code)
-        train_steps(model, batches, steps, lr=1e-3, warmup=min(50, steps // 10 + 1))
-        save_checkpoint(model, tokenizer, dest)
+        # dropout draws from torch's global generator: seed it here, or the cached guide would
+        # depend on whatever ran before the build (the BPE flavour has attention dropout)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed * 1000 + 98)
+            tokenizer = tb.tokenizer()
+            model = AutoModelForCausalLM.from_pretrained(tb.path("small-base"))
+            batches = problem_batches(tokenizer, seed * 1000 + 99, 128, chat=False, code=sign_code)
+            train_steps(model, batches, steps, lr=1e-3, warmup=min(50, steps // 10 + 1))
+            save_checkpoint(model, tokenizer, dest)
     finally:
         torch.set_num_threads(previous)
     return dest
