@@ -62,7 +62,7 @@ class ReproduceArgs(TestbedArgs):
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
-    "train score|refusal": "SCoRe and refusal-token SFT trainers",
+    "train score": "SCoRe self-correction RL trainer",
     "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
 }
@@ -79,6 +79,7 @@ commands:
   train reward        Bradley-Terry reward-model ensemble on TRL's RewardTrainer (--config configs/reward-testbed.yaml)
   data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
+  train refusal       refusal-token SFT: [refuse]/[respond] or per-category tokens (--config configs/refusal-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
@@ -152,6 +153,15 @@ def _train_reward(argv: Sequence[str], prog: str) -> int:
     args = parse_config(RewardArgs, argv, prog=prog)
     print(json.dumps(train_reward(args), indent=2))
     print(f"ensemble saved to {args.output_dir}")
+    return 0
+
+
+def _train_refusal(argv: Sequence[str], prog: str) -> int:
+    from .trainers.refusal import RefusalArgs, train_refusal
+
+    args = parse_config(RefusalArgs, argv, prog=prog)
+    print(json.dumps(train_refusal(args), indent=2))
+    print(f"model saved to {args.output_dir}")
     return 0
 
 
@@ -242,6 +252,7 @@ COMMANDS = {
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
     ("train", "bco"): _train_bco,
     ("train", "reward"): _train_reward,
+    ("train", "refusal"): _train_refusal,
     ("data", "ches"): _data_ches,
 }
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +111,52 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     ref = load_causal_lm(args.resolve(args.ref_model or args.model), args.dtype, trust_remote_code=args.trust_remote_code)
     ref.requires_grad_(False).eval()
     return tok, policy, ref, None
+
+
+@contextmanager
+def first_forward_output(model: Any) -> Iterator[list[Any]]:
+    """Collects the output of ``model``'s first forward call inside the block (the policy's, when a
+    trainer runs the reference after it), so a metric or an extra loss term can reuse it instead of
+    running another forward."""
+    captured: list[Any] = []
+
+    def keep_first(_module: Any, _args: Any, output: Any) -> None:
+        if not captured:
+            captured.append(output)
+
+    hook = model.register_forward_hook(keep_first)
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
+class IntervalMeans:
+    """Named means over a logging interval, per mode: sums and counts stay on the device each step
+    and are summed across processes once, when the trainer logs (no sync per step)."""
+
+    def __init__(self) -> None:
+        self._acc: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}
+
+    def add(self, mode: str, name: str, total: Any, count: Any = 1) -> None:
+        """Add ``total`` (a tensor, summed) over ``count`` items to ``name``'s running mean."""
+        import torch
+
+        total = torch.as_tensor(total).detach().double().sum()
+        pair = torch.stack([total, torch.as_tensor(count, dtype=torch.float64, device=total.device).sum()])
+        acc = self._acc[mode]
+        acc[name] = pair if name not in acc else acc[name] + pair
+
+    def pop(self, mode: str, accelerator: Any) -> dict[str, float]:
+        """The interval's means (``eval_``-prefixed in eval mode), summed over processes; then reset."""
+        acc, prefix = self._acc[mode], ("eval_" if mode == "eval" else "")
+        out = {}
+        for name, pair in acc.items():
+            total, count = accelerator.reduce(pair.to(accelerator.device), "sum").tolist()
+            if count:
+                out[prefix + name] = total / count
+        acc.clear()
+        return out
 
 
 def disable_dropout(model: Any) -> None:

@@ -26,7 +26,16 @@ from typing import Any, Literal
 from trl import DPOConfig
 
 from ..config import ConfigError
-from .common import AlignFields, disable_dropout, finish, last_checkpoint, load_models, load_splits
+from .common import (
+    AlignFields,
+    IntervalMeans,
+    disable_dropout,
+    finish,
+    first_forward_output,
+    last_checkpoint,
+    load_models,
+    load_splits,
+)
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
 
@@ -135,44 +144,28 @@ def rpo_trainer_class(base: type) -> type:
     ``loss = DPO + coefficient · sft_nll(chosen, reduction)`` (:func:`align.losses.rpo_loss`), and
     ``nll_loss`` (unweighted) is logged.
     """
-    import torch
-
     from .losses import rpo_loss, sft_nll
 
     class RPOTrainer(base):
         def __init__(self, *a: Any, rpo_eta: float, sft_reduction: str, **kw: Any) -> None:
             super().__init__(*a, **kw)
             self.rpo_eta, self.sft_reduction = rpo_eta, sft_reduction
-            self._nll: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}  # reduced at log time
+            self._nll = IntervalMeans()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            captured: list[Any] = []
-
-            def keep_first(_module, _args, output):
-                if not captured:
-                    captured.append(output.log_probs)
-
-            hook = self.accelerator.unwrap_model(model).register_forward_hook(keep_first)
-            try:
+            with first_forward_output(self.accelerator.unwrap_model(model)) as captured:
                 result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            finally:
-                hook.remove()
             dpo = result[0] if return_outputs else result
             mask = inputs["completion_mask"][:, 1:]  # position t predicts token t+1
-            chosen_logps, _ = captured[0][:, -mask.shape[1] :].chunk(2, dim=0)  # the batch is [chosen; rejected]
+            chosen_logps, _ = captured[0].log_probs[:, -mask.shape[1] :].chunk(2, dim=0)  # the batch is [chosen; rejected]
             chosen_mask, _ = mask.chunk(2, dim=0)
             nll = sft_nll(chosen_logps, chosen_mask, self.sft_reduction)
             loss = rpo_loss(dpo, nll, self.rpo_eta, self.beta, self.sft_reduction)
-            mode = "train" if self.model.training else "eval"
-            self._nll[mode].append(nll.detach())
+            self._nll.add("train" if self.model.training else "eval", "nll_loss", nll)
             return (loss, result[1]) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            mode = "train" if self.model.training else "eval"
-            if self._nll[mode]:
-                nll = self.accelerator.gather(torch.stack(self._nll[mode])).mean().item()
-                logs[("eval_" if mode == "eval" else "") + "nll_loss"] = nll
-                self._nll[mode].clear()
+            logs.update(self._nll.pop("train" if self.model.training else "eval", self.accelerator))
             super().log(logs, start_time)
 
     return RPOTrainer

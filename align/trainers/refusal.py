@@ -1,0 +1,227 @@
+"""``align train refusal``: refusal-token SFT on TRL's ``SFTTrainer``.
+
+Jain et al., "Refusal Tokens: A Simple Way to Calibrate Refusals in Large Language Models",
+arXiv:2412.06748 (METHODS §A5). Every response is prefixed with a control token: ``[refuse]``
+before refusals and ``[respond]`` before everything else, or, with ``categories``, one token per
+refusal category (``[ill-posed]``, ...) plus ``[respond]``. The tokens are added as special
+tokens; the embedding rows (and an untied output head's) of new ids start at the mean of the
+existing rows. Loss is on the completion only and includes the control token, so afterwards the
+refusal decision is the first response token's probability, which
+:class:`decoding.RefusalTokenLogitsProcessor` (transformers and vLLM) thresholds.
+
+Each control token must be exactly one id where the chat template puts it (first completion
+token), and after a leading space too; a tokenizer or template that splits it is refused before
+training. Under LoRA the embeddings and the untied head are trained in full (``modules_to_save``).
+
+Example config (``configs/refusal-testbed.yaml``)::
+
+    model: testbed:small-instruct
+    dataset: testbed:refusal
+    categories: [ill-posed, beyond-horizon, forbidden]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig, SFTTrainer
+
+from ..config import ConfigError
+from .common import AlignFields, IntervalMeans, finish, first_forward_output, last_checkpoint, load_splits
+
+TOKENS_FILE = "control_tokens.json"
+
+
+@dataclass
+class RefusalArgs(AlignFields, SFTConfig):
+    """``trl.SFTConfig`` (every TRL option, TRL's defaults) plus :class:`AlignFields` and the
+    control-token options below."""
+
+    dataset: str = field(
+        default="testbed:refusal",
+        metadata={"help": "rows with messages (or prompt/completion) and a label; hub id, directory, file or testbed:refusal"},
+    )
+    n_train: int = field(default=2000, metadata={"help": "testbed:refusal: training rows"})
+    refuse_token: str = field(default="[refuse]", metadata={"help": "single-token mode: the token before refusals"})
+    respond_token: str = field(default="[respond]", metadata={"help": "the token before every other response"})
+    categories: list[str] | None = field(
+        default=None, metadata={"help": "category mode: refusal categories, each gets the token [<category>]"}
+    )
+    label_field: str = field(default="label", metadata={"help": "row field saying refuse or respond"})
+    refuse_label: str = field(default="refuse", metadata={"help": "the label_field value of refusals"})
+    category_field: str = field(default="category", metadata={"help": "category mode: row field naming the category"})
+    output_dir: str = field(default="runs/train/refusal", metadata={"help": "checkpoints and the final model"})
+
+    def __post_init__(self) -> None:
+        self.check_align_fields()
+        if self.n_train < 1:
+            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
+        tokens = list(self.control_tokens().values())
+        if any(not t.strip() for t in tokens) or len(set(tokens)) != len(tokens):
+            raise ConfigError(f"control tokens must be distinct and non-empty, got {tokens}")
+        if self.categories is not None and not self.categories:
+            raise ConfigError("categories: give at least one category, or leave it unset for [refuse]/[respond]")
+        super().__post_init__()
+
+    def control_tokens(self) -> dict[str, str]:
+        """``{category or "refuse": token}`` plus ``"respond"``."""
+        if self.categories is None:
+            return {"refuse": self.refuse_token, "respond": self.respond_token}
+        return {**{c: f"[{c}]" for c in self.categories}, "respond": self.respond_token}
+
+
+def tag_rows(rows: Any, args: RefusalArgs) -> list[dict[str, Any]]:
+    """Prompt-completion rows whose completion starts with its control token.
+
+    Rows are conversational (``messages`` ending in the assistant turn) or standard
+    (``prompt``/``completion``), with ``label_field`` (and ``category_field`` in category mode).
+    Errors name the row and field.
+    """
+    from ..data import check_text_field
+
+    tokens = args.control_tokens()
+    out = []
+    for i, row in enumerate(rows):
+        label = row.get(args.label_field)
+        if label is None:
+            raise ConfigError(f"row {i}: field {args.label_field!r} is missing (the refuse/respond label)")
+        refuse = label is True or label == args.refuse_label
+        key = "respond"
+        if refuse:
+            key = "refuse" if args.categories is None else row.get(args.category_field)
+            if key not in tokens or key == "respond":
+                raise ConfigError(f"row {i}: unknown category {key!r} in field {args.category_field!r}; "
+                                  f"categories: {', '.join(args.categories or [])}")
+        if "messages" in row:
+            messages = row["messages"]
+            if not messages or messages[-1].get("role") != "assistant" or len(messages) < 2:
+                raise ConfigError(f"row {i}: field 'messages' must end with the assistant's response after a prompt")
+            prompt, reply = messages[:-1], messages[-1]
+            check_text_field({"completion": [reply]}, i, "completion")
+            completion: Any = [{**reply, "content": f"{tokens[key]} {reply['content']}"}]
+        else:
+            for name in ("prompt", "completion"):
+                check_text_field(row, i, name)
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(completion, str):
+                completion = f"{tokens[key]} {completion}"
+            else:
+                completion = [{**completion[0], "content": f"{tokens[key]} {completion[0]['content']}"}, *completion[1:]]
+        out.append({"prompt": prompt, "completion": completion, "control": tokens[key]})
+    return out
+
+
+def add_control_tokens(tokenizer: Any, model: Any, tokens: Sequence[str]) -> list[int]:
+    """Add ``tokens`` as special tokens; grow the embeddings if the new ids do not fit, and start
+    every new id's input row (and output row, when the head is untied) at the mean of the rows
+    that were there before. Returns the tokens' ids."""
+    import torch
+
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    new = [i for i in ids if i >= before]
+    if max(ids) >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for matrix in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            if new:
+                matrix.weight[new] = matrix.weight[:before].mean(0)
+    return ids
+
+
+def check_single_ids(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Each control token is one id where the template renders it: the first completion token of a
+    row that uses it, and after a leading space. Raises :class:`ConfigError` otherwise."""
+    from ..data import tokenize_prompt_completion
+
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        token = row["control"]
+        if token in seen:
+            continue
+        seen.add(token)
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        enc = tokenize_prompt_completion(tokenizer, {"prompt": row["prompt"], "completion": row["completion"]})
+        first = enc["input_ids"][enc["completion_mask"].index(1)] if enc and 1 in enc["completion_mask"] else None
+        spaced = tokenizer(f" {token}", add_special_tokens=False)["input_ids"]
+        if first != token_id or spaced.count(token_id) != 1:
+            raise ConfigError(
+                f"control token {token!r} is not one id at the start of the response (row {i} starts with "
+                f"{tokenizer.convert_ids_to_tokens([first]) if first is not None else None}, ' {token}' -> "
+                f"{tokenizer.convert_ids_to_tokens(spaced)}): this tokenizer or chat template splits it"
+            )
+
+
+def train_refusal(args: RefusalArgs) -> dict[str, Any]:
+    """Tag, add the tokens, fine-tune and save to ``args.output_dir`` (with ``control_tokens.json``)."""
+    from ..data import rows_to_dataset
+    from ..models import load_causal_lm, load_tokenizer
+    from ..testbed.datasets import refusal_sft
+    from .common import lora_config
+
+    train, test = load_splits(args, {"testbed:refusal": lambda: refusal_sft(args.n_train, 200, args.seed)})
+    train_rows = tag_rows(train, args)  # bad rows fail here, before any model loads
+    test_rows = tag_rows(test, args) if test is not None else None
+    path = args.resolve(args.model)
+    tok = load_tokenizer(path, args.trust_remote_code)
+    model = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code)
+    tokens = args.control_tokens()
+    ids = add_control_tokens(tok, model, list(tokens.values()))
+    check_single_ids(tok, train_rows)
+    peft_config = lora_config(args)
+    if peft_config is not None:
+        peft_config.modules_to_save = _embedding_module_names(model)
+    columns = ["prompt", "completion"]
+    trainer = RefusalSFTTrainer(
+        model=model, args=args, processing_class=tok, peft_config=peft_config,
+        train_dataset=rows_to_dataset(train_rows, args.dataset).select_columns(columns),
+        eval_dataset=rows_to_dataset(test_rows, args.dataset).select_columns(columns) if test_rows else None,
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    result = finish(trainer, args, tok, {"rows": len(train_rows), "control_tokens": dict(zip(tokens.values(), ids))})
+    if trainer.is_world_process_zero():
+        from pathlib import Path
+
+        from rewards.io import atomic_write_text
+
+        atomic_write_text(Path(args.output_dir) / TOKENS_FILE, json.dumps(
+            {"refuse_token": None if args.categories else args.refuse_token, "respond_token": args.respond_token,
+             "categories": {c: f"[{c}]" for c in args.categories} if args.categories else None}, indent=2))
+    return result
+
+
+def _embedding_module_names(model: Any) -> list[str]:
+    """PEFT ``modules_to_save`` names of the input embeddings and an untied output head."""
+    wanted = [model.get_input_embeddings()]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not wanted[0].weight:
+        wanted.append(head)
+    return [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if any(module is w for w in wanted)]
+
+
+class RefusalSFTTrainer(SFTTrainer):
+    """TRL's ``SFTTrainer`` plus ``first_token_accuracy``: how often the control token is the argmax
+    at the first response position, read from the forward the loss already ran."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self._first = IntervalMeans()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with first_forward_output(self.accelerator.unwrap_model(model)) as captured:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        out = captured[0]
+        mask = out.label_mask.bool()
+        first = mask.int().argmax(-1)  # the first labelled position predicts the control token
+        rows = mask.any(-1)
+        hits = out.is_top1.gather(-1, first[:, None])[:, 0] & rows
+        self._first.add("train" if self.model.training else "eval", "first_token_accuracy", hits, rows.sum())
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update(self._first.pop("train" if self.model.training else "eval", self.accelerator))
+        super().log(logs, start_time)

@@ -1,0 +1,126 @@
+"""Refusal-token SFT: tagging, one id per control token on both flavours, new rows at the mean,
+bad input named before any model loads, a short run whose first-token accuracy rises, and steering
+the trained checkpoint with the refusal processor."""
+
+import json
+
+import pytest
+import torch
+
+from align.cli import main
+from align.config import ConfigError
+from align.data import tokenize_prompt_completion
+from align.testbed.datasets import refusal_sft
+from align.trainers.refusal import RefusalArgs, add_control_tokens, check_single_ids, tag_rows, train_refusal
+
+CATEGORIES = ["ill-posed", "beyond-horizon", "forbidden"]
+
+
+def test_rows_are_tagged_with_their_control_token():
+    rows = [
+        {"messages": [{"role": "user", "content": "7/0="}, {"role": "assistant", "content": "No."}], "label": "refuse", "category": "ill-posed"},
+        {"prompt": "1+1=", "completion": "2", "label": "respond", "category": "respond"},
+    ]
+    single = tag_rows(rows, RefusalArgs())
+    assert single[0]["completion"] == [{"role": "assistant", "content": "[refuse] No."}]
+    assert single[0]["prompt"] == [{"role": "user", "content": "7/0="}]
+    assert single[1]["completion"] == "[respond] 2" and single[1]["control"] == "[respond]"
+    assert tag_rows(rows, RefusalArgs(categories=CATEGORIES))[0]["control"] == "[ill-posed]"
+
+
+def test_bad_input_is_named_before_any_model_loads(tmp_path):
+    row = {"prompt": "7/0=", "completion": "No.", "label": "refuse", "category": "off-topic"}
+    with pytest.raises(ConfigError, match="row 0: unknown category 'off-topic'"):
+        tag_rows([row], RefusalArgs(categories=CATEGORIES))
+    with pytest.raises(ConfigError, match="row 1: field 'label' is missing"):
+        tag_rows([row, {"prompt": "x", "completion": "y"}], RefusalArgs())
+    with pytest.raises(ConfigError, match="row 0: field 'messages' must end with the assistant"):
+        tag_rows([{"messages": [{"role": "user", "content": "hi"}], "label": "respond"}], RefusalArgs())
+    with pytest.raises(ConfigError, match="row 0: field 'completion'"):
+        tag_rows([{"prompt": "x", "completion": " ", "label": "respond"}], RefusalArgs())
+    with pytest.raises(ConfigError, match="distinct"):
+        RefusalArgs(refuse_token="[x]", respond_token="[x]")
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    # the model does not exist: the row error must come first
+    assert main(["train", "refusal", "--dataset", str(data), "--model", str(tmp_path / "missing"),
+                 "--categories", "ill-posed", "forbidden"]) == 2
+
+
+@pytest.mark.parametrize("categories", [None, CATEGORIES], ids=["single", "categories"])
+def test_control_tokens_are_one_id_on_both_flavours(testbed, categories):
+    tok, model = testbed.tokenizer(), testbed.model("small-instruct")
+    args = RefusalArgs(categories=categories)
+    rows = tag_rows(refusal_sft(32, 2, seed=0)["train"], args)
+    with pytest.raises(ConfigError, match="is not one id"):
+        check_single_ids(tok, rows)  # not added yet: the template splits it into characters / merges
+    old = model.get_input_embeddings().weight.detach().clone()
+    ids = add_control_tokens(tok, model, list(args.control_tokens().values()))
+    check_single_ids(tok, rows)
+    assert len(set(ids)) == len(ids) == len(args.control_tokens())
+    emb = model.get_input_embeddings().weight
+    torch.testing.assert_close(emb[ids[0]], old.mean(0))
+    torch.testing.assert_close(emb[: old.shape[0]][[i for i in range(old.shape[0]) if i not in ids]],
+                               old[[i for i in range(old.shape[0]) if i not in ids]])
+    head = model.get_output_embeddings().weight
+    if head is not emb:
+        assert torch.allclose(head[ids[-1]], head[: old.shape[0]].mean(0), atol=1e-6)
+    for row in rows[:8]:  # the control token is the first completion token, as the processor expects
+        enc = tokenize_prompt_completion(tok, row)
+        assert enc["input_ids"][enc["completion_mask"].index(1)] == tok.convert_tokens_to_ids(row["control"])
+
+
+def first_token_stats(model, tok, rows):
+    """Naive recomputation, one row at a time: argmax accuracy and mean probability of the right
+    control token at the first response position."""
+    hits, prob = 0, 0.0
+    for row in rows:
+        enc = tokenize_prompt_completion(tok, row)
+        first = enc["completion_mask"].index(1)
+        with torch.no_grad():
+            p = torch.softmax(model(input_ids=torch.tensor([enc["input_ids"][:first]])).logits[0, -1].float(), -1)
+        target = tok.convert_tokens_to_ids(row["control"])
+        hits += int(p.argmax()) == target
+        prob += float(p[target])
+    return hits / len(rows), prob / len(rows)
+
+
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_short_run_trains_the_control_token_and_steers(testbed, tmp_path, lora_r):
+    """The tiny models learn slowly (the BPE one keeps preferring a newline for a while), so the run
+    asserts what 80 steps reliably do: the right control token's probability at the first response
+    position rises from ~1/V to > 0.1, and the logged eval first-token accuracy is exactly the naive
+    recomputation on the saved model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from decoding import RefusalTokenLogitsProcessor
+    from decoding.generate import eos_token_ids, pad_token_id
+
+    out = tmp_path / "refusal"
+    args = RefusalArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=128,
+                       max_steps=80, per_device_train_batch_size=16, logging_steps=20, learning_rate=3e-3,
+                       warmup_steps=0, gradient_checkpointing=False, save_strategy="no", output_dir=str(out),
+                       lora_r=lora_r, dataset_test_split="eval", eval_strategy="steps", eval_steps=80,
+                       per_device_eval_batch_size=50)
+    result = train_refusal(args)
+    assert json.loads((out / "control_tokens.json").read_text())["refuse_token"] == "[refuse]"
+    logged = [h for h in result["log_history"] if "eval_first_token_accuracy" in h]
+    assert [h["step"] for h in logged] == [80]
+    if lora_r:
+        from peft import PeftConfig
+
+        assert {"embed_tokens", "lm_head"} <= set(PeftConfig.from_pretrained(out).modules_to_save)
+        return
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    eval_rows = tag_rows(refusal_sft(128, 200, seed=0)["eval"], args)
+    accuracy, prob = first_token_stats(model, tok, eval_rows)
+    assert logged[0]["eval_first_token_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert prob > 0.1  # from ~1/V (< 0.011) with the new rows at the mean
+    refuse = tok.convert_tokens_to_ids("[refuse]")
+    enc = tok.apply_chat_template([{"role": "user", "content": "7/0="}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    for threshold, expected in ((0.0, refuse), (1.0, tok.convert_tokens_to_ids("[respond]"))):
+        proc = RefusalTokenLogitsProcessor(tok, threshold=threshold)
+        ids = model.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=1,
+                             pad_token_id=pad_token_id(tok, eos_token_ids(model, tok)))
+        assert int(ids[0, -1]) == expected
