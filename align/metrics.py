@@ -94,3 +94,27 @@ def tv_test(counts: torch.Tensor, probs: torch.Tensor, false_alarm: float = 1e-3
     tv = 0.5 * float((counts / n - probs).abs().sum())
     eps = math.sqrt((m * math.log(2) - math.log(false_alarm)) / (2 * n))
     return {"tv": tv, "eps": eps, "passed": tv < eps}
+
+
+def self_correction_metrics(correct_t1: Sequence[bool], correct_t2: Sequence[bool]) -> dict[str, float]:
+    """METHODS §E4, as fractions of the whole eval set (never of the wrong first attempts):
+    ``acc_t1``, ``acc_t2``, ``delta = acc_t2 - acc_t1``, ``delta_i_to_c`` (wrong then right) and
+    ``delta_c_to_i`` (right then wrong); ``delta == delta_i_to_c - delta_c_to_i`` is checked.
+
+    Example:
+        >>> self_correction_metrics([True, False, False, True], [True, True, False, False])["delta_i_to_c"]
+        0.25
+    """
+    if len(correct_t1) != len(correct_t2) or not correct_t1:
+        raise ValueError(f"need one pair of outcomes per problem, got {len(correct_t1)} and {len(correct_t2)}")
+    n = len(correct_t1)
+    pairs = list(zip(map(bool, correct_t1), map(bool, correct_t2)))
+    out = {
+        "acc_t1": sum(a for a, _ in pairs) / n,
+        "acc_t2": sum(b for _, b in pairs) / n,
+        "delta_i_to_c": sum(not a and b for a, b in pairs) / n,
+        "delta_c_to_i": sum(a and not b for a, b in pairs) / n,
+    }
+    out["delta"] = out["acc_t2"] - out["acc_t1"]
+    assert abs(out["delta"] - (out["delta_i_to_c"] - out["delta_c_to_i"])) < 1e-12
+    return out

@@ -122,3 +122,71 @@ def bco_loss(
     labels = labels.bool()
     losses = torch.where(labels, -F.logsigmoid(shifted), -w * F.logsigmoid(-shifted))
     return losses, rewards.detach()
+
+
+# ---- SCoRe (Kumar et al., "Training Language Models to Self-Correct via Reinforcement Learning",
+# arXiv:2409.12917; METHODS §A4). Inputs are per-episode tensors [N]; turn log-probs are summed
+# over that turn's generated tokens.
+
+ScoreStage = Literal[1, 2]
+
+
+def score_turn_rewards(r1: torch.Tensor, r2: torch.Tensor, stage: ScoreStage, alpha: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rewards SCoRe reinforces each turn with.
+
+    Stage I: ``(0, r2)`` (turn 1 is held by the KL term alone). Stage II: ``(r1, r2 + α(r2 - r1))``:
+    the bonus rewards fixing a wrong first attempt and penalises breaking a right one.
+
+    Example:
+        >>> t1, t2 = score_turn_rewards(torch.tensor([0., 0., 1., 1.]), torch.tensor([0., 1., 0., 1.]), stage=2)
+        >>> t1.tolist(), t2.tolist()
+        ([0.0, 0.0, 1.0, 1.0], [0.0, 11.0, -10.0, 1.0])
+    """
+    if stage == 1:
+        return torch.zeros_like(r1), r2
+    if stage == 2:
+        return r1, r2 + alpha * (r2 - r1)
+    raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence k3 estimate of KL(π‖π_ref): ``Σ_t (e^d - d - 1)`` over ``mask``ed tokens, with
+    ``d = ref_logp - logp`` per token (``[N, T]`` in, ``[N]`` out; non-negative, 0 iff equal)."""
+    d = (ref_logps - logps).clamp(-20.0, 20.0)  # a token the policy finds far likelier than the reference
+    return ((torch.exp(d) - d - 1.0) * mask.to(logps.dtype)).sum(-1)
+
+
+def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO advantages for ``[P, G]`` rewards (G samples per problem): each minus the mean of the
+    other G - 1 (G = 1: the reward itself)."""
+    g = rewards.shape[-1]
+    if g == 1:
+        return rewards
+    return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (g - 1)
+
+
+def score_loss(
+    logp1: torch.Tensor,
+    logp2: torch.Tensor,
+    kl1: torch.Tensor,
+    kl2: torch.Tensor,
+    adv1: torch.Tensor,
+    adv2: torch.Tensor,
+    stage: ScoreStage,
+    beta1: float = 0.01,
+    beta2: float = 0.1,
+    stage1_turn2_kl: bool = False,
+) -> torch.Tensor:
+    """REINFORCE with per-turn KL penalties, mean over episodes.
+
+    Stage I: ``-A2·logπ(y2|x2) + β2·KL1`` (``+ β1·KL2`` with ``stage1_turn2_kl``).
+    Stage II: ``-A1·logπ(y1|x1) - A2·logπ(y2|x2) + β1·(KL1 + KL2)``. Advantages are constants.
+    """
+    adv1, adv2 = adv1.detach(), adv2.detach()
+    if stage == 1:
+        loss = -adv2 * logp2 + beta2 * kl1 + (beta1 * kl2 if stage1_turn2_kl else 0.0)
+    elif stage == 2:
+        loss = -adv1 * logp1 - adv2 * logp2 + beta1 * (kl1 + kl2)
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    return loss.mean()
