@@ -30,6 +30,8 @@ _EXPORTS = {
     "train_bco": "align.trainers.bco",
     "DPOArgs": "align.trainers.dpo",
     "train_dpo": "align.trainers.dpo",
+    "ScoreArgs": "align.trainers.score",
+    "train_score": "align.trainers.score",
     "RefusalArgs": "align.trainers.refusal",
     "train_refusal": "align.trainers.refusal",
     "UDM": "align.diagnostics.udm",

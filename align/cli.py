@@ -62,7 +62,6 @@ class ReproduceArgs(TestbedArgs):
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
-    "train score": "SCoRe self-correction RL trainer",
     "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
 }
@@ -79,6 +78,7 @@ commands:
   train reward        Bradley-Terry reward-model ensemble on TRL's RewardTrainer (--config configs/reward-testbed.yaml)
   data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
+  train score         SCoRe two-turn self-correction RL, Stage I then II (--config configs/score-testbed.yaml)
   train refusal       refusal-token SFT: [refuse]/[respond] or per-category tokens (--config configs/refusal-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   reproduce NAME      check a paper claim on the testbed ({claims})
@@ -153,6 +153,15 @@ def _train_reward(argv: Sequence[str], prog: str) -> int:
     args = parse_config(RewardArgs, argv, prog=prog)
     print(json.dumps(train_reward(args), indent=2))
     print(f"ensemble saved to {args.output_dir}")
+    return 0
+
+
+def _train_score(argv: Sequence[str], prog: str) -> int:
+    from .trainers.score import ScoreArgs, train_score
+
+    args = parse_config(ScoreArgs, argv, prog=prog)
+    print(json.dumps(train_score(args), indent=2))
+    print(f"model saved to {args.output_dir}")
     return 0
 
 
@@ -253,6 +262,7 @@ COMMANDS = {
     ("train", "bco"): _train_bco,
     ("train", "reward"): _train_reward,
     ("train", "refusal"): _train_refusal,
+    ("train", "score"): _train_score,
     ("data", "ches"): _data_ches,
 }
 

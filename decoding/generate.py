@@ -43,6 +43,44 @@ def decode_completions(
 
 
 @torch.no_grad()
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    make_processors: Callable[[slice], list[LogitsProcessor]] | None = None,
+    batch_size: int = 64,
+    on_batch: Callable[[slice, list[list[int]]], None] | None = None,
+    **generate_kwargs,
+) -> list[list[int]]:
+    """Left-padded batched ``model.generate`` on token-id prompts; returns each completion's ids up
+    to and including its first EOS (any of the model's EOS ids; without one it hit the length
+    limit). ``make_processors(rows)`` / ``on_batch(rows, completions)`` as in :func:`generate_with`."""
+    eos = eos_token_ids(model, tokenizer)
+    stops = set(eos)
+    pad = pad_token_id(tokenizer, eos)
+    out: list[list[int]] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = slice(start, min(start + batch_size, len(prompt_ids)))
+        batch = [list(r) for r in prompt_ids[rows]]
+        width = max(map(len, batch))
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
+        processors = make_processors(rows) if make_processors is not None else []
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
+            **generate_kwargs,
+        )[:, width:].tolist()
+        batch_out = []
+        for row in generated:
+            end = next((i for i, t in enumerate(row) if t in stops), None)
+            batch_out.append(row if end is None else row[: end + 1])
+        if on_batch is not None:
+            on_batch(rows, batch_out)
+        out.extend(batch_out)
+    return out
+
+
 def generate_with(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -65,24 +103,12 @@ def generate_with(
         ...     [AuxiliaryModel(small_instruct, tok, chat[rows])], AuxiliaryModel(small_base, tok, prompts[rows]))],
         ...     do_sample=False, max_new_tokens=8)                                     # doctest: +SKIP
     """
-    ids = encode_prompts(tokenizer, prompts)
     eos = eos_token_ids(model, tokenizer)
-    pad = pad_token_id(tokenizer, eos)
-    out: list[tuple[str, bool]] = []
-    device = next(model.parameters()).device
-    for start in range(0, len(ids), batch_size):
-        rows = slice(start, min(start + batch_size, len(ids)))
-        batch = ids[rows]
-        width = max(map(len, batch))
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
-        processors = make_processors(rows) if make_processors is not None else []
-        generated = model.generate(
-            input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
-            **generate_kwargs,
-        )[:, width:]
-        batch_out = decode_completions(tokenizer, generated.tolist(), eos)
+
+    def texts(rows: slice, ids: list[list[int]]) -> None:
         if on_batch is not None:
-            on_batch(rows, batch_out)
-        out.extend(batch_out)
-    return out
+            on_batch(rows, decode_completions(tokenizer, ids, eos))
+
+    ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts), make_processors, batch_size, texts,
+                       **generate_kwargs)
+    return decode_completions(tokenizer, ids, eos)

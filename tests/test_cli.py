@@ -21,10 +21,16 @@ def test_help_lists_commands(capsys):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "report"])
+@pytest.mark.parametrize("command", ["eval", "report"])
 def test_planned_commands_say_not_implemented(capsys, command):
     code, _, err = run(capsys, command, "--config", "x.yaml")
     assert code == 2 and "not implemented yet" in err
+
+
+def test_train_without_a_trainer_lists_them(capsys):
+    code, _, err = run(capsys, "train", "--config", "x.yaml")
+    assert code == 2 and "unknown command 'train --config'" in err
+    assert "train score" in err and "train refusal" in err
 
 
 def test_unknown_command(capsys):

@@ -70,7 +70,7 @@ def test_cli_and_shipped_config(tmp_path, capsys):
     bad.write_text("betta: 0.1\n")
     assert main(["train", "dpo", "--config", str(bad)]) == 2
     assert "unknown key 'betta'" in capsys.readouterr().err
-    assert main(["train", "score"]) == 2
+    assert main(["eval"]) == 2
     assert "not implemented yet" in capsys.readouterr().err
 
 

@@ -1,0 +1,298 @@
+"""``align train score``: SCoRe, two-turn self-correction RL on ``transformers.Trainer``.
+
+Kumar et al., "Training Language Models to Self-Correct via Reinforcement Learning",
+arXiv:2409.12917 (METHODS §A4). An episode is: the problem (``x1``) → attempt ``y1`` → the
+self-correction ``instruction`` as a user turn (``x2 = x1 ⊕ y1 ⊕ instruction``) → attempt ``y2``.
+Each step samples ``num_generations`` episodes per problem from the current policy (transformers
+``generate``, KV-cached, batched), scores both attempts with the reward function, and takes one
+REINFORCE step on :func:`align.trainers.losses.score_loss`:
+
+* Stage I (the first ``stage1_steps`` steps): reinforce ``r(y2)`` while ``β2·KL`` holds turn 1 to
+  the reference;
+* Stage II (the next ``stage2_steps``, from Stage I's weights): reinforce both turns, turn 2 with
+  ``r2 + α(r2 - r1)``, ``β1·KL`` on each turn.
+
+KL is the token-level k3 estimate against the reference (a frozen copy, or with LoRA the policy
+with its adapter disabled), summed per turn; advantages are per-turn leave-one-out over the
+problem's ``num_generations`` samples (``advantage: none`` uses the raw rewards). Only generated
+tokens carry loss: prompts and the instruction are context. A truncated attempt scores 0.
+The stage follows the global step, so ``resume`` continues mid-stage with optimizer, scheduler and
+RNG restored by ``Trainer``. Evaluation runs greedy episodes on the eval split and logs METHODS §E4
+(``eval_acc_t1``, ``eval_acc_t2``, ``eval_delta``, ``eval_delta_i_to_c``, ``eval_delta_c_to_i``).
+
+Example config (``configs/score-testbed.yaml``)::
+
+    model: testbed:small-instruct
+    dataset: testbed:self_correction
+    stage1_steps: 100
+    stage2_steps: 100
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..config import ConfigError
+from .common import AlignFields, IntervalMeans, disable_dropout, finish, last_checkpoint, load_models, load_splits
+from .losses import k3_kl, leave_one_out, score_loss, score_turn_rewards
+
+DEFAULT_INSTRUCTION = "There might be an error in your answer above. Check it, and give your final answer again."
+RewardFn = Callable[..., Sequence[float]]
+
+
+@dataclass
+class ScoreArgs(AlignFields, TrainingArguments):
+    """``transformers.TrainingArguments`` plus :class:`AlignFields` and the SCoRe options below."""
+
+    dataset: str = field(
+        default="testbed:self_correction",
+        metadata={"help": "problems with a gold answer: hub id, directory, file or testbed:self_correction"},
+    )
+    n_train: int = field(default=2000, metadata={"help": "testbed:self_correction: training problems"})
+    prompt_field: str = field(default="prompt", metadata={"help": "the problem: chat messages or text (one user turn)"})
+    answer_field: str = field(default="answer", metadata={"help": "the gold answer, passed to the reward function"})
+    instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "the self-correction user turn"})
+    reward: str = field(default="verifier", metadata={"help": "verifier (the testbed's integer checker)"})
+    stage1_steps: int = field(default=100, metadata={"help": "Stage I optimizer steps"})
+    stage2_steps: int = field(default=100, metadata={"help": "Stage II optimizer steps (from Stage I's weights)"})
+    alpha: float = field(default=10.0, metadata={"help": "α: Stage II bonus on r2 - r1"})
+    beta1: float = field(default=0.01, metadata={"help": "β1: per-turn KL weight in Stage II"})
+    beta2: float = field(default=0.1, metadata={"help": "β2: turn-1 KL weight in Stage I"})
+    stage1_turn2_kl: bool = field(default=False, metadata={"help": "Stage I also puts β1·KL on turn 2"})
+    num_generations: int = field(default=4, metadata={"help": "episodes sampled per problem (the RLOO group)"})
+    advantage: Literal["rloo", "none"] = field(default="rloo", metadata={"help": "rloo (leave-one-out) or none"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens per attempt"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    output_dir: str = field(default="runs/train/score", metadata={"help": "checkpoints and the final model"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (TRL's RL default)"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast (unset: only on GPUs that support it)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "the rows reach the rollout as they are"})
+
+    def __post_init__(self) -> None:
+        self.check_align_fields()
+        if not self.instruction.strip():
+            raise ConfigError("instruction must be non-empty: it is the user turn that asks for the correction")
+        if self.stage1_steps < 0 or self.stage2_steps < 0 or self.stage1_steps + self.stage2_steps < 1:
+            raise ConfigError(f"stage1_steps and stage2_steps must be >= 0 with a positive sum, got "
+                              f"{self.stage1_steps}, {self.stage2_steps}")
+        if self.num_generations < 1 or self.max_new_tokens < 1 or self.n_train < 1:
+            raise ConfigError("num_generations, max_new_tokens and n_train must be >= 1")
+        for name in ("alpha", "beta1", "beta2", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if self.advantage not in ("rloo", "none"):
+            raise ConfigError(f"advantage must be rloo or none, got {self.advantage!r}")
+        if self.reward != "verifier":
+            raise ConfigError(f"reward must be 'verifier', got {self.reward!r}")
+        self.max_steps = self.stage1_steps + self.stage2_steps
+        super().__post_init__()
+
+
+def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any], **_: Any) -> list[float]:
+    """The testbed's checker in TRL's reward-function form: 1.0 iff the completion's number is the
+    gold ``answer`` (completions: text or one assistant message)."""
+    from ..testbed.arithmetic import gold_reward
+
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [gold_reward(t, int(a)) for t, a in zip(texts, answer)]
+
+
+def check_rewards(values: Any, n: int, name: str) -> torch.Tensor:
+    """``values`` as a float tensor of length ``n``; a clear error for anything else."""
+    if not isinstance(values, (list, tuple)) or len(values) != n:
+        got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(f"reward {name!r} must return a list of {n} numbers, got {got}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"reward {name!r} returned {v!r} for completion {i}: every reward must be a finite number")
+    return torch.tensor([float(v) for v in values])
+
+
+def check_problem_rows(rows: Any, prompt_field: str, answer_field: str) -> None:
+    """Every row has a non-empty problem and a gold answer; errors name the row and field."""
+    from ..data import check_text_field
+
+    for i, row in enumerate(rows):
+        check_text_field(row, i, prompt_field)
+        answer = row.get(answer_field)
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            raise ConfigError(f"row {i}: field {answer_field!r} (the gold answer) is missing or empty")
+
+
+class ScoreTrainer(Trainer):
+    """The rollouts, rewards and SCoRe loss inside ``Trainer.compute_loss``; see the module docstring."""
+
+    def __init__(self, *a: Any, ref_model: Any, reward_fn: RewardFn, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.ref_model = ref_model.to(self.accelerator.device) if ref_model is not None else None
+        self.reward_fn = reward_fn
+        self._means = IntervalMeans()
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def episodes(self, rows: Sequence[dict], n: int, greedy: bool = False) -> dict[str, Any]:
+        """``n`` two-turn episodes per row: ids of both prompts and both attempts, texts, finished flags."""
+        from decoding.generate import eos_token_ids, generate_ids
+
+        args, tok = self.args, self.processing_class
+        model = self.accelerator.unwrap_model(self.model)
+        eos = set(eos_token_ids(model, tok))
+        sample = {"do_sample": False} if greedy else {"do_sample": True, "temperature": args.temperature, "top_k": 0}
+        problems = [self._messages(r[args.prompt_field]) for r in rows for _ in range(n)]
+        x1 = [list(tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in problems]
+        y1 = generate_ids(model, tok, x1, batch_size=len(x1), max_new_tokens=args.max_new_tokens, **sample)
+        t1 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y1]
+        turns = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": args.instruction}]
+                 for p, t in zip(problems, t1)]
+        x2 = [list(tok.apply_chat_template(m, add_generation_prompt=True)["input_ids"]) for m in turns]
+        y2 = generate_ids(model, tok, x2, batch_size=len(x2), max_new_tokens=args.max_new_tokens, **sample)
+        t2 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y2]
+        finished = [[bool(y) and y[-1] in eos for y in ys] for ys in (y1, y2)]
+        return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "texts": (t1, t2), "finished": finished, "problems": problems}
+
+    def rewards(self, rows: Sequence[dict], ep: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``r1, r2`` per episode; truncated attempts score 0 whatever the reward function says."""
+        args = self.args
+        columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k != args.prompt_field}
+        if args.answer_field != "answer":
+            columns["answer"] = columns[args.answer_field]
+        name = getattr(self.reward_fn, "__name__", type(self.reward_fn).__name__)
+        out = []
+        for texts, finished in zip(ep["texts"], ep["finished"]):
+            completions = [[{"role": "assistant", "content": t}] for t in texts]
+            r = check_rewards(self.reward_fn(prompts=ep["problems"], completions=completions, **columns), len(texts), name)
+            out.append(r * torch.tensor(finished, dtype=r.dtype))
+        return out[0], out[1]
+
+    @staticmethod
+    def _messages(problem: Any) -> list[dict]:
+        return [{"role": "user", "content": problem}] if isinstance(problem, str) else list(problem)
+
+    # ---- loss -------------------------------------------------------------------------------
+    def stage(self) -> Literal[1, 2]:
+        return 1 if self.state.global_step < self.args.stage1_steps else 2
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args, rows, g = self.args, inputs["rows"], self.args.num_generations
+        ep = self.episodes(rows, g)
+        r1, r2 = self.rewards(rows, ep, g)
+        stage = self.stage()
+        w1, w2 = score_turn_rewards(r1, r2, stage, args.alpha)
+        if args.advantage == "rloo":
+            w1, w2 = (leave_one_out(w.view(-1, g)).flatten() for w in (w1, w2))
+        device = self.accelerator.device
+        logp1, kl1, n1 = self._turn(model, ep["x1"], ep["y1"])
+        logp2, kl2, n2 = self._turn(model, ep["x2"], ep["y2"])
+        loss = score_loss(logp1, logp2, kl1, kl2, w1.to(device), w2.to(device), stage, args.beta1, args.beta2,
+                          args.stage1_turn2_kl)
+        truncated = sum(not f for fs in ep["finished"] for f in fs)
+        for name, total, count in (("reward/t1", r1.sum(), len(r1)), ("reward/t2", r2.sum(), len(r2)),
+                                   ("reward/t2_minus_t1", (r2 - r1).sum(), len(r1)), ("kl/t1", kl1.sum(), len(r1)),
+                                   ("kl/t2", kl2.sum(), len(r2)), ("truncated", truncated, 2 * len(r1)),
+                                   ("stage", stage, 1)):
+            self._means.add("train", name, torch.as_tensor(total, dtype=torch.float64, device=device), count)
+        return loss
+
+    def _turn(self, model: Any, prompts: list[list[int]], completions: list[list[int]]):
+        """Summed policy log-probs of each completion ``[N]`` (with grad), k3 KL to the reference
+        ``[N]``, and the completion token counts."""
+        tok = self.processing_class
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        seqs = [p + c for p, c in zip(prompts, completions)]
+        width = max(map(len, seqs))
+        device = self.accelerator.device
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        mask = completion_mask([len(p) for p in prompts], [len(c) for c in completions], width).to(device)
+        logps = _token_logps(model, ids, attention)
+        with torch.no_grad():
+            if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    ref = _token_logps(model, ids, attention)
+            else:
+                ref = _token_logps(self.ref_model, ids, attention)
+        return (logps * mask).sum(-1), k3_kl(logps, ref, mask), mask.sum(-1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (evaluation logs its own metrics)
+            logs.update(self._means.pop("train", self.accelerator))
+        super().log(logs, start_time)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy two-turn episodes on the eval split; METHODS §E4 metrics (a reward >= 0.5 is correct)."""
+        from ..metrics import self_correction_metrics
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        rows = [dict(r) for r in dataset]
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        r1, r2 = [], []
+        for start in range(0, len(rows), self.args.per_device_eval_batch_size):
+            batch = rows[start : start + self.args.per_device_eval_batch_size]
+            a, b = self.rewards(batch, self.episodes(batch, 1, greedy=True), 1)
+            r1 += (a >= 0.5).tolist()
+            r2 += (b >= 0.5).tolist()
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self_correction_metrics(r1, r2).items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def completion_mask(prompt_lengths: Sequence[int], completion_lengths: Sequence[int], width: int) -> torch.Tensor:
+    """``[N, width - 1]``: position t is 1 where it predicts a completion token (token t+1 of a
+    right-padded ``prompt + completion`` row); prompts, instruction and padding carry no loss.
+
+    Example:
+        >>> completion_mask([3], [2], width=6).tolist()
+        [[0, 0, 1, 1, 0]]
+    """
+    return torch.tensor([[0] * (p - 1) + [1] * c + [0] * (width - p - c) for p, c in zip(prompt_lengths, completion_lengths)])
+
+
+def _token_logps(model: Any, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """``log π(token t+1 | ≤ t)`` for every position ``[N, T-1]`` (fp32 log-softmax)."""
+    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
+    return logits.gather(-1, ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+
+
+def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None) -> dict[str, Any]:
+    """Train (Stage I then II) and save to ``args.output_dir``; ``reward_fn`` (TRL's reward-function
+    signature) replaces ``args.reward``."""
+    from ..models import uses_chat
+
+    train, test = load_splits(args, {"testbed:self_correction": _testbed_problems(args)})
+    check_problem_rows(train, args.prompt_field, args.answer_field)  # before any model loads
+    if test is not None:
+        check_problem_rows(test, args.prompt_field, args.answer_field)
+    tok, policy, ref, peft_config = load_models(args)
+    if not uses_chat(tok):
+        raise ConfigError(f"model {args.model!r} has no chat template: SCoRe's two turns need one")
+    for m in (policy, ref):  # on-policy samples and the KL read the same, dropout-free policy
+        if m is not None:
+            disable_dropout(m)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, peft_config)
+    trainer = ScoreTrainer(
+        model=policy, args=args, train_dataset=train, eval_dataset=test, processing_class=tok,
+        data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or verifier_reward,
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    return finish(trainer, args, tok, {"problems": len(train)})
+
+
+def _testbed_problems(args: ScoreArgs) -> Callable[[], Any]:
+    from ..testbed.datasets import self_correction
+
+    return lambda: self_correction(args.n_train, 200, args.seed, conversational=True)
