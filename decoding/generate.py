@@ -42,6 +42,38 @@ def decode_completions(
     return out
 
 
+class SeededSampler(LogitsProcessor):
+    """Ancestral sampling with one generator per row: each row draws from
+    ``softmax(scores / temperature)`` with its own seeded ``torch.Generator`` and keeps only the
+    drawn token (0, every other -inf), so greedy ``generate`` takes it. A row's samples then depend
+    on its seed alone, not on the rows batched with it nor on the process that runs it: data-parallel
+    rollouts equal single-process ones.
+
+    Example:
+        >>> scores = torch.log(torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]]))
+        >>> both = SeededSampler([1, 2])(None, scores).argmax(-1)
+        >>> alone = SeededSampler([2])(None, scores[1:]).argmax(-1)   # row 2 by itself, same seed
+        >>> bool(both[1] == alone[0])
+        True
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.seeds, self.temperature = [int(s) for s in seeds], float(temperature)
+        self._generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if len(self.seeds) != scores.shape[0]:
+            raise ValueError(f"SeededSampler has {len(self.seeds)} seeds for {scores.shape[0]} rows")
+        if self._generators is None:  # on the scores' device, so draws never cross devices
+            self._generators = [torch.Generator(scores.device).manual_seed(s) for s in self.seeds]
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self._generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, picks[:, None], 0.0)
+
+
 @torch.no_grad()
 def generate_ids(
     model: PreTrainedModel,

@@ -30,7 +30,9 @@ Example config (``configs/score-testbed.yaml``)::
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -55,6 +57,7 @@ class ScoreArgs(AlignFields, TrainingArguments):
         metadata={"help": "problems with a gold answer: hub id, directory, file or testbed:self_correction"},
     )
     n_train: int = field(default=2000, metadata={"help": "testbed:self_correction: training problems"})
+    n_eval: int = field(default=200, metadata={"help": "testbed:self_correction: eval problems"})
     prompt_field: str = field(default="prompt", metadata={"help": "the problem: chat messages or text (one user turn)"})
     answer_field: str = field(default="answer", metadata={"help": "the gold answer, passed to the reward function"})
     instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "the self-correction user turn"})
@@ -82,8 +85,8 @@ class ScoreArgs(AlignFields, TrainingArguments):
         if self.stage1_steps < 0 or self.stage2_steps < 0 or self.stage1_steps + self.stage2_steps < 1:
             raise ConfigError(f"stage1_steps and stage2_steps must be >= 0 with a positive sum, got "
                               f"{self.stage1_steps}, {self.stage2_steps}")
-        if self.num_generations < 1 or self.max_new_tokens < 1 or self.n_train < 1:
-            raise ConfigError("num_generations, max_new_tokens and n_train must be >= 1")
+        if min(self.num_generations, self.max_new_tokens, self.n_train, self.n_eval) < 1:
+            raise ConfigError("num_generations, max_new_tokens, n_train and n_eval must be >= 1")
         for name in ("alpha", "beta1", "beta2", "temperature"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -139,20 +142,29 @@ class ScoreTrainer(Trainer):
     # ---- rollouts ---------------------------------------------------------------------------
     def episodes(self, rows: Sequence[dict], n: int, greedy: bool = False) -> dict[str, Any]:
         """``n`` two-turn episodes per row: ids of both prompts and both attempts, texts, finished flags."""
-        from decoding.generate import eos_token_ids, generate_ids
+        from decoding.generate import SeededSampler, eos_token_ids, generate_ids
 
         args, tok = self.args, self.processing_class
         model = self.accelerator.unwrap_model(self.model)
         eos = set(eos_token_ids(model, tok))
-        sample = {"do_sample": False} if greedy else {"do_sample": True, "temperature": args.temperature, "top_k": 0}
         problems = [self._messages(r[args.prompt_field]) for r in rows for _ in range(n)]
+        # each episode's draws are seeded by (seed, step, turn, problem, sample): the same rollouts
+        # whatever the batch or the number of processes
+        keys = [f"{args.seed}:{self.state.global_step}:{i % n}:{json.dumps(p, sort_keys=True)}" for i, p in enumerate(problems)]
+
+        def sample(turn: int) -> dict[str, Any]:
+            if greedy:
+                return {"do_sample": False}
+            seeds = [zlib.crc32(f"{turn}:{k}".encode()) for k in keys]
+            return {"do_sample": False, "make_processors": lambda rows: [SeededSampler(seeds[rows], args.temperature)]}
+
         x1 = [list(tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in problems]
-        y1 = generate_ids(model, tok, x1, batch_size=len(x1), max_new_tokens=args.max_new_tokens, **sample)
+        y1 = generate_ids(model, tok, x1, batch_size=len(x1), max_new_tokens=args.max_new_tokens, **sample(1))
         t1 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y1]
         turns = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": args.instruction}]
                  for p, t in zip(problems, t1)]
         x2 = [list(tok.apply_chat_template(m, add_generation_prompt=True)["input_ids"]) for m in turns]
-        y2 = generate_ids(model, tok, x2, batch_size=len(x2), max_new_tokens=args.max_new_tokens, **sample)
+        y2 = generate_ids(model, tok, x2, batch_size=len(x2), max_new_tokens=args.max_new_tokens, **sample(2))
         t2 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y2]
         finished = [[bool(y) and y[-1] in eos for y in ys] for ys in (y1, y2)]
         return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "texts": (t1, t2), "finished": finished, "problems": problems}
@@ -295,4 +307,4 @@ def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None) -> dict[str,
 def _testbed_problems(args: ScoreArgs) -> Callable[[], Any]:
     from ..testbed.datasets import self_correction
 
-    return lambda: self_correction(args.n_train, 200, args.seed, conversational=True)
+    return lambda: self_correction(args.n_train, args.n_eval, args.seed, conversational=True)

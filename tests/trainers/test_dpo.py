@@ -74,19 +74,23 @@ def test_cli_and_shipped_config(tmp_path, capsys):
     assert "not implemented yet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("trainer", ["dpo", "bco"])
+@pytest.mark.parametrize("trainer", ["dpo", "bco", "score"])
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tmp_path, trainer):
     """Real DDP over gloo: world size 2 (asserted), per-device batch 4 vs one process with 8.
 
     Tolerance: step 1 (no update yet) and step 2 (one all-reduced update) agree within 1e-5; by
     step 3 Adam's normalisation of near-zero gradients amplifies all-reduce rounding, so 1e-3.
-    BCO's δ is all-reduced: both runs end with the same δ (1e-5).
+    BCO's δ is all-reduced: both runs end with the same δ (1e-5). SCoRe samples its rollouts with
+    per-episode seeds, so both runs draw the same episodes (Stage I at step 1, Stage II after).
     """
     import subprocess
     import sys
 
     common = ["train", trainer, "--profile", "tiny", "--cache_dir", str(tiny_testbed.root.parents[1]), "--n_train", "32",
               "--max_steps", "3", "--logging_steps", "1"]
+    if trainer == "score":
+        common += ["--stage1_steps", "1", "--stage2_steps", "2", "--num_generations", "2", "--max_new_tokens", "6",
+                   "--ref_model", "testbed:small-base", "--learning_rate", "1e-3"]
     import socket
 
     with socket.socket() as free:  # a fresh rendezvous port: the previous launch's may still be in TIME_WAIT
@@ -107,6 +111,9 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tiny_testbed, tm
     assert r2["losses"][2] == pytest.approx(r1["losses"][2], abs=1e-3)
     if trainer == "bco":
         assert r2["delta"] == pytest.approx(r1["delta"], abs=1e-5) and r1["delta"] != 0
+    if trainer == "score":
+        kl = [[h["kl/t1"] for h in r["log_history"] if "kl/t1" in h] for r in (r1, r2)]
+        assert kl[0][0] > 0 and kl[1] == pytest.approx(kl[0], rel=1e-4)  # the same episodes
 
 
 @pytest.mark.parametrize("reduction", ["sum", "seq_mean", "token_mean"])

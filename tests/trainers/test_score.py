@@ -19,9 +19,15 @@ def parity(prompts, completions, answer, **_):
     return [float(len(c[-1]["content"]) % 2) for c in completions]
 
 
+def token_logps(model, prompt, completion):
+    ids = torch.tensor([prompt + completion])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), -1)
+    return logp.gather(-1, ids[0, len(prompt) :, None])[:, 0].tolist()
+
+
 def _args(testbed, tmp_path, **kw):
     base = dict(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=16,
-                stage1_steps=0, stage2_steps=1, per_device_train_batch_size=2, num_generations=3, max_new_tokens=6,
+                stage1_steps=0, stage2_steps=1, per_device_train_batch_size=2, num_generations=3, max_new_tokens=12,
                 logging_steps=1, learning_rate=1e-3, output_dir=str(tmp_path / "score"), report_to=[],
                 save_strategy="no", disable_tqdm=True, ref_model="testbed:small-base")
     return ScoreArgs(**{**base, **kw})
@@ -58,10 +64,8 @@ def test_first_loss_equals_a_naive_recomputation(testbed, tmp_path, monkeypatch)
         for i in range(len(r1)):
             for turn, (x, y) in enumerate(((ep["x1"][i], ep["y1"][i]), (ep["x2"][i], ep["y2"][i]))):
                 lp = sequence_logp(policy, x, y).item()
-                kl = 0.0
-                for t in range(len(y)):  # token by token, no cache, no padding
-                    d = sequence_logp(ref, x + y[:t], y[t : t + 1]).item() - sequence_logp(policy, x + y[:t], y[t : t + 1]).item()
-                    kl += math.exp(d) - d - 1
+                token = [token_logps(m, x, y) for m in (policy, ref)]  # one unpadded sequence per forward
+                kl = sum(math.exp(r - p) - (r - p) - 1 for p, r in zip(*token))
                 loss += -float(adv[turn].flatten()[i]) * lp + 0.01 * kl
     assert len(r1) == 2 * 3 and bool((torch.cat([r1, r2]) > 0).any())  # something to reinforce
     assert log["loss"] == pytest.approx(loss / len(r1), rel=1e-4, abs=1e-5)
@@ -75,19 +79,19 @@ def test_greedy_evaluation_reports_self_correction_metrics(testbed, tmp_path):
     from decoding.generate import generate_ids
 
     args = _args(testbed, tmp_path, dataset_test_split="eval", eval_strategy="steps", eval_steps=1,
-                 learning_rate=0.0, per_device_eval_batch_size=100)
+                 learning_rate=0.0, per_device_eval_batch_size=100, n_eval=24)
     log = next(h for h in train_score(args, reward_fn=parity)["log_history"] if "eval_acc_t1" in h)
     # naive: greedy two-turn episodes one problem at a time with the (unchanged, lr 0) policy
     from align.testbed.datasets import self_correction
 
     tok, model = testbed.tokenizer(), testbed.model("small-instruct")
     c1, c2 = [], []
-    for row in self_correction(16, 200, 0, conversational=True)["eval"]:
+    for row in self_correction(16, 24, 0, conversational=True)["eval"]:
         x1 = tok.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"]
-        y1 = tok.decode(generate_ids(model, tok, [x1], do_sample=False, max_new_tokens=6)[0], skip_special_tokens=True)
+        y1 = tok.decode(generate_ids(model, tok, [x1], do_sample=False, max_new_tokens=12)[0], skip_special_tokens=True)
         turns = row["prompt"] + [{"role": "assistant", "content": y1}, {"role": "user", "content": args.instruction}]
         x2 = tok.apply_chat_template(turns, add_generation_prompt=True)["input_ids"]
-        y2 = tok.decode(generate_ids(model, tok, [x2], do_sample=False, max_new_tokens=6)[0], skip_special_tokens=True)
+        y2 = tok.decode(generate_ids(model, tok, [x2], do_sample=False, max_new_tokens=12)[0], skip_special_tokens=True)
         c1.append(len(y1) % 2 == 1)
         c2.append(len(y2) % 2 == 1)
     expected = self_correction_metrics(c1, c2)
