@@ -277,9 +277,9 @@ def _token_logps(model: Any, ids: torch.Tensor, attention: torch.Tensor) -> torc
     return logits.gather(-1, ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
 
 
-def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None) -> dict[str, Any]:
+def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train (Stage I then II) and save to ``args.output_dir``; ``reward_fn`` (TRL's reward-function
-    signature) replaces ``args.reward``."""
+    signature) replaces ``args.reward``; ``callbacks`` are added to the ``Trainer``."""
     from ..models import uses_chat
 
     train, test = load_splits(args, {"testbed:self_correction": _testbed_problems(args)})
@@ -298,7 +298,7 @@ def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None) -> dict[str,
         policy = get_peft_model(policy, peft_config)
     trainer = ScoreTrainer(
         model=policy, args=args, train_dataset=train, eval_dataset=test, processing_class=tok,
-        data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or verifier_reward,
+        data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or verifier_reward, callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
     return finish(trainer, args, tok, {"problems": len(train)})

@@ -2,7 +2,11 @@
 (one sequence at a time, per-token k3, shaped rewards and RLOO by hand) on both flavours; the
 loss masks of a hand-built episode; greedy evaluation's E4 metrics; bad input named early."""
 
+import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -113,3 +117,51 @@ def test_bad_input_is_named(tmp_path):
     assert main(["train", "score", "--dataset", str(data), "--model", str(tmp_path / "missing")]) == 2
     with pytest.raises(ConfigError, match="row 1: field 'answer'"):
         train_score(ScoreArgs(dataset=str(data), model=str(tmp_path / "missing")))
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from align.trainers.score import ScoreArgs, train_score
+
+    def parity(prompts, completions, answer, **_):
+        return [float(len(c[-1]["content"]) % 2) for c in completions]
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    args = ScoreArgs(profile="tiny", cache_dir=sys.argv[1], output_dir=sys.argv[2], n_train=24, stage1_steps=3,
+                     stage2_steps=3, per_device_train_batch_size=2, num_generations=2, max_new_tokens=8,
+                     logging_steps=1, save_steps=2, learning_rate=1e-3, ref_model="testbed:small-base",
+                     resume=True, metrics_file=sys.argv[2] + ".json", disable_tqdm=True)
+    train_score(args, reward_fn=parity, callbacks=[Kill()])
+""")
+
+
+def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tiny_testbed, tmp_path):
+    """Killed at step 3 (Stage I; last checkpoint: 2) and resumed into Stage II: the six losses and
+    the final weights equal the uninterrupted run's (the episodes are seeded per step)."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    cache = str(tiny_testbed.root.parents[1])
+
+    def run(out, kill_at):
+        return subprocess.run([sys.executable, str(script), cache, str(out), str(kill_at)], capture_output=True,
+                              text=True, timeout=600)
+
+    straight = run(tmp_path / "straight", 0)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = run(tmp_path / "killed", 3)
+    assert killed.returncode == -9 and not (tmp_path / "killed.json").exists()
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = run(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
+    assert [h["stage"] for h in a["log_history"] if "stage" in h] == [1, 1, 1, 2, 2, 2]
+    assert len(b["losses"]) == 6 and b["losses"] == pytest.approx(a["losses"], abs=1e-6)  # 1-2 from the checkpoint
+    wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("straight", "killed"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
