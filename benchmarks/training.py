@@ -1,5 +1,7 @@
-"""``python -m benchmarks training``: our trainers' step time against TRL's ``DPOTrainer``, and the
-memory a LoRA reference (adapter disabled) saves over a separate reference model.
+"""``python -m benchmarks training``: our trainers' step time against TRL's (DPO, RPO and BCO vs
+``DPOTrainer``; refusal-token SFT vs ``SFTTrainer``; a SCoRe step with its rollouts vs a
+``GRPOTrainer`` step generating as many tokens), and the memory a LoRA reference (adapter
+disabled) saves over a separate reference model.
 
 A step is ``trainer.training_step`` (forward, loss, backward: where the objectives differ; the
 optimizer step is the same for all). The contenders take turns step by step (the order rotates),
@@ -74,27 +76,82 @@ def training(profile: str) -> dict[str, Any]:
     contenders = {"trl_sigmoid": trl(["sigmoid"]), "trl_sigmoid_sft": trl(["sigmoid", "sft"], [1.0, 1.0]),
                   "dpo": ours_dpo(False), "rpo": ours_dpo(True), "bco": ours_bco}
     trainers = {name: make() for name, make in contenders.items()}
-    for trainer in trainers.values():
-        trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
-    batches = {name: list(t.get_train_dataloader()) for name, t in trainers.items()}
-    times: dict[str, list[float]] = {name: [] for name in trainers}
-    names = list(trainers)
-    for step in range(steps):
-        for name in names[step % len(names):] + names[: step % len(names)]:
-            trainer = trainers[name]
-            start = time.perf_counter()
-            trainer.training_step(trainer.model, batches[name][step])
-            times[name].append(time.perf_counter() - start)
-            trainer.model.zero_grad(set_to_none=True)
-    best = {name: statistics.median(t[WARMUP:]) for name, t in times.items()}
+    best = _alternate(trainers, WARMUP, TIMED)
     result = {
         "dpo_over_trl": round(best["dpo"] / best["trl_sigmoid"], 3),
         "rpo_over_trl": round(best["rpo"] / best["trl_sigmoid_sft"], 3),
         "bco_over_trl": round(best["bco"] / best["trl_sigmoid"], 3),
         "step_ms": {k: round(v * 1e3, 2) for k, v in best.items()},
     }
+    result.update(_refusal_and_score(tb))
     result.update(_lora_memory())
     return result
+
+
+def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> dict[str, float]:
+    """Median ``training_step`` time of each trainer after ``warmup`` steps, the trainers taking
+    turns step by step (the order rotates) so drift of this shared machine hits all alike."""
+    for trainer in trainers.values():
+        trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
+    batches = {name: list(t.get_train_dataloader()) for name, t in trainers.items()}
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    names = list(trainers)
+    for step in range(warmup + timed):
+        for name in names[step % len(names):] + names[: step % len(names)]:
+            trainer = trainers[name]
+            start = time.perf_counter()
+            trainer.training_step(trainer.model, batches[name][step % len(batches[name])], None)
+            times[name].append(time.perf_counter() - start)
+            trainer.model.zero_grad(set_to_none=True)
+    return {name: statistics.median(t[warmup:]) for name, t in times.items()}
+
+
+def _refusal_and_score(tb: Any) -> dict[str, Any]:
+    """Refusal-token SFT vs TRL's SFTTrainer on the same tagged rows; one SCoRe step (two-turn
+    rollouts, rewards, loss, backward) vs one TRL GRPOTrainer step generating as many tokens (twice
+    the prompts, one turn; EOS held off so every completion is the full length; β > 0 so GRPO also
+    runs its reference)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+    from align.testbed.datasets import refusal_sft, self_correction
+    from align.trainers.refusal import RefusalArgs, RefusalSFTTrainer, add_control_tokens, tag_rows
+    from align.trainers.score import ScoreArgs, ScoreTrainer, verifier_reward
+
+    out = tempfile.mkdtemp(prefix="alignkit-bench-")
+    base = dict(output_dir=out, report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
+                logging_steps=10**6, seed=0, disable_tqdm=True, learning_rate=1e-5)
+    rows = tag_rows(refusal_sft(512, 2, seed=0)["train"], RefusalArgs())
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    sft = {}
+    for name, cls, config in (("trl_sft", SFTTrainer, SFTConfig(**base, per_device_train_batch_size=16)),
+                              ("refusal", RefusalSFTTrainer, RefusalArgs(**base, dataset="x", per_device_train_batch_size=16))):
+        tok, model = tb.tokenizer(), tb.model("small-instruct")
+        add_control_tokens(tok, model, ["[refuse]", "[respond]"])
+        sft[name] = cls(model=model, args=config, train_dataset=data, processing_class=tok)
+    sft_times = _alternate(sft, 5, 30)
+
+    problems, g, tokens = 4, 4, 16
+    prompts = self_correction(64, 2, seed=0, conversational=True)["train"]
+    fixed = {"min_new_tokens": tokens}
+    tok = tb.tokenizer()
+    score = ScoreTrainer(
+        model=tb.model("small-instruct"), processing_class=tok, train_dataset=prompts, data_collator=lambda r: {"rows": r},
+        ref_model=tb.model("small-instruct"), reward_fn=verifier_reward,
+        args=ScoreArgs(**base, dataset="x", per_device_train_batch_size=problems, num_generations=g, max_new_tokens=tokens,
+                       generation_kwargs=fixed, stage1_steps=0, stage2_steps=100))
+    grpo = GRPOTrainer(
+        model=tb.model("small-instruct"), processing_class=tb.tokenizer(), train_dataset=prompts, reward_funcs=verifier_reward,
+        args=GRPOConfig(**base, per_device_train_batch_size=2 * problems * g, num_generations=g, max_completion_length=tokens,
+                        generation_kwargs=fixed, beta=0.04, temperature=1.0))
+    rl = {"score": score, "trl_grpo": grpo}
+    rl_times = _alternate(rl, 2, 10)
+    return {
+        "refusal_sft_over_trl_sft": round(sft_times["refusal"] / sft_times["trl_sft"], 3),
+        "score_step_over_trl_grpo": round(rl_times["score"] / rl_times["trl_grpo"], 3),
+        "rl_step_ms": {k: round(v * 1e3, 1) for k, v in rl_times.items()},
+        "rl_generated_tokens_per_step": 2 * problems * g * tokens,
+    }
 
 
 # ---- memory: each configuration in a fresh process, peak RSS read there -------------------------

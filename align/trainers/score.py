@@ -72,6 +72,9 @@ class ScoreArgs(AlignFields, TrainingArguments):
     advantage: Literal["rloo", "none"] = field(default="rloo", metadata={"help": "rloo (leave-one-out) or none"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per attempt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    generation_kwargs: dict | None = field(
+        default=None, metadata={"help": "extra model.generate arguments for the rollouts (e.g. min_new_tokens), as TRL's"}
+    )
     output_dir: str = field(default="runs/train/score", metadata={"help": "checkpoints and the final model"})
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (TRL's RL default)"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
@@ -159,12 +162,13 @@ class ScoreTrainer(Trainer):
             return {"do_sample": False, "make_processors": lambda rows: [SeededSampler(seeds[rows], args.temperature)]}
 
         x1 = [list(tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in problems]
-        y1 = generate_ids(model, tok, x1, batch_size=len(x1), max_new_tokens=args.max_new_tokens, **sample(1))
+        extra = {"max_new_tokens": args.max_new_tokens, **(args.generation_kwargs or {})}
+        y1 = generate_ids(model, tok, x1, batch_size=len(x1), **extra, **sample(1))
         t1 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y1]
         turns = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": args.instruction}]
                  for p, t in zip(problems, t1)]
         x2 = [list(tok.apply_chat_template(m, add_generation_prompt=True)["input_ids"]) for m in turns]
-        y2 = generate_ids(model, tok, x2, batch_size=len(x2), max_new_tokens=args.max_new_tokens, **sample(2))
+        y2 = generate_ids(model, tok, x2, batch_size=len(x2), **extra, **sample(2))
         t2 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y2]
         finished = [[bool(y) and y[-1] in eos for y in ys] for ys in (y1, y2)]
         return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "texts": (t1, t2), "finished": finished, "problems": problems}
@@ -200,8 +204,7 @@ class ScoreTrainer(Trainer):
         if args.advantage == "rloo":
             w1, w2 = (leave_one_out(w.view(-1, g)).flatten() for w in (w1, w2))
         device = self.accelerator.device
-        logp1, kl1, n1 = self._turn(model, ep["x1"], ep["y1"])
-        logp2, kl2, n2 = self._turn(model, ep["x2"], ep["y2"])
+        (logp1, logp2), (kl1, kl2) = self._turns(model, [ep["x1"], ep["x2"]], [ep["y1"], ep["y2"]])
         loss = score_loss(logp1, logp2, kl1, kl2, w1.to(device), w2.to(device), stage, args.beta1, args.beta2,
                           args.stage1_turn2_kl)
         truncated = sum(not f for fs in ep["finished"] for f in fs)
@@ -212,17 +215,19 @@ class ScoreTrainer(Trainer):
             self._means.add("train", name, torch.as_tensor(total, dtype=torch.float64, device=device), count)
         return loss
 
-    def _turn(self, model: Any, prompts: list[list[int]], completions: list[list[int]]):
-        """Summed policy log-probs of each completion ``[N]`` (with grad), k3 KL to the reference
-        ``[N]``, and the completion token counts."""
+    def _turns(self, model: Any, prompts: list[list[list[int]]], completions: list[list[list[int]]]):
+        """Per turn: summed policy log-probs of each completion ``[N]`` (with grad) and the k3 KL to
+        the reference ``[N]``. Both turns run as one right-padded batch: one policy forward, one
+        reference forward."""
         tok = self.processing_class
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        seqs = [p + c for p, c in zip(prompts, completions)]
+        flat_p, flat_c = [p for turn in prompts for p in turn], [c for turn in completions for c in turn]
+        seqs = [p + c for p, c in zip(flat_p, flat_c)]
         width = max(map(len, seqs))
         device = self.accelerator.device
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        mask = completion_mask([len(p) for p in prompts], [len(c) for c in completions], width).to(device)
+        mask = completion_mask([len(p) for p in flat_p], [len(c) for c in flat_c], width).to(device)
         logps = _token_logps(model, ids, attention)
         with torch.no_grad():
             if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
@@ -230,7 +235,8 @@ class ScoreTrainer(Trainer):
                     ref = _token_logps(model, ids, attention)
             else:
                 ref = _token_logps(self.ref_model, ids, attention)
-        return (logps * mask).sum(-1), k3_kl(logps, ref, mask), mask.sum(-1)
+        sizes = [len(turn) for turn in prompts]
+        return (logps * mask).sum(-1).split(sizes), k3_kl(logps, ref, mask).split(sizes)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (evaluation logs its own metrics)
