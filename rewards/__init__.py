@@ -40,6 +40,7 @@ _EXPORTS = {
     "hf_sampler": "rewards.bon",
     "vllm_sampler": "rewards.bon",
     "Sample": "rewards.bon",
+    "math_answer_reward": "rewards.answers",
     "Pick": "rewards.bon",
     "TRLRewardFunction": "rewards.trl_adapter",
 }

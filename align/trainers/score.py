@@ -61,7 +61,10 @@ class ScoreArgs(AlignFields, TrainingArguments):
     prompt_field: str = field(default="prompt", metadata={"help": "the problem: chat messages or text (one user turn)"})
     answer_field: str = field(default="answer", metadata={"help": "the gold answer, passed to the reward function"})
     instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "the self-correction user turn"})
-    reward: str = field(default="verifier", metadata={"help": "verifier (the testbed's integer checker)"})
+    reward: str = field(
+        default="verifier",
+        metadata={"help": "verifier (the testbed's integer checker), math (math-verify), or ensemble:DIR (a reward ensemble, mean)"},
+    )
     stage1_steps: int = field(default=100, metadata={"help": "Stage I optimizer steps"})
     stage2_steps: int = field(default=100, metadata={"help": "Stage II optimizer steps (from Stage I's weights)"})
     alpha: float = field(default=10.0, metadata={"help": "α: Stage II bonus on r2 - r1"})
@@ -96,8 +99,8 @@ class ScoreArgs(AlignFields, TrainingArguments):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         if self.advantage not in ("rloo", "none"):
             raise ConfigError(f"advantage must be rloo or none, got {self.advantage!r}")
-        if self.reward != "verifier":
-            raise ConfigError(f"reward must be 'verifier', got {self.reward!r}")
+        if self.reward not in ("verifier", "math") and not self.reward.startswith("ensemble:"):
+            raise ConfigError(f"reward must be verifier, math or ensemble:DIR, got {self.reward!r}")
         self.max_steps = self.stage1_steps + self.stage2_steps
         super().__post_init__()
 
@@ -109,6 +112,21 @@ def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: 
 
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [gold_reward(t, int(a)) for t, a in zip(texts, answer)]
+
+
+def load_reward(spec: str) -> RewardFn:
+    """The reward function ``spec`` names (see ``ScoreArgs.reward``)."""
+    if spec == "verifier":
+        return verifier_reward
+    if spec == "math":
+        from rewards.answers import math_answer_reward
+
+        return math_answer_reward
+    if spec.startswith("ensemble:"):
+        from rewards import TRLRewardFunction, load_ensemble
+
+        return TRLRewardFunction(load_ensemble(spec.removeprefix("ensemble:")), "mean", name="ensemble")
+    raise ConfigError(f"reward must be verifier, math or ensemble:DIR, got {spec!r}")
 
 
 def check_rewards(values: Any, n: int, name: str) -> torch.Tensor:
@@ -304,7 +322,7 @@ def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None, callbacks: l
         policy = get_peft_model(policy, peft_config)
     trainer = ScoreTrainer(
         model=policy, args=args, train_dataset=train, eval_dataset=test, processing_class=tok,
-        data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or verifier_reward, callbacks=callbacks,
+        data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or load_reward(args.reward), callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
     return finish(trainer, args, tok, {"problems": len(train)})

@@ -165,3 +165,15 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tiny_testb
     assert len(b["losses"]) == 6 and b["losses"] == pytest.approx(a["losses"], abs=1e-6)  # 1-2 from the checkpoint
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("straight", "killed"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_reward_specs():
+    from align.trainers.score import load_reward, verifier_reward
+
+    assert load_reward("verifier") is verifier_reward
+    math = load_reward("math")
+    rows = [[{"role": "assistant", "content": "The answer is \\boxed{42}."}], [{"role": "assistant", "content": "41"}]]
+    assert math(prompts=["q", "q"], completions=rows, answer=["#### 42", "42"]) == [1.0, 0.0]
+    assert verifier_reward(["q"], [[{"role": "assistant", "content": "42"}]], answer=["42"]) == [1.0]
+    with pytest.raises(ConfigError, match="reward must be"):
+        ScoreArgs(reward="gold")
