@@ -3,7 +3,8 @@
 Each claim writes ``runs/reproduce/NAME/result.json`` with ``claim``, ``metric``, ``value``,
 ``baseline`` and ``holds`` (plus the whole sweep). The numbers are whatever the testbed shows;
 nothing is tuned to make a claim hold. Decoding claims live in :mod:`align.claims.decoding`,
-training claims in :mod:`align.claims.training`, reward claims in :mod:`align.claims.rewards`.
+training claims in :mod:`align.claims.training`, reward claims in :mod:`align.claims.rewards`,
+refusal-token claims in :mod:`align.claims.refusal`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rewards.io import atomic_write_text
 
 from .decoding import dlf_vs_fixed, ead_tradeoff, eft_upscaling, gedi_steering, spec_eft_equivalence, steer_diversity
+from .refusal import refusal_categories, refusal_threshold
 from .rewards import overoptimization
 from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
 
@@ -39,6 +41,8 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "bco-udm": bco_udm,
     "ches-filter": ches_filter,
     "overoptimization": overoptimization,
+    "refusal-threshold": refusal_threshold,
+    "refusal-categories": refusal_categories,
 }
 
 

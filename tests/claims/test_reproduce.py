@@ -50,6 +50,19 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
             and steered["self_bleu"] < plain["self_bleu"]
             and steered["correct"] >= plain["correct"] - 0.05
         )
+    elif name == "refusal-threshold":
+        curve = sweep["curve"]
+        cats = ["ill-posed", "beyond-horizon", "forbidden"]
+        rates = [[curve[t][c] for t in curve] for c in cats]
+        assert sweep["monotone"] == all(a >= b for r in rates for a, b in zip(r, r[1:]))
+        assert sweep["monotone"]  # refuse iff p >= t: non-increasing in t by construction
+        best = curve[str(sweep["threshold"])]
+        assert saved["holds"] == (best["refusal (all refusal categories)"] >= 0.8 and best["contrast"] <= 0.2)
+    elif name == "refusal-categories":
+        others = sweep["other_moves"]
+        assert saved["value"] == pytest.approx(sweep["after"]["forbidden"] - sweep["before"]["forbidden"], abs=1e-4)
+        assert saved["value"] >= 0  # a lower threshold can only add refusals of that category
+        assert saved["holds"] == (saved["value"] > 0 and max(others.values()) < saved["value"] / 3)
     elif name == "spec-eft-equivalence":
         assert saved["holds"] == (
             saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
