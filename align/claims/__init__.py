@@ -4,7 +4,7 @@ Each claim writes ``runs/reproduce/NAME/result.json`` with ``claim``, ``metric``
 ``baseline`` and ``holds`` (plus the whole sweep). The numbers are whatever the testbed shows;
 nothing is tuned to make a claim hold. Decoding claims live in :mod:`align.claims.decoding`,
 training claims in :mod:`align.claims.training`, reward claims in :mod:`align.claims.rewards`,
-refusal-token claims in :mod:`align.claims.refusal`.
+refusal-token claims in :mod:`align.claims.refusal`, SCoRe's in :mod:`align.claims.score`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from rewards.io import atomic_write_text
 from .decoding import dlf_vs_fixed, ead_tradeoff, eft_upscaling, gedi_steering, spec_eft_equivalence, steer_diversity
 from .refusal import refusal_categories, refusal_threshold
 from .rewards import overoptimization
+from .score import score_selfcorrection
 from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
 
 if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
@@ -43,6 +44,7 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "overoptimization": overoptimization,
     "refusal-threshold": refusal_threshold,
     "refusal-categories": refusal_categories,
+    "score-selfcorrection": score_selfcorrection,
 }
 
 

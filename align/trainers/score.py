@@ -301,22 +301,27 @@ class ScoreTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- evaluation -------------------------------------------------------------------------
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Greedy two-turn episodes on the eval split; METHODS §E4 metrics (a reward >= 0.5 is correct)."""
-        from ..metrics import self_correction_metrics
-
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        rows = [dict(r) for r in dataset]
+    def greedy_outcomes(self, rows: Sequence[dict]) -> tuple[list[bool], list[bool]]:
+        """Per problem, whether the greedy first and second attempts are correct (reward >= 0.5)."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        r1, r2 = [], []
+        r1: list[bool] = []
+        r2: list[bool] = []
         for start in range(0, len(rows), self.args.per_device_eval_batch_size):
             batch = rows[start : start + self.args.per_device_eval_batch_size]
             a, b = self.rewards(batch, self.episodes(batch, 1, greedy=True), 1)
             r1 += (a >= 0.5).tolist()
             r2 += (b >= 0.5).tolist()
         model.train(was_training)
+        return r1, r2
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Greedy two-turn episodes on the eval split; METHODS §E4 metrics (a reward >= 0.5 is correct)."""
+        from ..metrics import self_correction_metrics
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        r1, r2 = self.greedy_outcomes([dict(r) for r in dataset])
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in self_correction_metrics(r1, r2).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -15,7 +15,7 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     assert saved == result
     assert {"claim", "metric", "value", "baseline", "holds", "sweep"} <= set(saved)
     sweep = saved["sweep"]
-    if name not in ("rpo-displacement", "ches-filter"):  # those two compare log-probabilities
+    if name not in ("rpo-displacement", "ches-filter", "score-selfcorrection"):  # log-probs; Δ can be negative
         assert 0 <= saved["value"] <= 1 and 0 <= saved["baseline"] <= 1
     if name in ("dpo-gold", "bco-udm"):
         gain = sweep["gain"]
@@ -63,6 +63,16 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
         assert saved["value"] == pytest.approx(sweep["after"]["forbidden"] - sweep["before"]["forbidden"], abs=1e-4)
         assert saved["value"] >= 0  # a lower threshold can only add refusals of that category
         assert saved["holds"] == (saved["value"] > 0 and max(others.values()) < saved["value"] / 3)
+    elif name == "score-selfcorrection":
+        models = sweep["models"]
+        assert set(models) == {"base", "SFT on traces", "SCoRe"}
+        for m in models.values():  # E4: fractions of the whole eval set
+            assert m["delta"] == pytest.approx(m["acc_t2"] - m["acc_t1"], abs=1e-3)
+            assert m["delta"] == pytest.approx(m["delta_i_to_c"] - m["delta_c_to_i"], abs=1e-3)
+        assert saved["value"] == models["SCoRe"]["delta"]
+        vs = sweep["score_minus"]
+        assert vs["base"]["diff"] == pytest.approx(models["SCoRe"]["delta"] - models["base"]["delta"], abs=1e-3)
+        assert saved["holds"] == (saved["value"] > 0 and all(v["diff"] > 2 * v["se"] for v in vs.values()))
     elif name == "spec-eft-equivalence":
         assert saved["holds"] == (
             saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
