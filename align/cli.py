@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -138,40 +139,18 @@ def _train_dpo(argv: Sequence[str], prog: str, loss: str) -> int:
     return 0
 
 
-def _train_bco(argv: Sequence[str], prog: str) -> int:
-    from .trainers.bco import BCOArgs, train_bco
+def _trainer(module: str, config: str, train: str, saved: str = "model") -> Callable[[Sequence[str], str], int]:
+    """The ``align train NAME`` handler of ``align.trainers.<module>``: parse its config, train,
+    print the result (imports stay lazy so ``align --help`` does not load torch)."""
 
-    args = parse_config(BCOArgs, argv, prog=prog)
-    print(json.dumps(train_bco(args), indent=2))
-    print(f"model saved to {args.output_dir}")
-    return 0
+    def run(argv: Sequence[str], prog: str) -> int:
+        trainers = importlib.import_module(f"align.trainers.{module}")
+        args = parse_config(getattr(trainers, config), argv, prog=prog)
+        print(json.dumps(getattr(trainers, train)(args), indent=2))
+        print(f"{saved} saved to {args.output_dir}")
+        return 0
 
-
-def _train_reward(argv: Sequence[str], prog: str) -> int:
-    from .trainers.reward_model import RewardArgs, train_reward
-
-    args = parse_config(RewardArgs, argv, prog=prog)
-    print(json.dumps(train_reward(args), indent=2))
-    print(f"ensemble saved to {args.output_dir}")
-    return 0
-
-
-def _train_score(argv: Sequence[str], prog: str) -> int:
-    from .trainers.score import ScoreArgs, train_score
-
-    args = parse_config(ScoreArgs, argv, prog=prog)
-    print(json.dumps(train_score(args), indent=2))
-    print(f"model saved to {args.output_dir}")
-    return 0
-
-
-def _train_refusal(argv: Sequence[str], prog: str) -> int:
-    from .trainers.refusal import RefusalArgs, train_refusal
-
-    args = parse_config(RefusalArgs, argv, prog=prog)
-    print(json.dumps(train_refusal(args), indent=2))
-    print(f"model saved to {args.output_dir}")
-    return 0
+    return run
 
 
 def _data_ches(argv: Sequence[str], prog: str) -> int:
@@ -259,10 +238,10 @@ COMMANDS = {
     ("generate",): _generate,
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
-    ("train", "bco"): _train_bco,
-    ("train", "reward"): _train_reward,
-    ("train", "refusal"): _train_refusal,
-    ("train", "score"): _train_score,
+    ("train", "bco"): _trainer("bco", "BCOArgs", "train_bco"),
+    ("train", "reward"): _trainer("reward_model", "RewardArgs", "train_reward", saved="ensemble"),
+    ("train", "refusal"): _trainer("refusal", "RefusalArgs", "train_refusal"),
+    ("train", "score"): _trainer("score", "ScoreArgs", "train_score"),
     ("data", "ches"): _data_ches,
 }
 
