@@ -3,8 +3,6 @@
 
 import json
 import math
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,6 +14,7 @@ from align.data import tokenize_prompt_completion
 from align.config import ConfigError
 from align.diagnostics.entanglement import sequence_logp
 from align.testbed.datasets import unpaired_feedback
+from resume import kill_then_resume
 
 
 def _args(tiny_testbed, tmp_path, **kw):
@@ -128,25 +127,11 @@ def test_sigkill_mid_training_then_resume_ends_like_an_uninterrupted_run(tiny_te
     """Killed at step 5 (last checkpoint: 4), resumed: the losses of all 8 steps, δ and the final
     weights equal the uninterrupted run's (tolerance 1e-6: the same CPU kernels run the same batches).
     The UDM classifier (default MiniLM embedder) is fitted once and loaded, not refitted, on resume."""
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT)
-    cache = str(tiny_testbed.root.parents[1])
-
-    def run(out, kill_at):
-        return subprocess.run([sys.executable, str(script), cache, str(out), str(kill_at)], capture_output=True,
-                              text=True, timeout=600)
-
-    straight = run(tmp_path / "straight", 0)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run(tmp_path / "killed", 5)
-    assert killed.returncode == -9 and not (tmp_path / "killed.json").exists()
-    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    udm_bytes = (tmp_path / "killed" / "udm.safetensors").read_bytes()
-    resumed = run(tmp_path / "killed", 0)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
+    udm: list[bytes] = []
+    a, b = kill_then_resume(KILL_SCRIPT, tmp_path, str(tiny_testbed.root.parents[1]), 5, ["checkpoint-2", "checkpoint-4"],
+                            before_resume=lambda out: udm.append((out / "udm.safetensors").read_bytes()))
     assert a["udm"] == "fitted" and b["udm"] == "loaded"
-    assert (tmp_path / "killed" / "udm.safetensors").read_bytes() == udm_bytes
+    assert (tmp_path / "killed" / "udm.safetensors").read_bytes() == udm[0]
     assert len(a["losses"]) == len(b["losses"]) == 8
     assert b["losses"] == pytest.approx(a["losses"], abs=1e-6)
     assert b["delta"] == pytest.approx(a["delta"], abs=1e-9) and a["delta"] != 0

@@ -2,10 +2,7 @@
 (one sequence at a time, per-token k3, shaped rewards and RLOO by hand) on both flavours; the
 loss masks of a hand-built episode; greedy evaluation's E4 metrics; bad input named early."""
 
-import json
 import math
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,6 +13,7 @@ from align.config import ConfigError
 from align.diagnostics.entanglement import sequence_logp
 from align.metrics import self_correction_metrics
 from align.trainers.score import ScoreArgs, ScoreTrainer, check_rewards, completion_mask, train_score
+from resume import kill_then_resume
 
 
 def parity(prompts, completions, answer, **_):
@@ -147,22 +145,7 @@ def test_sigkill_mid_stage_then_resume_ends_like_an_uninterrupted_run(tiny_testb
     the final weights equal the uninterrupted run's (the episodes are seeded per step)."""
     from safetensors.torch import load_file
 
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT)
-    cache = str(tiny_testbed.root.parents[1])
-
-    def run(out, kill_at):
-        return subprocess.run([sys.executable, str(script), cache, str(out), str(kill_at)], capture_output=True,
-                              text=True, timeout=600)
-
-    straight = run(tmp_path / "straight", 0)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run(tmp_path / "killed", 3)
-    assert killed.returncode == -9 and not (tmp_path / "killed.json").exists()
-    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2"]
-    resumed = run(tmp_path / "killed", 0)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "killed"))
+    a, b = kill_then_resume(KILL_SCRIPT, tmp_path, str(tiny_testbed.root.parents[1]), 3, ["checkpoint-2"])
     assert [h["stage"] for h in a["log_history"] if "stage" in h] == [1, 1, 1, 2, 2, 2]
     assert len(b["losses"]) == 6 and b["losses"] == pytest.approx(a["losses"], abs=1e-6)  # 1-2 from the checkpoint
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("straight", "killed"))
