@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from align.testbed import Testbed
 
 RECIPE = {"learning_rate": 5e-4, "max_steps": 300, "per_device_train_batch_size": 16, "n_train": 2000,
-          "gradient_checkpointing": False, "save_strategy": "no", "logging_steps": 25}
+          "gradient_checkpointing": False}
 CATEGORIES = ["ill-posed", "beyond-horizon", "forbidden"]
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
@@ -41,7 +41,7 @@ def _trained(tb: "Testbed", out: str, categories: list[str] | None) -> tuple[Any
 
     recipe = {**RECIPE, "max_steps": 40, "n_train": 256} if tb.manifest["profile"] != "full" else RECIPE
     train_refusal(RefusalArgs(model=str(tb.path("small-instruct")), dataset="testbed:refusal", categories=categories,
-                              output_dir=out, report_to=[], disable_tqdm=True, **recipe))
+                              output_dir=out, report_to=[], disable_tqdm=True, save_strategy="no", **recipe))
     return AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
 
 

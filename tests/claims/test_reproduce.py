@@ -103,3 +103,16 @@ def test_generate_with_matches_plain_generate_per_prompt(tiny_testbed):
     for prompt, got in zip(prompts, batched):
         alone = generate_with(model, tok, [prompt], do_sample=False, max_new_tokens=6)[0]
         assert got == alone
+
+
+def test_shipped_refusal_and_score_configs_are_the_claims_recipes():
+    from align.claims import refusal, score
+    from align.config import parse_config
+    from align.trainers.refusal import RefusalArgs
+    from align.trainers.score import ScoreArgs
+
+    shipped = parse_config(RefusalArgs, ["--config", "configs/refusal-testbed.yaml"])
+    assert {k: getattr(shipped, k) for k in refusal.RECIPE} == refusal.RECIPE
+    assert shipped.categories == refusal.CATEGORIES
+    shipped = parse_config(ScoreArgs, ["--config", "configs/score-testbed.yaml"])
+    assert {k: getattr(shipped, k) for k in score.RECIPE} == score.RECIPE
