@@ -10,12 +10,6 @@ from decoding import AuxiliaryModel, EADOutput, ead_generate, entropy_adaptive_g
 from naive import chat, full_logprobs
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 
 

@@ -5,12 +5,6 @@ from decoding import AuxiliaryModel, EFTLogitsProcessor, eft_logprobs, top_p_mas
 from naive import assert_same_decoding, chat, naive_greedy, processor_greedy
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
 PROMPTS = ["7+8=", "37+485=", "123-45="]  # different lengths: left padding in the batch
 STEPS = 6
 

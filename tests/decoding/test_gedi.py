@@ -12,12 +12,6 @@ from decoding import GeDiLogitsProcessor, gedi_filter, gedi_posterior
 from naive import assert_same_decoding, full_logprobs, naive_greedy, processor_greedy
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
 PROMPTS = ["37-", "123-", "5-"]
 STEPS = 5
 

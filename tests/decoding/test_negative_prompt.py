@@ -6,12 +6,6 @@ from decoding import AuxiliaryModel, NegativePromptLogitsProcessor
 from naive import assert_same_decoding, chat, naive_greedy, processor_greedy
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 NEGATIVES = ["1-1=", "99+99=", "5="]
 STEPS = 6

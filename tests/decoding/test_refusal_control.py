@@ -7,11 +7,6 @@ from decoding import RefusalTokenLogitsProcessor, strip_control_tokens
 from decoding.refusal import KEEP, category_choice, single_token_choice
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
 TOKENS = ["[refuse]", "[respond]", "[ill-posed]", "[beyond-horizon]", "[forbidden]"]
 
 

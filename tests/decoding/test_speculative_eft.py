@@ -10,12 +10,6 @@ from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generat
 from naive import chat, processor_greedy
 
 
-@pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
 PROMPTS = ["7+8=", "37+485=", "123-45="]
 
 

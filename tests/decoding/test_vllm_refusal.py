@@ -16,12 +16,6 @@ CHUNK = 16
 
 
 @pytest.fixture(scope="module")
-def tiny_testbed(testbed):
-    """This module's tests run on both testbed flavours (char and BPE)."""
-    return testbed
-
-
-@pytest.fixture(scope="module")
 def refusal_model(tiny_testbed, tmp_path_factory):
     """small-instruct with [refuse]/[respond] whose logits copy those of '4' and '8'."""
     tok = tiny_testbed.tokenizer()
