@@ -185,7 +185,9 @@ class ScoreTrainer(Trainer):
         # each episode's draws are seeded by (seed, step, turn, problem, sample): the same rollouts
         # whatever the batch or the number of processes
         keys = [f"{args.seed}:{self.state.global_step}:{i % n}:{json.dumps(p, sort_keys=True)}" for i, p in enumerate(problems)]
-        x1 = [list(tok.apply_chat_template(p, add_generation_prompt=True)["input_ids"]) for p in problems]
+        once = [list(tok.apply_chat_template(self._messages(r[args.prompt_field]), add_generation_prompt=True)["input_ids"])
+                for r in rows]
+        x1 = [ids for ids in once for _ in range(n)]  # one tokenization per problem, n episodes each
         y1 = self.generate(x1, None if greedy else [zlib.crc32(f"1:{k}".encode()) for k in keys])
         t1 = [tok.decode([t for t in y if t not in eos], skip_special_tokens=True) for y in y1]
         turns = [p + [{"role": "assistant", "content": t}, {"role": "user", "content": args.instruction}]
