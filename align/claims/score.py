@@ -10,6 +10,11 @@ correctness):
   ``x2 → y2`` for the same number of steps and sequences per step as SCoRe;
 * SCoRe: ``align train score`` with ``RECIPE`` (the values of ``configs/score-testbed.yaml``).
 
+Premise (reported): the base model leaves room to correct (Acc@t1 < 1) and does not already
+self-correct (the paper's base models have Δ <= 0). No hyperparameter is tuned: SCoRe's and the
+SFT baseline's recipe is the shipped config's, so nothing is chosen on the evaluation problems.
+Seeds: training 0, data 0, the testbed's seed.
+
 Pre-registered rule (written before the first full-profile run): holds iff SCoRe's
 ``Δ = Acc@t2 - Acc@t1 > 0`` and SCoRe's per-problem ``Δ_i = c2_i - c1_i`` beats both the base's and
 the SFT baseline's by more than twice the paired standard error. Value: SCoRe's Δ; baseline: the
@@ -29,11 +34,12 @@ RECIPE = {"stage1_steps": 100, "stage2_steps": 100, "learning_rate": 2e-5, "per_
 TINY = {**RECIPE, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "n_train": 32, "max_new_tokens": 8}
 
 
-def _paired(a: list[int], b: list[int]) -> dict[str, float]:
+def _paired(a: list[int], b: list[int]) -> dict[str, Any]:
+    """Mean paired difference, its standard error and a normal 95% interval."""
     d = [x - y for x, y in zip(a, b)]
     mean = sum(d) / len(d)
     se = (sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d)) ** 0.5
-    return {"diff": round(mean, 4), "se": round(se, 4)}
+    return {"diff": round(mean, 4), "se": round(se, 4), "ci95": [round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)]}
 
 
 def score_selfcorrection(tb: "Testbed", n: int) -> dict:
@@ -108,5 +114,8 @@ def score_selfcorrection(tb: "Testbed", n: int) -> dict:
         "value": value,
         "baseline": max(metrics["base"]["delta"], metrics["SFT on traces"]["delta"]),
         "holds": value > 0 and all(v["diff"] > 2 * v["se"] for v in vs.values()),
-        "sweep": {"models": metrics, "score_minus": vs, "sft": sft_info, "recipe": recipe},
+        "sweep": {"premise": {"base_acc_t1": metrics["base"]["acc_t1"], "base_delta": metrics["base"]["delta"],
+                              "holds": metrics["base"]["acc_t1"] < 1 and metrics["base"]["delta"] <= 0},
+                  "models": metrics, "score_minus": vs, "sft": sft_info, "recipe": recipe,
+                  "seeds": {"training": 0, "data": 0, "testbed": tb.manifest["seed"]}},
     }

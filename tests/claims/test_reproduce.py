@@ -9,7 +9,8 @@ from decoding.generate import generate_with
 
 @pytest.mark.parametrize("name", list(CLAIMS))
 def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
-    result, path = reproduce(name, tiny_testbed, n=8, out_dir=tmp_path)
+    # the refusal claims only read first-token probabilities: 64 prompts give every category test rows
+    result, path = reproduce(name, tiny_testbed, n=64 if name.startswith("refusal") else 8, out_dir=tmp_path)
     assert path == tmp_path / name / "result.json"
     saved = json.loads(path.read_text())
     assert saved == result
@@ -51,18 +52,25 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
             and steered["correct"] >= plain["correct"] - 0.05
         )
     elif name == "refusal-threshold":
-        curve = sweep["curve"]
+        curve = sweep["curve (test)"]
         cats = ["ill-posed", "beyond-horizon", "forbidden"]
-        rates = [[curve[t][c] for t in curve] for c in cats]
+        rates = [[curve[t][c]["rate"] for t in curve] for c in cats if c in curve["0.5"] and curve["0.5"][c]["n"]]
         assert sweep["monotone"] == all(a >= b for r in rates for a, b in zip(r, r[1:]))
         assert sweep["monotone"]  # refuse iff p >= t: non-increasing in t by construction
-        best = curve[str(sweep["threshold"])]
-        assert saved["holds"] == (best["refusal (all refusal categories)"] >= 0.8 and best["contrast"] <= 0.2)
+        best = curve[str(sweep["threshold (chosen on dev)"])]
+        over = best["contrast"]["rate"] if "contrast" in best and best["contrast"]["n"] else 0.0
+        assert saved["value"] == (best["all refusal categories"]["rate"] or 0.0) and saved["baseline"] == over
+        assert saved["holds"] == (saved["value"] >= 0.8 and over <= 0.2)
+        if best["all refusal categories"]["n"]:
+            low, high = best["all refusal categories"]["ci95"]
+            assert low <= saved["value"] <= high
+        assert set(sweep["seeds"]) == {"training", "data", "testbed"} and "auroc_dev" in sweep["premise"]
     elif name == "refusal-categories":
         others = sweep["other_moves"]
-        assert saved["value"] == pytest.approx(sweep["after"]["forbidden"] - sweep["before"]["forbidden"], abs=1e-4)
+        assert saved["value"] == pytest.approx(sweep["after"]["ill-posed"]["rate"] - sweep["before"]["ill-posed"]["rate"], abs=1e-4)
         assert saved["value"] >= 0  # a lower threshold can only add refusals of that category
         assert saved["holds"] == (saved["value"] > 0 and max(others.values()) < saved["value"] / 3)
+        assert "contrast" in others and "auroc_dev" in sweep["premise"]
     elif name == "score-selfcorrection":
         models = sweep["models"]
         assert set(models) == {"base", "SFT on traces", "SCoRe"}
@@ -73,6 +81,8 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
         vs = sweep["score_minus"]
         assert vs["base"]["diff"] == pytest.approx(models["SCoRe"]["delta"] - models["base"]["delta"], abs=1e-3)
         assert saved["holds"] == (saved["value"] > 0 and all(v["diff"] > 2 * v["se"] for v in vs.values()))
+        assert all(v["ci95"][0] <= v["diff"] <= v["ci95"][1] for v in vs.values())
+        assert sweep["premise"]["base_acc_t1"] == models["base"]["acc_t1"] and set(sweep["seeds"]) == {"training", "data", "testbed"}
     elif name == "spec-eft-equivalence":
         assert saved["holds"] == (
             saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
