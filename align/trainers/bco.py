@@ -36,7 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import ConfigError
 from ..data import check_unpaired_rows, tokenize_prompt_completion
-from .common import AlignFields, disable_dropout, finish, last_checkpoint, load_models, load_splits
+from .common import AlignFields, disable_dropout, finish, last_checkpoint, load_models, load_splits, token_logps
 
 STATE_FILE = "bco_state.json"
 UDM_FILE = "udm.safetensors"
@@ -135,11 +135,7 @@ class BCOArgs(AlignFields, TrainingArguments):
 
 def completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed completion log-probs ``[B]`` (fp32 log-softmax at the labels, METHODS §0)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    token = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
-    return (token * batch["completion_mask"][:, 1:]).sum(-1)
+    return (token_logps(model, batch["input_ids"], batch["attention_mask"]) * batch["completion_mask"][:, 1:]).sum(-1)
 
 
 def collate(pad_token_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:

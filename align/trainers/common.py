@@ -113,6 +113,13 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     return tok, policy, ref, None
 
 
+def token_logps(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """``log π(token t+1 | tokens <= t)`` at every position, ``[N, T-1]`` (fp32 log-softmax at the
+    labels, METHODS §0); mask it with the completion mask shifted by one."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    return logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+
+
 @contextmanager
 def first_forward_output(model: Any) -> Iterator[list[Any]]:
     """Collects the output of ``model``'s first forward call inside the block (the policy's, when a

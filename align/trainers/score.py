@@ -41,7 +41,16 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..config import ConfigError
-from .common import AlignFields, IntervalMeans, disable_dropout, finish, last_checkpoint, load_models, load_splits
+from .common import (
+    AlignFields,
+    IntervalMeans,
+    disable_dropout,
+    finish,
+    last_checkpoint,
+    load_models,
+    load_splits,
+    token_logps,
+)
 from .losses import k3_kl, leave_one_out, score_loss, score_turn_rewards
 
 DEFAULT_INSTRUCTION = "There might be an error in your answer above. Check it, and give your final answer again."
@@ -287,13 +296,13 @@ class ScoreTrainer(Trainer):
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
         mask = completion_mask([len(p) for p in flat_p], [len(c) for c in flat_c], width).to(device)
-        logps = _token_logps(model, ids, attention)
+        logps = token_logps(model, ids, attention)
         with torch.no_grad():
             if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
                 with self.accelerator.unwrap_model(model).disable_adapter():
-                    ref = _token_logps(model, ids, attention)
+                    ref = token_logps(model, ids, attention)
             else:
-                ref = _token_logps(self.ref_model, ids, attention)
+                ref = token_logps(self.ref_model, ids, attention)
         sizes = [len(turn) for turn in prompts]
         return (logps * mask).sum(-1).split(sizes), k3_kl(logps, ref, mask).split(sizes)
 
@@ -339,12 +348,6 @@ def completion_mask(prompt_lengths: Sequence[int], completion_lengths: Sequence[
         [[0, 0, 1, 1, 0]]
     """
     return torch.tensor([[0] * (p - 1) + [1] * c + [0] * (width - p - c) for p, c in zip(prompt_lengths, completion_lengths)])
-
-
-def _token_logps(model: Any, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """``log π(token t+1 | ≤ t)`` for every position ``[N, T-1]`` (fp32 log-softmax)."""
-    logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-    return logits.gather(-1, ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
 
 
 def train_score(args: ScoreArgs, reward_fn: RewardFn | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
