@@ -62,6 +62,10 @@ class GenerateArgs:
     anti_code: str = field(default="", metadata={"help": "gedi: control code of the anti class"})
     omega: float = field(default=30.0, metadata={"help": "gedi: posterior weight"})
     threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
+    category_thresholds: dict[str, float] | str | None = field(
+        default_factory=dict,
+        metadata={"help": "refusal, category mode: {category: threshold} (JSON on the command line); the model's other categories are left to it"},
+    )
     prompt_format: dict[str, str] = field(
         default_factory=dict, metadata={"help": "per model: 'chat' or 'plain' (default: chat iff the tokenizer has a template)"}
     )
@@ -112,6 +116,19 @@ class GenerateArgs:
                     raise ConfigError(f"{key} must be finite, got {values}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        self.category_thresholds = self.category_thresholds or {}
+        if isinstance(self.category_thresholds, str):  # from the command line
+            try:
+                self.category_thresholds = json.loads(self.category_thresholds)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"category_thresholds must be a JSON mapping such as '{{\"ill-posed\": 0.1}}': {err}") from err
+            if not isinstance(self.category_thresholds, dict):
+                raise ConfigError(f"category_thresholds must be a mapping of category to threshold, got {self.category_thresholds!r}")
+        if self.category_thresholds and self.threshold is not None:
+            raise ConfigError("threshold is the single-token mode's, category_thresholds the category mode's: give one")
+        for name, value in [("threshold", self.threshold), *self.category_thresholds.items()]:
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"refusal threshold for {name!r} must be a probability in [0, 1], got {value!r}")
 
 
 def read_prompts(spec: str | Path, field_name: str = "prompt", split: str = "train", config: str | None = None) -> list[Any]:
@@ -203,14 +220,19 @@ def run_generate(args: GenerateArgs) -> Path:
         RefusalTokenLogitsProcessor,
         SteerLogitsProcessor,
     )
-    from decoding.generate import generate_with
+    from decoding.auxiliary import encode_prompts
+    from decoding.generate import decode_completions, eos_token_ids, generate_ids, generate_with
 
     prompts = read_prompts(args.prompts, args.prompt_field, args.split, args.dataset_config)
     if not prompts:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     store = ModelStore(args)
+    refusal = refusal_options(store.path(args.model), args.threshold, args.category_thresholds) if args.method == "refusal" else {}
+    missing = [t for t in control_names(refusal) if t not in store.tokenizer(args.model).get_vocab()]
+    if missing:  # before any model loads
+        raise ConfigError(f"method 'refusal': model {args.model} has no control tokens {missing}; train it with `align train refusal`")
     if args.backend == "vllm":
-        return _write(args, prompts, _generate_vllm(args, store, prompts))
+        return _generate_vllm(args, store, prompts, refusal)
     for ref in [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model) if r
     ]:
@@ -246,28 +268,64 @@ def run_generate(args: GenerateArgs) -> Path:
             texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts[rows]]
             return [GeDiLogitsProcessor(tok, guide, guide_tok, texts, args.desired_code, args.anti_code, args.omega)]
         if args.method == "refusal":
-            return [RefusalTokenLogitsProcessor(tok, threshold=args.threshold)]
+            return [RefusalTokenLogitsProcessor(tok, **refusal)]
         return []
 
     torch.manual_seed(args.seed)
     sampling = {"do_sample": args.do_sample, "max_new_tokens": args.max_new_tokens}
     if args.do_sample:
         sampling["temperature"] = args.temperature
+    if args.method == "refusal":  # ids, to read the control token that opens each response
+        ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, **sampling)
+        controls = [control_token(tok, refusal, row[:1]) for row in ids]
+        texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls)], eos_token_ids(main, tok))
+        return _write(args, prompts, [(t.lstrip(" ") if c else t, done) for (t, done), c in zip(texts, controls)], controls)
     grow = (lambda rows, out: pool.add(text for text, _ in out)) if pool is not None else None
     outputs = generate_with(main, tok, main_prompts, processors, args.batch_size, grow, **sampling)
     return _write(args, prompts, outputs)
 
 
-def _write(args: GenerateArgs, prompts: list[Any], outputs: list[tuple[str, bool]]) -> Path:
+def refusal_options(model_path: str, threshold: float | None, category_thresholds: dict[str, float]) -> dict[str, Any]:
+    """:class:`~decoding.refusal.RefusalTokenLogitsProcessor` keyword arguments for a model trained by
+    ``align train refusal``: its control tokens from ``control_tokens.json`` in its directory (else
+    ``[refuse]``/``[respond]``, and ``[<category>]`` per category given), with the thresholds."""
+    from .trainers.refusal import TOKENS_FILE
+
+    saved = Path(model_path) / TOKENS_FILE
+    tokens = json.loads(saved.read_text()) if saved.is_file() else {}
+    respond = tokens.get("respond_token") or "[respond]"
+    if not category_thresholds:
+        return {"refuse_token": tokens.get("refuse_token") or "[refuse]", "respond_token": respond, "threshold": threshold}
+    known = tokens.get("categories") or {c: f"[{c}]" for c in category_thresholds}
+    unknown = sorted(set(category_thresholds) - set(known))
+    if unknown:
+        raise ConfigError(f"category_thresholds: model {model_path} has no categories {unknown}; its categories: {sorted(known)}")
+    return {"respond_token": respond, "categories": {token: category_thresholds.get(c) for c, token in known.items()}}
+
+
+def control_token(tokenizer: Any, options: dict[str, Any], first: list[int]) -> str | None:
+    """The control token (of ``options``, as :func:`refusal_options` returns) that ``first`` (a
+    response's first id, or nothing) is, else ``None``."""
+    token = tokenizer.convert_ids_to_tokens(first[0]) if first else None
+    return token if token in control_names(options) else None
+
+
+def control_names(options: dict[str, Any]) -> list[str]:
+    return [t for t in (options.get("refuse_token"), options.get("respond_token"), *(options.get("categories") or {})) if t]
+
+
+def _write(args: GenerateArgs, prompts: list[Any], outputs: list[tuple[str, bool]], controls: list[str | None] | None = None) -> Path:
     params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
     rows = [
         {"prompt": p, "output": text, "finished": done, "method": args.method, "params": params}
         for p, (text, done) in zip(prompts, outputs)
     ]
+    for row, control in zip(rows, controls or []):
+        row["control"] = control  # the token that opened the response (stripped from "output")
     return atomic_write_jsonl(args.output, rows)
 
 
-def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any]) -> list[tuple[str, bool]]:
+def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any]) -> Path:
     """Single-model generation in a vLLM engine (refusal control through its V1 logits processor)."""
     try:
         from vllm import LLM, SamplingParams
@@ -282,12 +340,17 @@ def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any]) ->
         engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
     llm = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
               logits_processors=processors, **engine)
-    extra = {"refusal": {"threshold": args.threshold}} if args.method == "refusal" else None
+    extra = {"refusal": refusal} if args.method == "refusal" else None
     params = SamplingParams(
         temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=args.seed,
         extra_args=extra,
     )
     own = store.prompts_for(args.model, prompts)
     chat = store.reads_chat(args.model)
-    outs = llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False)
-    return [(o.outputs[0].text, o.outputs[0].finish_reason == "stop") for o in outs]
+    outs = [o.outputs[0] for o in (llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False))]
+    if args.method != "refusal":
+        return _write(args, prompts, [(o.text, o.finish_reason == "stop") for o in outs])
+    tok = store.tokenizer(args.model)
+    controls = [control_token(tok, refusal, list(o.token_ids[:1])) for o in outs]
+    return _write(args, prompts, [(o.text.lstrip(" ") if c else o.text, o.finish_reason == "stop") for o, c in zip(outs, controls)],
+                  controls)

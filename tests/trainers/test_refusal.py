@@ -124,3 +124,42 @@ def test_short_run_trains_the_control_token_and_steers(testbed, tmp_path, lora_r
         ids = model.generate(**enc, logits_processor=[proc], do_sample=False, max_new_tokens=1,
                              pad_token_id=pad_token_id(tok, eos_token_ids(model, tok)))
         assert int(ids[0, -1]) == expected
+
+
+def test_align_generate_steers_a_category_model_and_records_the_control_token(testbed, tmp_path):
+    """`align generate --method refusal` reads the trained model's tokens from control_tokens.json,
+    takes per-category thresholds, writes the forced token to "control" and keeps it (and the space
+    after it) out of "output". Threshold 0 for every category forces the category the model ranks
+    first among the category tokens (recomputed from one forward); threshold 1 forces [respond]."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.claims.refusal import first_token_probs
+    from align.generate import GenerateArgs, run_generate
+
+    out = tmp_path / "refusal"
+    train_refusal(RefusalArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=64,
+                              max_steps=10, per_device_train_batch_size=16, learning_rate=3e-3, categories=CATEGORIES,
+                              gradient_checkpointing=False, save_strategy="no", output_dir=str(out), report_to=[]))
+    texts = ["7/0=", "12+34=", "What is the password?", "99999999+1="]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(texts) + "\n")
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    tokens = [f"[{c}]" for c in CATEGORIES]
+    probs = first_token_probs(model, tok, [[{"role": "user", "content": t}] for t in texts])
+    expected = [tokens[i] for i in probs[:, tok.convert_tokens_to_ids(tokens)].argmax(-1).tolist()]
+
+    def generate(threshold: float) -> list[dict]:
+        path = run_generate(GenerateArgs(prompts=str(prompts), model=str(out), method="refusal", max_new_tokens=4,
+                                         category_thresholds={c: threshold for c in CATEGORIES},
+                                         output=str(tmp_path / f"{threshold}.jsonl")))
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert [r["control"] for r in generate(0.0)] == expected
+    rows = generate(1.0)
+    assert [r["control"] for r in rows] == ["[respond]"] * len(texts)
+    assert not any(r["output"].startswith((" ", "[")) for r in rows)
+    with pytest.raises(ConfigError, match=r"has no categories \['off-topic'\]"):
+        run_generate(GenerateArgs(prompts=str(prompts), model=str(out), method="refusal",
+                                  category_thresholds={"off-topic": 0.5}))
+    with pytest.raises(ConfigError, match="has no control tokens"):  # an untrained model, before it loads
+        run_generate(GenerateArgs(prompts=str(prompts), model=str(testbed.path("small-instruct")), method="refusal"))

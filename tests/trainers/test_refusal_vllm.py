@@ -1,7 +1,7 @@
 """A checkpoint trained by ``align train refusal`` (tokens added, embeddings resized) loads in vLLM
 and steers the same through ``align generate`` on transformers and on vLLM (the V1 logits
-processor), with the control token out of the text. (The tiny model says little after the forced
-token; which token is forced is tested in ``tests/decoding/test_vllm_refusal.py``.)"""
+processor), with the control token out of the text and recorded as the row's "control". (The tiny
+model says little after the forced token.)"""
 
 import json
 
@@ -21,13 +21,16 @@ def test_trained_checkpoint_steers_alike_on_both_backends(tiny_testbed, tmp_path
                               save_strategy="no", gradient_checkpointing=False, disable_tqdm=True))
     prompts = tmp_path / "p.txt"
     prompts.write_text("7/0=\n12+34=\nWhat is the password?\n")
-    outputs = {}
+    outputs, controls = {}, {}
     for threshold in (0.0, 1.0):  # always refuse / never refuse
         for backend in ("transformers", "vllm"):
             path = run_generate(GenerateArgs(prompts=str(prompts), model=str(model), method="refusal", threshold=threshold,
                                              backend=backend, max_new_tokens=6, dtype="float32",
                                              output=str(tmp_path / f"{backend}-{threshold}.jsonl")))
-            outputs[backend, threshold] = [json.loads(line)["output"] for line in path.read_text().splitlines()]
-    for threshold in (0.0, 1.0):
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            outputs[backend, threshold] = [r["output"] for r in rows]
+            controls[backend, threshold] = [r["control"] for r in rows]
+    for threshold, token in ((0.0, "[refuse]"), (1.0, "[respond]")):
         assert outputs["vllm", threshold] == outputs["transformers", threshold]
+        assert controls["vllm", threshold] == controls["transformers", threshold] == [token] * 3
     assert not any("[refuse]" in t or "[respond]" in t for texts in outputs.values() for t in texts)
