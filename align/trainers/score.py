@@ -272,7 +272,7 @@ class ScoreTrainer(Trainer):
         if args.advantage == "rloo":
             w1, w2 = (leave_one_out(w.view(-1, g)).flatten() for w in (w1, w2))
         device = self.accelerator.device
-        (logp1, logp2), (kl1, kl2) = self._turns(model, [ep["x1"], ep["x2"]], [ep["y1"], ep["y2"]])
+        (logp1, logp2), (kl1, kl2) = self._turns(model, ep)
         loss = score_loss(logp1, logp2, kl1, kl2, w1.to(device), w2.to(device), stage, args.beta1, args.beta2,
                           args.stage1_turn2_kl)
         truncated = sum(not f for fs in ep["finished"] for f in fs)
@@ -283,19 +283,18 @@ class ScoreTrainer(Trainer):
             self._means.add("train", name, torch.as_tensor(total, dtype=torch.float64, device=device), count)
         return loss
 
-    def _turns(self, model: Any, prompts: list[list[list[int]]], completions: list[list[list[int]]]):
+    def _turns(self, model: Any, ep: dict[str, Any]):
         """Per turn: summed policy log-probs of each completion ``[N]`` (with grad) and the k3 KL to
-        the reference ``[N]``. Both turns run as one right-padded batch: one policy forward, one
-        reference forward."""
+        the reference ``[N]``. One right-padded batch, one policy forward and one reference forward;
+        a first turn that the second turn's row starts with is read from that row
+        (:func:`pack_episodes`), so most episodes cost one row, not two."""
         tok = self.processing_class
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        flat_p, flat_c = [p for turn in prompts for p in turn], [c for turn in completions for c in turn]
-        seqs = [p + c for p, c in zip(flat_p, flat_c)]
+        seqs, rows1 = pack_episodes(ep["x1"], ep["y1"], ep["x2"], ep["y2"])
         width = max(map(len, seqs))
         device = self.accelerator.device
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        mask = completion_mask([len(p) for p in flat_p], [len(c) for c in flat_c], width).to(device)
         logps = token_logps(model, ids, attention)
         with torch.no_grad():
             if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
@@ -303,8 +302,13 @@ class ScoreTrainer(Trainer):
                     ref = token_logps(model, ids, attention)
             else:
                 ref = token_logps(self.ref_model, ids, attention)
-        sizes = [len(turn) for turn in prompts]
-        return (logps * mask).sum(-1).split(sizes), k3_kl(logps, ref, mask).split(sizes)
+        out = []
+        for rows, x, y in ((torch.tensor(rows1, device=device), ep["x1"], ep["y1"]),
+                           (torch.arange(len(ep["x2"]), device=device), ep["x2"], ep["y2"])):
+            mask = completion_mask([len(p) for p in x], [len(c) for c in y], width).to(device)
+            out.append(((logps[rows] * mask).sum(-1), k3_kl(logps[rows], ref[rows], mask)))
+        (logp1, kl1), (logp2, kl2) = out
+        return (logp1, logp2), (kl1, kl2)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (evaluation logs its own metrics)
@@ -337,6 +341,30 @@ class ScoreTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def pack_episodes(
+    x1: Sequence[list[int]], y1: Sequence[list[int]], x2: Sequence[list[int]], y2: Sequence[list[int]]
+) -> tuple[list[list[int]], list[int]]:
+    """The rows one forward needs for both turns: row ``i`` is episode ``i``'s ``x2 + y2``; its first
+    turn ``x1 + y1`` is read from row ``i`` when that row starts with it (causal attention: the
+    tokens after it change nothing), else it gets a row of its own at the end (when the template
+    re-tokenizes the first attempt differently). Returns the rows and each episode's turn-1 row.
+
+    Example:
+        >>> pack_episodes([[1], [1]], [[2], [3]], [[1, 2, 9], [1, 4, 9]], [[5], [6]])
+        ([[1, 2, 9, 5], [1, 4, 9, 6], [1, 3]], [0, 2])
+    """
+    seqs = [p + c for p, c in zip(x2, y2)]
+    rows1 = []
+    for i, (p, c) in enumerate(zip(x1, y1)):
+        first = p + c
+        if seqs[i][: len(first)] == first:
+            rows1.append(i)
+        else:
+            rows1.append(len(seqs))
+            seqs.append(first)
+    return seqs, rows1
 
 
 def completion_mask(prompt_lengths: Sequence[int], completion_lengths: Sequence[int], width: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from align.cli import main
 from align.config import ConfigError
 from align.diagnostics.entanglement import sequence_logp
 from align.metrics import self_correction_metrics
-from align.trainers.score import ScoreArgs, ScoreTrainer, check_rewards, completion_mask, train_score
+from align.trainers.score import ScoreArgs, ScoreTrainer, check_rewards, completion_mask, pack_episodes, train_score
 from resume import kill_then_resume
 
 
@@ -39,6 +39,13 @@ def test_completion_mask_by_hand():
     # prompts of 3 and 2 tokens, completions of 2 and 3: position t predicts token t+1
     mask = completion_mask([3, 2], [2, 3], width=6)
     assert mask.tolist() == [[0, 0, 1, 1, 0], [0, 1, 1, 1, 0]]
+
+
+def test_pack_episodes_reads_a_first_turn_from_its_second_turn_row_when_it_is_a_prefix():
+    # episode 0: x2 starts with x1 + y1 (shared row); episode 1: the attempt was re-tokenized (own row)
+    seqs, rows1 = pack_episodes([[7, 8], [7, 8]], [[3, 4], [3, 5]], [[7, 8, 3, 4, 1], [7, 8, 35, 1]], [[6], [6, 2]])
+    assert seqs == [[7, 8, 3, 4, 1, 6], [7, 8, 35, 1, 6, 2], [7, 8, 3, 5]]
+    assert rows1 == [0, 2]
 
 
 def test_first_loss_equals_a_naive_recomputation(testbed, tmp_path, monkeypatch):
@@ -73,8 +80,17 @@ def test_first_loss_equals_a_naive_recomputation(testbed, tmp_path, monkeypatch)
     assert log["loss"] == pytest.approx(loss / len(r1), rel=1e-4, abs=1e-5)
     assert log["reward/t2_minus_t1"] == pytest.approx(float((r2 - r1).mean()), abs=1e-7)
     assert log["stage"] == 2
-    # the instruction is a user turn after the first attempt, in the second prompt
+    # the instruction is a user turn after the first attempt, in the second prompt. Both ways of
+    # reading turn 1 met the naive loss: on characters a finished attempt renders back to its own
+    # ids and shares the second turn's row; the tiny BPE model ends with <|endoftext|>, which the
+    # template renders as <|im_end|>, so there every first turn has a row of its own
     assert ep["x2"][0][: len(ep["x1"][0])] == ep["x1"][0]
+    _, rows1 = pack_episodes(ep["x1"], ep["y1"], ep["x2"], ep["y2"])
+    shared = [i for i, row in enumerate(rows1) if row == i]
+    if testbed.manifest["profile"] == "tiny":
+        assert shared and shared == [i for i, f in enumerate(ep["finished"][0]) if f]
+    else:
+        assert not shared
 
 
 def test_greedy_evaluation_reports_self_correction_metrics(testbed, tmp_path):
