@@ -63,7 +63,6 @@ class ReproduceArgs(TestbedArgs):
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
 PLANNED = {
-    "eval": "offline evaluation (accuracy, refusal rates, diversity, self-correction)",
     "report": "HTML/plot reports from eval results",
 }
 
@@ -82,6 +81,8 @@ commands:
   train score         SCoRe two-turn self-correction RL, Stage I then II (--config configs/score-testbed.yaml)
   train refusal       refusal-token SFT: [refuse]/[respond] or per-category tokens (--config configs/refusal-testbed.yaml)
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
+  eval                systems (model + decoding method) x prompt sets x scorers: per-sample JSONL and a
+                      summary with intervals (--config configs/eval-testbed.yaml)
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.
@@ -170,6 +171,14 @@ def _generate(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str], prog: str) -> int:
+    from .eval.run import EvalArgs, run_eval
+
+    path = run_eval(parse_config(EvalArgs, argv, prog=prog))
+    print(f"written: {path} (samples: {path.parent / 'samples.jsonl'})")
+    return 0
+
+
 def _reproduce(argv: Sequence[str], prog: str) -> int:
     from .claims import CLAIMS, reproduce
     from .testbed import load_testbed
@@ -236,6 +245,7 @@ COMMANDS = {
     ("testbed", "datasets"): _testbed_datasets,
     ("reproduce",): _reproduce,
     ("generate",): _generate,
+    ("eval",): _eval,
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
     ("train", "bco"): _trainer("bco", "BCOArgs", "train_bco"),

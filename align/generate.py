@@ -161,6 +161,7 @@ class ModelStore:
         self._models: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self._testbed = None
+        self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
 
     def path(self, ref: str) -> str:
         from .models import resolve_model
@@ -208,6 +209,18 @@ class ModelStore:
 
 def run_generate(args: GenerateArgs) -> Path:
     """Generate with ``args.method`` for every prompt and write ``args.output`` (JSONL)."""
+    prompts = read_prompts(args.prompts, args.prompt_field, args.split, args.dataset_config)
+    if not prompts:
+        raise ConfigError(f"prompts: {args.prompts} holds no prompts")
+    params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
+    rows = [{"prompt": p, **out, "method": args.method, "params": params}
+            for p, out in zip(prompts, generate_outputs(args, prompts))]
+    return atomic_write_jsonl(args.output, rows)
+
+
+def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore | None = None) -> list[dict[str, Any]]:
+    """One ``{"output": text, "finished": bool}`` per prompt (method ``refusal`` adds ``"control"``,
+    the token that opened the response). ``store`` keeps models loaded across calls."""
     import torch
 
     from decoding import (
@@ -221,12 +234,9 @@ def run_generate(args: GenerateArgs) -> Path:
         SteerLogitsProcessor,
     )
     from decoding.auxiliary import encode_prompts
-    from decoding.generate import decode_completions, eos_token_ids, generate_ids, generate_with
+    from decoding.generate import decode_completions, eos_token_ids, generate_ids
 
-    prompts = read_prompts(args.prompts, args.prompt_field, args.split, args.dataset_config)
-    if not prompts:
-        raise ConfigError(f"prompts: {args.prompts} holds no prompts")
-    store = ModelStore(args)
+    store = store or ModelStore(args)
     refusal = refusal_options(store.path(args.model), args.threshold, args.category_thresholds) if args.method == "refusal" else {}
     missing = [t for t in control_names(refusal) if t not in store.tokenizer(args.model).get_vocab()]
     if missing:  # before any model loads
@@ -275,14 +285,17 @@ def run_generate(args: GenerateArgs) -> Path:
     sampling = {"do_sample": args.do_sample, "max_new_tokens": args.max_new_tokens}
     if args.do_sample:
         sampling["temperature"] = args.temperature
-    if args.method == "refusal":  # ids, to read the control token that opens each response
-        ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, **sampling)
-        controls = [control_token(tok, refusal, row[:1]) for row in ids]
-        texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls)], eos_token_ids(main, tok))
-        return _write(args, prompts, [(t.lstrip(" ") if c else t, done) for (t, done), c in zip(texts, controls)], controls)
-    grow = (lambda rows, out: pool.add(text for text, _ in out)) if pool is not None else None
-    outputs = generate_with(main, tok, main_prompts, processors, args.batch_size, grow, **sampling)
-    return _write(args, prompts, outputs)
+    eos = eos_token_ids(main, tok)
+
+    def grow(rows: slice, ids: list[list[int]]) -> None:
+        if pool is not None:  # STEER's negatives grow with what was generated
+            pool.add(text for text, _ in decode_completions(tok, ids, eos))
+
+    ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, grow, **sampling)
+    # refusal: the first id is the control token; it goes to "control", the text is what follows
+    controls = [control_token(tok, refusal, row[:1]) for row in ids] if args.method == "refusal" else None
+    texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls or [None] * len(ids))], eos)
+    return _rows(texts, [len(row) for row in ids], controls)
 
 
 def refusal_options(model_path: str, threshold: float | None, category_thresholds: dict[str, float]) -> dict[str, Any]:
@@ -314,18 +327,16 @@ def control_names(options: dict[str, Any]) -> list[str]:
     return [t for t in (options.get("refuse_token"), options.get("respond_token"), *(options.get("categories") or {})) if t]
 
 
-def _write(args: GenerateArgs, prompts: list[Any], outputs: list[tuple[str, bool]], controls: list[str | None] | None = None) -> Path:
-    params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
-    rows = [
-        {"prompt": p, "output": text, "finished": done, "method": args.method, "params": params}
-        for p, (text, done) in zip(prompts, outputs)
-    ]
-    for row, control in zip(rows, controls or []):
-        row["control"] = control  # the token that opened the response (stripped from "output")
-    return atomic_write_jsonl(args.output, rows)
+def _rows(outputs: list[tuple[str, bool]], tokens: list[int], controls: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """Output rows with the generated token count; with ``controls`` (refusal), the control token
+    is in ``"control"``, not in the text (nor the space a template puts after it)."""
+    rows = [{"output": text, "finished": done, "tokens": n} for (text, done), n in zip(outputs, tokens)]
+    for row, c in zip(rows, controls or []):
+        row.update(output=row["output"].lstrip(" ") if c else row["output"], control=c)
+    return rows
 
 
-def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any]) -> Path:
+def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any]) -> list[dict[str, Any]]:
     """Single-model generation in a vLLM engine (refusal control through its V1 logits processor)."""
     try:
         from vllm import LLM, SamplingParams
@@ -338,8 +349,11 @@ def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], re
     engine: dict[str, Any] = {"dtype": args.dtype}
     if args.vllm_kv_cache_gib is not None or not torch.cuda.is_available():  # CPU: vLLM cannot size it itself
         engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
-    llm = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
-              logits_processors=processors, **engine)
+    key = ("vllm", args.model, tuple(processors))
+    if key not in store.engines:  # one engine per model for all calls on this store
+        store.engines[key] = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
+                                 logits_processors=processors, **engine)
+    llm = store.engines[key]
     extra = {"refusal": refusal} if args.method == "refusal" else None
     params = SamplingParams(
         temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=args.seed,
@@ -348,9 +362,9 @@ def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], re
     own = store.prompts_for(args.model, prompts)
     chat = store.reads_chat(args.model)
     outs = [o.outputs[0] for o in (llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False))]
+    texts = [(o.text, o.finish_reason == "stop") for o in outs]
+    tokens = [len(o.token_ids) for o in outs]
     if args.method != "refusal":
-        return _write(args, prompts, [(o.text, o.finish_reason == "stop") for o in outs])
+        return _rows(texts, tokens)
     tok = store.tokenizer(args.model)
-    controls = [control_token(tok, refusal, list(o.token_ids[:1])) for o in outs]
-    return _write(args, prompts, [(o.text.lstrip(" ") if c else o.text, o.finish_reason == "stop") for o, c in zip(outs, controls)],
-                  controls)
+    return _rows(texts, tokens, [control_token(tok, refusal, list(o.token_ids[:1])) for o in outs])

@@ -33,7 +33,7 @@ from align.metrics import flops_per_token
 from .arithmetic import eval_problems
 from .evaluate import accuracy_by_op, answer_token_entropy_auroc
 from .tokenizer import FLAVOURS
-from .train import SIZES, ModelSize, make_model, problem_batches, train_steps
+from .train import SIZES, ModelSize, make_model, problem_batches, train_steps, training_precision
 
 VERSION = 1  # bump when a change alters what a build produces
 
@@ -121,10 +121,11 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(os.environ.get("ALIGNKIT_CACHE") or Path.home() / ".cache" / "alignkit").expanduser()
 
 
-def fingerprint(spec: Profile) -> str:
-    """A short hash of everything that decides a build's weights (changing a profile changes its directory)."""
-    profile = asdict(spec)
-    for key, default in (("flavour", "char"), ("dropout", 0.0)):  # added later: old builds keep their directory
+def fingerprint(spec: Profile, precision: str = "bf16") -> str:
+    """A short hash of everything that decides a build's weights (changing a profile or the
+    training precision changes its directory)."""
+    profile = {**asdict(spec), "precision": precision}
+    for key, default in (("flavour", "char"), ("dropout", 0.0), ("precision", "bf16")):  # added later: old builds keep their directory
         if profile[key] == default:
             del profile[key]
     text = json.dumps({"version": VERSION, "profile": profile}, sort_keys=True)
@@ -134,7 +135,7 @@ def fingerprint(spec: Profile) -> str:
 def testbed_dir(profile: str, seed: int, cache_dir: str | Path | None = None) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-{fingerprint(PROFILES[profile])}"
+    return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-{fingerprint(PROFILES[profile], training_precision())}"
 
 
 @dataclass
@@ -349,6 +350,7 @@ def _describe(spec: Profile, seed: int, root: Path, records: dict[str, dict], bu
         "profile": spec.name,
         "seed": seed,
         "version": VERSION,
+        "precision": training_precision(),
         "eval_size": spec.eval_size,
         "build_seconds": round(build_seconds, 1),
         "models": models,

@@ -1,0 +1,349 @@
+"""``align eval --config eval.yaml``: systems (a model and a decoding method) x prompt sets x scorers.
+
+Writes ``OUTPUT_DIR/samples.jsonl`` (one line per system, prompt set and prompt: the prompt, the
+output, its gold fields, every scorer's values, generated tokens and seconds) chunk by chunk, and
+``OUTPUT_DIR/summary.json`` (every metric with its standard error and 95% bootstrap interval; paired
+differences of each system against the first on the prompts they share). A run killed midway
+resumes where it stopped: finished samples are read back and skipped.
+
+Config (YAML)::
+
+    output_dir: runs/eval/testbed
+    systems:                                 # any `align generate` options; `name` labels the system
+      - {name: base, model: testbed:small-instruct}
+      - {name: eft, model: testbed:large-base, method: eft, tuned: [testbed:small-instruct], reference: testbed:small-base}
+    prompt_sets:                             # any dataset spec the data loader takes
+      - {name: chat, dataset: testbed:self_correction, split: eval, limit: 200}
+    scorers: [verifier, length]              # or {name: refusal_judge, judge: MODEL, rubric: FILE}, ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rewards.io import atomic_write_text
+
+from ..config import ConfigError
+from ..generate import GenerateArgs
+from .stats import estimate, paired_difference
+
+SCORERS = ("verifier", "math", "refusal_string", "refusal_judge", "ensemble", "length")
+SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
+SET_KEYS = {"name", "dataset", "split", "dataset_config", "prompt_field", "limit", "expect", "expect_field", "scorers"}
+
+
+@dataclass
+class EvalArgs:
+    systems: list[dict] = field(default_factory=list, metadata={"help": "each: name plus `align generate` options (model, method, ...)"})
+    prompt_sets: list[dict] = field(
+        default_factory=list,
+        metadata={"help": "each: name, dataset (hub id, directory, file, testbed:NAME), split, prompt_field, limit, "
+                          "expect (refuse / respond: the right behaviour on every prompt, for refusal metrics) or "
+                          "expect_field (a row field saying refuse / respond per prompt), "
+                          "scorers (names of the scorers that apply here; default all)"},
+    )
+    scorers: list[Any] = field(
+        default_factory=lambda: ["length"],
+        metadata={"help": f"names ({', '.join(SCORERS)}) or mappings {{name: ..., options}}"},
+    )
+    output_dir: str = field(default="runs/eval", metadata={"help": "samples.jsonl and summary.json go here"})
+    max_new_tokens: int = field(default=32, metadata={"help": "generation default for every system"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
+    chunk_size: int = field(default=128, metadata={"help": "prompts generated and scored between two saves"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding (every system)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    seed: int = field(default=0, metadata={"help": "sampling and bootstrap seed; testbed seed"})
+    profile: str = field(default="full", metadata={"help": "testbed profile for testbed:NAME models and data"})
+    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory"})
+    dtype: str = field(default="auto", metadata={"help": "models' dtype"})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
+    n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples per interval"})
+
+    def __post_init__(self) -> None:
+        if not self.systems:
+            raise ConfigError("systems: give at least one system ({name, model, ...})")
+        if not self.prompt_sets:
+            raise ConfigError("prompt_sets: give at least one prompt set ({name, dataset, ...})")
+        for key, items, allowed in (("systems", self.systems, SYSTEM_KEYS | {"name"}), ("prompt_sets", self.prompt_sets, SET_KEYS)):
+            names = [item.get("name") if isinstance(item, dict) else None for item in items]
+            for i, (item, name) in enumerate(zip(items, names)):
+                if not isinstance(item, dict) or not name:
+                    raise ConfigError(f"{key}[{i}]: must be a mapping with a 'name'")
+                unknown = sorted(set(item) - allowed)
+                if unknown:
+                    raise ConfigError(f"{key}[{i}] ({name}): unknown keys {unknown}; valid: {', '.join(sorted(allowed))}")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{key}: names must be unique, got {names}")
+        for i, s in enumerate(self.prompt_sets):
+            if not s.get("dataset"):
+                raise ConfigError(f"prompt_sets[{i}] ({s['name']}): needs 'dataset'")
+            if s.get("expect") not in (None, "refuse", "respond"):
+                raise ConfigError(f"prompt_sets[{i}] ({s['name']}): expect must be refuse or respond, got {s['expect']!r}")
+            if s.get("expect") and s.get("expect_field"):
+                raise ConfigError(f"prompt_sets[{i}] ({s['name']}): give expect or expect_field, not both")
+        names = []
+        for i, spec in enumerate(self.scorers):
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            if name not in SCORERS:
+                raise ConfigError(f"scorers[{i}]: unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
+            names.append(name)
+        for i, s in enumerate(self.prompt_sets):
+            unknown = sorted(set(s.get("scorers") or []) - set(names))
+            if unknown:
+                raise ConfigError(f"prompt_sets[{i}] ({s['name']}): scorers {unknown} are not among scorers: {names}")
+        if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_bootstrap) < 1:
+            raise ConfigError("max_new_tokens, batch_size, chunk_size and n_bootstrap must be >= 1")
+        self.generate_args = {s["name"]: self._generate_args(i, s) for i, s in enumerate(self.systems)}
+
+    def _generate_args(self, i: int, system: dict) -> GenerateArgs:
+        shared = {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "do_sample": self.do_sample,
+                  "temperature": self.temperature, "seed": self.seed, "profile": self.profile,
+                  "cache_dir": self.cache_dir, "dtype": self.dtype, "device": self.device}
+        options = {k: v for k, v in system.items() if k != "name"}
+        try:
+            return GenerateArgs(prompts="<eval>", **{**shared, **options})
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"systems[{i}] ({system['name']}): {err}") from err
+
+
+# ---- scorers --------------------------------------------------------------------------------
+
+
+def length(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[dict]:
+    """``chars``: the output's length in characters (length bias shows in every judge)."""
+    return [{"chars": len(c)} for c in completions]
+
+
+GOLD_FIELDS = {"verifier": True, "math": True}  # scorers that read a gold answer from each row
+
+
+def scorer_names(args: EvalArgs) -> list[str]:
+    return [spec["name"] if isinstance(spec, dict) else spec for spec in args.scorers]
+
+
+def scorer_options(args: EvalArgs, name: str) -> dict[str, Any]:
+    return next((dict(s) for s in args.scorers if isinstance(s, dict) and s["name"] == name), {})
+
+
+def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
+    """Scorer name -> callable ``(prompts, completions, rows) -> list[dict]``; judge and reward
+    models load here, once."""
+    from . import scorers as s
+
+    out: dict[str, Callable] = {}
+    for spec in args.scorers:
+        options = dict(spec) if isinstance(spec, dict) else {"name": spec}
+        name = options.pop("name")
+        if name == "verifier":
+            out[name] = lambda p, c, r, o=options: s.verifier(p, c, r, **o)
+        elif name == "math":
+            out[name] = lambda p, c, r, o=options: s.math_answer(p, c, r, **o)
+        elif name == "refusal_string":
+            out[name] = lambda p, c, r, o=options: s.refusal_string_match(p, c, r, **o)
+        elif name == "length":
+            out[name] = length
+        elif name == "ensemble":
+            from rewards import load_ensemble
+
+            if "path" not in options:
+                raise ConfigError("scorer ensemble: needs 'path' (a directory written by `align train reward`)")
+            out[name] = s.RewardScorer(load_ensemble(options["path"], device=store.device()))
+        elif name == "refusal_judge":
+            from .judges import RefusalJudge
+
+            if "judge" not in options:
+                raise ConfigError("scorer refusal_judge: needs 'judge' (a model: hub id, directory or testbed:NAME)")
+            rubric = json.loads(Path(options.pop("rubric")).read_text()) if options.get("rubric") else None
+            model, tok = store.load(options.pop("judge"))
+            out[name] = RefusalJudge(model, tok, rubric, seed=args.seed, **options)
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def read_samples(path: Path) -> list[dict]:
+    """The samples written so far; a last line cut off by a crash is dropped (and cut from the file)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a torn last line: keep only complete ones
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+
+
+def append_samples(path: Path, rows: list[dict]) -> None:
+    """Append whole lines and flush them to disk before the next chunk starts."""
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_prompt_set(spec: dict, args: EvalArgs) -> list[dict]:
+    from ..data import load_split
+
+    from ..testbed.datasets import BUILDERS
+
+    n = spec.get("limit") or 500
+    testbed = {f"testbed:{k}": (lambda b=b: b(1, n, args.seed, conversational=False)) for k, b in BUILDERS.items()}
+    ds = load_split(spec["dataset"], spec.get("split", "train"), spec.get("dataset_config"), testbed)
+    field_name = spec.get("prompt_field", "prompt")
+    if field_name not in ds.column_names:
+        raise ConfigError(f"prompt set {spec['name']}: {spec['dataset']} has no field {field_name!r} (fields: {', '.join(ds.column_names)})")
+    rows = [dict(r) for r in ds]
+    rows = rows[: spec["limit"]] if spec.get("limit") else rows
+    for i, row in enumerate(rows):
+        if row.get(field_name) in (None, ""):
+            raise ConfigError(f"prompt set {spec['name']}: row {i} has no {field_name!r}")
+    return rows
+
+
+def run_eval(args: EvalArgs, progress: bool = True) -> Path:
+    """Generate, score and summarise; returns ``summary.json``'s path."""
+    from tqdm.auto import tqdm
+
+    from ..generate import ModelStore, generate_outputs
+
+    out = Path(args.output_dir)
+    sets = {s["name"]: (s, load_prompt_set(s, args)) for s in args.prompt_sets}  # bad data fails before models load
+    for spec, rows in sets.values():
+        for scorer in spec.get("scorers") or scorer_names(args):
+            gold = GOLD_FIELDS.get(scorer) and scorer_options(args, scorer).get("field", "answer")
+            missing = next((i for i, r in enumerate(rows) if gold and r.get(gold) in (None, "")), None)
+            if missing is not None:
+                raise ConfigError(f"prompt set {spec['name']}: row {missing} has no {gold!r}, which scorer {scorer!r} needs; "
+                                  "give the set its own `scorers:` list or another `field`")
+    for spec, rows in sets.values():
+        key = spec.get("expect_field")
+        bad = next((i for i, r in enumerate(rows) if key and r.get(key) not in ("refuse", "respond")), None)
+        if bad is not None:
+            raise ConfigError(f"prompt set {spec['name']}: row {bad} field {key!r} must be refuse or respond, got {rows[bad].get(key)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    first = args.generate_args[args.systems[0]["name"]]
+    judge_store = ModelStore(first)
+    scorers = build_scorers(args, judge_store)
+    path = out / "samples.jsonl"
+    done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
+    total = len(args.systems) * sum(len(rows) for _, rows in sets.values())
+    bar = tqdm(total=total, initial=len(done), desc="eval", disable=not progress)
+    for system in args.systems:
+        name, gen = system["name"], args.generate_args[system["name"]]
+        store = ModelStore(gen)
+        for set_name, (spec, rows) in sets.items():
+            field_name = spec.get("prompt_field", "prompt")
+            todo = [i for i in range(len(rows)) if (name, set_name, i) not in done]
+            for start in range(0, len(todo), args.chunk_size):
+                chunk = todo[start : start + args.chunk_size]
+                prompts = [rows[i][field_name] for i in chunk]
+                began = time.perf_counter()
+                outputs = generate_outputs(gen, prompts, store)
+                seconds = time.perf_counter() - began
+                texts = [o["output"] for o in outputs]
+                applies = spec.get("scorers") or list(scorers)
+                scores = {k: fn(prompts, texts, [rows[i] for i in chunk]) for k, fn in scorers.items() if k in applies}
+                append_samples(path, [
+                    {"system": name, "prompt_set": set_name, "index": i, "prompt": prompts[j], **outputs[j],
+                     "seconds": seconds / len(chunk), "row": {k: v for k, v in rows[i].items() if k != field_name},
+                     "scores": {f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[j].items()}}
+                    for j, i in enumerate(chunk)
+                ])
+                bar.update(len(chunk))
+        del store
+    bar.close()
+    summary = summarise(read_samples(path), args)
+    return atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+
+
+def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
+    """Per system and prompt set: every numeric score's mean with its interval, refusal metrics
+    where the prompt set says what is expected, compute; paired differences against the first system."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in samples:
+        groups[r["system"], r["prompt_set"]].append(r)
+    expects = {s["name"]: s.get("expect") or (s.get("expect_field") and f"field:{s['expect_field']}") for s in args.prompt_sets}
+    table = []
+    order = {(a["name"], b["name"]): i for i, (a, b) in enumerate((a, b) for a in args.systems for b in args.prompt_sets)}
+    for (system, set_name), rows in sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))):
+        rows.sort(key=lambda r: r["index"])
+        metrics = {}
+        for metric in sorted({k for r in rows for k, v in r["scores"].items() if _number(v)}):
+            values = [float(r["scores"][metric]) for r in rows if _number(r["scores"].get(metric))]
+            metrics[metric] = {**estimate(values, n_resamples=args.n_bootstrap, seed=args.seed).as_dict(),
+                               "unlabelled": len(rows) - len(values)}
+        metrics["finished"] = estimate([float(r["finished"]) for r in rows], n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
+        seconds = sum(r["seconds"] for r in rows)
+        compute = {"seconds": round(seconds, 3), "samples_per_s": round(len(rows) / seconds, 3) if seconds else None}
+        if all("tokens" in r for r in rows):
+            tokens = sum(r["tokens"] for r in rows)
+            compute.update(generated_tokens=tokens, tokens_per_s=round(tokens / seconds, 2) if seconds else None)
+        table.append({"system": system, "prompt_set": set_name, "n": len(rows), "metrics": metrics, "compute": compute})
+    names = [s["name"] for s in args.systems]
+    baseline = names[0]
+    differences = []
+    for set_name in [s["name"] for s in args.prompt_sets]:
+        base = {r["index"]: r for r in groups.get((baseline, set_name), [])}
+        for other in names[1:]:
+            pairs = [(base[r["index"]], r) for r in groups.get((other, set_name), []) if r["index"] in base]
+            for metric in sorted({k for _, r in pairs for k, v in r["scores"].items() if _number(v)}):
+                both = [(float(a["scores"][metric]), float(b["scores"][metric])) for a, b in pairs
+                        if _number(a["scores"].get(metric)) and _number(b["scores"].get(metric))]
+                if both:
+                    d = paired_difference([b for _, b in both], [a for a, _ in both], n_resamples=args.n_bootstrap, seed=args.seed)
+                    differences.append({"system": other, "baseline": baseline, "prompt_set": set_name, "metric": metric,
+                                        **d.as_dict(), "significant": d.significant})
+    refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects)
+               for system in names]
+    return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
+            "prompt_sets": args.prompt_sets, "scorers": args.scorers}
+
+
+def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[str, str | None]) -> list[dict[str, Any]]:
+    """Per refusal scorer (any ``*.refused`` score), over the prompt sets that say what is expected:
+    the refusal rate per set and per row ``category``, confusion counts (refusing is the positive
+    class), precision, recall, F1, and the over-refusal rate (refusals where answering is expected).
+    Unlabelled samples (``None``: the judge gave no verdict) are counted and left out (METHODS §E2)."""
+    keys = sorted({k for rows in by_set.values() for r in rows for k in r["scores"] if k.endswith(".refused")})
+    out = []
+    for key in keys:
+        counts = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+        rates, categories, unlabelled, judged_sets = {}, defaultdict(list), 0, 0
+        for set_name, rows in sorted(by_set.items()):
+            expect = expects.get(set_name)
+            if expect is None:
+                continue
+            judged_sets += 1
+            labelled = [r for r in rows if isinstance(r["scores"].get(key), bool)]
+            unlabelled += len(rows) - len(labelled)
+            if labelled:
+                rates[set_name] = estimate([float(r["scores"][key]) for r in labelled]).as_dict()
+            for r in labelled:
+                categories[f"{set_name}/{r['row'].get('category', 'all')}"].append(r["scores"][key])
+                should = r["row"][expect.removeprefix("field:")] if expect.startswith("field:") else expect
+                counts[("tp" if r["scores"][key] else "fn") if should == "refuse" else ("fp" if r["scores"][key] else "tn")] += 1
+        if not judged_sets:
+            continue
+        precision = counts["tp"] / (counts["tp"] + counts["fp"]) if counts["tp"] + counts["fp"] else None
+        recall = counts["tp"] / (counts["tp"] + counts["fn"]) if counts["tp"] + counts["fn"] else None
+        tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+        over = counts["fp"] / (counts["fp"] + counts["tn"]) if counts["fp"] + counts["tn"] else None
+        out.append({"system": system, "scorer": key.removesuffix(".refused"), "rate": rates,
+                    "per_category": {c: round(sum(v) / len(v), 4) for c, v in sorted(categories.items())},
+                    "confusion": counts, "precision": precision, "recall": recall, "f1": f1,
+                    "over_refusal": over, "unlabelled": unlabelled})
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))

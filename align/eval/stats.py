@@ -1,0 +1,90 @@
+"""Uncertainty for every reported number: a mean with its standard error and a 95% bootstrap
+interval over prompts, and the paired version for two systems that answered the same prompts.
+
+A difference is called one only when its interval excludes 0 (``Estimate.significant``). Bootstrap
+intervals are percentile intervals from ``scipy.stats.bootstrap`` (resampling prompts, seeded);
+percentile rather than BCa because per-prompt scores are often 0/1 with few distinct values,
+where BCa's acceleration estimate is unstable or undefined.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over ``n`` prompts: ``value``, its standard error ``se`` (sample std / sqrt(n)) and
+    the bootstrap interval ``[low, high]``."""
+
+    value: float
+    se: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes 0 (for a difference: the two systems differ)."""
+        return self.low > 0 or self.high < 0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready (an undefined standard error, from one prompt, is ``None``)."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} ± {self.se:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def estimate(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Estimate:
+    """Mean of ``values`` (one number per prompt) with its standard error and a bootstrap interval.
+
+    Example:
+        >>> e = estimate([1, 0, 1, 1, 0, 1, 1, 1])
+        >>> round(e.value, 3), round(e.se, 3), e.low <= e.value <= e.high
+        (0.75, 0.164, True)
+    """
+    x = _array(values, "values")
+    return _estimate(x, (x,), lambda a, axis: a.mean(axis=axis), confidence, n_resamples, seed, paired=False)
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> Estimate:
+    """Mean of ``a_i - b_i`` over prompts both systems answered, with its paired standard error and
+    a paired bootstrap interval (prompts resampled together, so shared difficulty cancels).
+
+    Example:
+        >>> d = paired_difference([1, 1, 1, 0, 1, 1], [0, 1, 0, 0, 1, 0])
+        >>> round(d.value, 3), d.n
+        (0.5, 6)
+    """
+    x, y = _array(a, "a"), _array(b, "b")
+    if len(x) != len(y):
+        raise ValueError(f"paired_difference needs one value per prompt from each system, got {len(x)} and {len(y)}")
+    return _estimate(x - y, (x, y), lambda p, q, axis: (p - q).mean(axis=axis), confidence, n_resamples, seed, paired=True)
+
+
+def _array(values: Sequence[float], name: str) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"{name} must be a non-empty list of numbers, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} holds a non-finite value at index {int(np.flatnonzero(~np.isfinite(x))[0])}")
+    return x
+
+
+def _estimate(per_prompt, data, statistic, confidence, n_resamples, seed, paired) -> Estimate:
+    from scipy.stats import bootstrap
+
+    n, value = len(per_prompt), float(per_prompt.mean())
+    se = float(per_prompt.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    if n < 2 or np.ptp(per_prompt) == 0:  # nothing to resample: every replicate is the mean
+        return Estimate(value, se if n > 1 else math.nan, value, value, n)
+    ci = bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                   paired=paired, vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+    return Estimate(value, se, float(ci.low), float(ci.high), n)

@@ -1,0 +1,192 @@
+"""`align eval` end to end on the tiny testbed: metrics equal a naive per-prompt recomputation,
+refusal confusion counts, a SIGKILLed run resumes to the same samples, bad input named before any
+model loads, and the local judges on real CoCoNot rows."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from align.cli import main
+from align.config import ConfigError
+from align.eval.run import EvalArgs, read_samples, run_eval
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
+
+
+def _args(tb, out, **kw):
+    base = dict(output_dir=str(out), profile=tb.manifest["profile"], cache_dir=str(tb.root.parents[1]),
+                max_new_tokens=6, chunk_size=8,
+                systems=[{"name": "base", "model": "testbed:small-instruct"},
+                         {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": ["testbed:small-instruct"],
+                          "reference": "testbed:small-base"}],
+                prompt_sets=[{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem",
+                              "limit": 20, "scorers": ["verifier", "length"]},
+                             {"name": "refusal", "dataset": "testbed:refusal", "split": "eval", "limit": 12,
+                              "expect_field": "label", "scorers": ["refusal_string"]}],
+                scorers=["verifier", "length", "refusal_string"])
+    return EvalArgs(**{**base, **kw})
+
+
+def test_metrics_equal_a_naive_recomputation(tiny_testbed, tmp_path):
+    from align.testbed.arithmetic import gold_reward
+    from align.testbed.datasets import self_correction
+    from decoding.generate import decode_completions, generate_ids
+
+    args = _args(tiny_testbed, tmp_path / "run")
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    assert len(samples) == 2 * (20 + 12)
+    # naive: base greedy, one prompt at a time, checked by the testbed verifier
+    tok, model = tiny_testbed.tokenizer(), tiny_testbed.model("small-instruct")
+    correct, chars = [], []
+    for row in self_correction(1, 20, 0)["eval"]:
+        ids = tok.apply_chat_template([{"role": "user", "content": row["problem"]}], add_generation_prompt=True)["input_ids"]
+        (text, done), = decode_completions(tok, generate_ids(model, tok, [ids], do_sample=False, max_new_tokens=6))
+        correct.append(gold_reward(text, int(row["answer"]), done))
+        chars.append(len(text))
+    entry = next(t for t in summary["table"] if (t["system"], t["prompt_set"]) == ("base", "chat"))
+    assert entry["metrics"]["verifier.correct"]["value"] == pytest.approx(sum(correct) / 20)
+    assert entry["metrics"]["length.chars"]["value"] == pytest.approx(sum(chars) / 20)
+    # paired difference of EFT against base, per prompt
+    by = {(s["system"], s["index"]): s for s in samples if s["prompt_set"] == "chat"}
+    diff = [by["eft", i]["scores"]["length.chars"] - by["base", i]["scores"]["length.chars"] for i in range(20)]
+    d = next(d for d in summary["differences"] if (d["system"], d["prompt_set"], d["metric"]) == ("eft", "chat", "length.chars"))
+    assert d["value"] == pytest.approx(sum(diff) / 20) and d["low"] <= d["value"] <= d["high"]
+    # refusal: confusion counts over the rows' own labels
+    rows = [s for s in samples if s["system"] == "base" and s["prompt_set"] == "refusal"]
+    refusal = next(r for r in summary["refusal"] if r["system"] == "base")
+    should = [s["row"]["label"] == "refuse" for s in rows]
+    did = [s["scores"]["refusal_string.refused"] for s in rows]
+    assert refusal["confusion"] == {"tp": sum(a and b for a, b in zip(should, did)), "fn": sum(a and not b for a, b in zip(should, did)),
+                                    "fp": sum(b and not a for a, b in zip(should, did)), "tn": sum(not a and not b for a, b in zip(should, did))}
+    assert all(s["tokens"] >= 1 for s in samples)
+    assert "verifier.correct" not in rows[0]["scores"]  # per-set scorers
+
+
+KILL = textwrap.dedent("""
+    import json, os, signal, sys
+    import align.eval.run as run
+
+    chunks = [0]
+    original = run.append_samples
+
+    def append(path, rows):
+        chunks[0] += 1
+        if chunks[0] == int(sys.argv[3]):  # die halfway through writing this chunk's lines
+            with path.open("a") as f:
+                f.write(json.dumps(rows[0]) + "\\n" + json.dumps(rows[1])[:20])
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(path, rows)
+
+    run.append_samples = append
+    args = run.EvalArgs(**json.loads(sys.argv[2]))
+    run.run_eval(args, progress=False)
+""")
+
+
+def test_killed_run_resumes_to_the_same_samples(tiny_testbed, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(KILL)
+
+    def launch(out: Path, kill: int) -> subprocess.CompletedProcess:
+        config = {k: v for k, v in vars(_args(tiny_testbed, out)).items() if k != "generate_args"}
+        return subprocess.run([sys.executable, str(script), "", json.dumps(config), str(kill)], capture_output=True,
+                              text=True, timeout=600)
+
+    assert launch(tmp_path / "straight", 0).returncode == 0
+    killed = launch(tmp_path / "killed", 3)
+    assert killed.returncode == -9 and not (tmp_path / "killed" / "summary.json").exists()
+    partial = (tmp_path / "killed" / "samples.jsonl").read_text()
+    assert not partial.endswith("\n")  # a torn last line
+    resumed = launch(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def key(samples):
+        return sorted((json.dumps({k: v for k, v in s.items() if k != "seconds"}, sort_keys=True) for s in samples))
+
+    straight = read_samples(tmp_path / "straight" / "samples.jsonl")
+    again = read_samples(tmp_path / "killed" / "samples.jsonl")
+    assert len(again) == len(straight) == 64 and key(again) == key(straight)
+    for name in ("straight", "killed"):  # the summary is computed from the samples alone
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary["table"] = [{k: v for k, v in t.items() if k != "compute"} for t in summary["table"]]
+        if name == "straight":
+            first = summary
+    assert summary == first
+
+
+def test_bad_input_is_named_before_any_model_loads(tiny_testbed, tmp_path):
+    with pytest.raises(ConfigError, match="unknown scorer 'bleu'"):
+        _args(tiny_testbed, tmp_path, scorers=["bleu"])
+    with pytest.raises(ConfigError, match=r"systems\[0\] \(x\): unknown keys \['temp'\]"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m", "temp": 1}])
+    with pytest.raises(ConfigError, match=r"systems\[0\] \(x\): method 'eft' needs 'tuned'"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m", "method": "eft"}])
+    with pytest.raises(ConfigError, match="names must be unique"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m"}, {"name": "x", "model": "n"}])
+    missing = [{"name": "ghost", "model": str(tmp_path / "no-such-model")}]
+    # the refusal set has no `answer`: named before the (missing) model would load
+    bad_field = [{"name": "refusal", "dataset": "testbed:refusal", "split": "eval", "limit": 4}]
+    with pytest.raises(ConfigError, match="prompt set refusal: row 0 has no 'answer', which scorer 'verifier' needs"):
+        run_eval(_args(tiny_testbed, tmp_path, systems=missing, prompt_sets=bad_field), progress=False)
+    gsm = [{"name": "gsm8k", "dataset": str(DATA / "gsm8k" / "test.jsonl"), "prompt_field": "prompt", "limit": 4}]
+    with pytest.raises(ConfigError, match="has no field 'prompt' \\(fields: question, answer\\)"):
+        run_eval(_args(tiny_testbed, tmp_path, systems=missing, prompt_sets=gsm, scorers=["math"]), progress=False)
+    labels = [{"name": "coconot", "dataset": str(DATA / "coconot" / "coconot_eval.jsonl"), "expect_field": "category"}]
+    with pytest.raises(ConfigError, match="row 0 field 'category' must be refuse or respond"):
+        run_eval(_args(tiny_testbed, tmp_path, systems=missing, prompt_sets=labels, scorers=["refusal_string"]), progress=False)
+    assert main(["eval", "--config", str(tmp_path / "none.yaml")]) == 2
+
+
+def test_real_sets_run_through_the_shipped_configs(tiny_testbed, tmp_path):
+    """configs/eval-gsm8k.yaml and eval-refusal.yaml with the tiny model standing in for the hub
+    models: real prompts load, generate and score; the judge's verdicts are parsed or counted."""
+    from align.config import load_yaml
+
+    root = Path(__file__).resolve().parents[2]
+    for name, limit in (("eval-gsm8k", 6), ("eval-refusal", 4)):
+        config = load_yaml(root / "configs" / f"{name}.yaml")
+        config["systems"] = [{"name": "tiny", "model": "testbed:small-instruct"}]
+        for s in config["prompt_sets"]:
+            s["dataset"] = str(root / s["dataset"])
+            s["limit"] = limit
+        for s in config["scorers"]:
+            if isinstance(s, dict) and "judge" in s:
+                s["judge"], s["rubric"], s["max_new_tokens"] = "testbed:small-instruct", str(root / s["rubric"]), 4
+        config.update(output_dir=str(tmp_path / name), profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]),
+                      max_new_tokens=8, batch_size=4)
+        summary = json.loads(run_eval(EvalArgs(**config), progress=False).read_text())
+        samples = read_samples(tmp_path / name / "samples.jsonl")
+        assert len(samples) == sum(limit for _ in config["prompt_sets"])
+        if name == "eval-gsm8k":
+            assert summary["table"][0]["metrics"]["math.correct"]["n"] == limit
+        else:
+            judged = [s["scores"]["refusal_judge.verdict"] for s in samples]
+            assert set(judged) <= {"REFUSED", "ANSWERED", "NEITHER", "UNPARSEABLE"}
+            judge = next(r for r in summary["refusal"] if r["scorer"] == "refusal_judge")
+            assert judge["unlabelled"] == sum(v not in ("REFUSED", "ANSWERED") for v in judged)
+            assert sum(judge["confusion"].values()) + judge["unlabelled"] == 2 * limit
+
+
+def test_refusal_judge_prompt_carries_the_rows_rubric_and_verdicts_do_not_depend_on_batching(tiny_testbed):
+    from align.eval.judges import RefusalJudge
+
+    rubric = json.loads((DATA / "coconot" / "refusal_evaluation_rubric.json").read_text())
+    rows = [json.loads(line) for line in (DATA / "coconot" / "coconot_eval.jsonl").read_text().splitlines()[:6]]
+    judge = RefusalJudge(tiny_testbed.model("small-instruct"), tiny_testbed.tokenizer(), rubric, max_new_tokens=5)
+    seen = []
+    original = judge.complete
+    judge.complete = lambda texts, salt="": seen.extend(texts) or original(texts, salt)
+    judge([r["prompt"] for r in rows], ["I can't help with that."] * 6, rows)
+    for text, row in zip(seen, rows):
+        assert rubric[row["subcategory"]]["refusal"] in text and row["prompt"] in text
+    texts = seen[:6]
+    judge.complete = original
+    judge.batch_size = 1
+    one = judge.complete(texts, "x")
+    judge.batch_size = 6
+    assert judge.complete(texts, "x") == one

@@ -1,0 +1,112 @@
+"""Eval arithmetic against hand computations: intervals, AlpacaEval win rates, FairEval's balanced
+position calibration, verdict parsing, scorers on hand-made and real (GSM8K, CoCoNot) rows."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from align.config import ConfigError
+from align.eval.judges import alpaca_win_rate, bpc_verdict, parse_pair_scores, parse_refusal_verdict
+from align.eval.scorers import math_answer, refusal_string_match, verifier
+from align.eval.stats import estimate, paired_difference
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
+
+
+def test_estimate_by_hand():
+    e = estimate([1, 0, 1, 1])  # mean 0.75, sample std 0.5, se 0.25
+    assert (e.value, e.se, e.n) == (0.75, 0.25, 4)
+    assert 0 <= e.low <= 0.75 <= e.high <= 1
+    assert estimate([3.0, 3.0]).as_dict() == {"value": 3.0, "se": 0.0, "low": 3.0, "high": 3.0, "n": 2}
+    assert estimate([2.0]).as_dict()["se"] is None
+    with pytest.raises(ValueError, match="non-finite value at index 1"):
+        estimate([1.0, float("nan")])
+
+
+def test_bootstrap_interval_matches_the_normal_one_on_a_large_sample():
+    x = (np.random.default_rng(0).random(2000) < 0.3).astype(float)
+    e = estimate(x)
+    assert e.high - e.low == pytest.approx(2 * 1.96 * e.se, rel=0.1)
+
+
+def test_paired_difference_removes_shared_difficulty():
+    rng = np.random.default_rng(1)
+    hard = rng.random(400)
+    a = (hard < 0.6).astype(float)                           # system A solves the easier 60%
+    b = ((hard < 0.55) | (rng.random(400) < 0.02)).astype(float)  # B: a subset of those, plus noise
+    d = paired_difference(a, b)
+    assert d.value == pytest.approx(a.mean() - b.mean())
+    diff = a - b
+    assert d.se == pytest.approx(diff.std(ddof=1) / math.sqrt(400))
+    unpaired_se = math.sqrt(a.var(ddof=1) / 400 + b.var(ddof=1) / 400)
+    assert d.se < unpaired_se / 2 and d.significant  # pairing narrows it enough to call the difference
+    with pytest.raises(ValueError, match="one value per prompt"):
+        paired_difference([1, 0], [1])
+
+
+def test_alpaca_win_rate_as_alpaca_eval_defines_it():
+    prefs = [2, 2, 1, 0, 1.5, 1.8, 1.2]  # 0 = draw = 1.5
+    m = alpaca_win_rate(prefs)
+    p = np.array([2, 2, 1, 1.5, 1.5, 1.8, 1.2]) - 1
+    assert m["win_rate"] == pytest.approx(100 * p.mean())
+    assert m["standard_error"] == pytest.approx(100 * p.std(ddof=1) / math.sqrt(7))
+    assert (m["n_wins"], m["n_wins_base"], m["n_draws"], m["n_total"]) == (3, 2, 2, 7)
+    assert m["discrete_win_rate"] == pytest.approx(100 * (3 + 1) / 7)
+    with pytest.raises(ValueError, match="outside"):
+        alpaca_win_rate([2.5])
+
+
+def test_bpc_maps_the_swapped_order_back_and_counts_conflicts():
+    # a shown first: b wins 8-6 and 7-7; b shown first, the judge favours the first slot (b) 9-5, 8-6
+    v = bpc_verdict([(6, 8), (7, 7)], [(9, 5), (8, 6)])
+    assert (v["score_a"], v["score_b"], v["preference"], v["conflict"]) == (6.0, 8.0, 2.0, False)
+    # pure position bias: the first slot always wins, so the orders disagree and the scores tie
+    biased = bpc_verdict([(8, 6)], [(8, 6)])
+    assert biased["conflict"] is True and biased["preference"] == 1.5
+    assert biased["bpde"] == pytest.approx(math.log(2))  # one win, one loss
+    none = bpc_verdict([None], [None])
+    assert none["preference"] is None and none["unparsed"] == 2
+
+
+def test_verdict_parsers():
+    assert parse_pair_scores("Assistant 1 is vague.\nAssistant 1: 4\nAssistant 2: 7.5") == (4.0, 7.5)
+    assert parse_pair_scores("evidence\n3 9") == (3.0, 9.0)
+    assert parse_pair_scores("I cannot decide.") is None
+    assert parse_refusal_verdict(" NEITHER, it hedges") == "NEITHER"
+    assert parse_refusal_verdict("refused") is None  # lower case is not the verdict format
+
+
+def test_scorers_on_hand_made_rows():
+    assert verifier(["3+4="], ["7", "8"][:1], [{"answer": "7"}]) == [{"correct": True}]
+    with pytest.raises(ConfigError, match="row 1 has no gold field 'answer'"):
+        verifier(["a", "b"], ["1", "2"], [{"answer": 1}, {}])
+    out = refusal_string_match(["q"] * 3, ["I’m sorry, I can’t do that.", "Sure! Here it is.", "AS AN AI model..."], [{}] * 3)
+    assert [o["refused"] for o in out] == [True, False, True]
+
+
+def test_math_scorer_reads_real_gsm8k_gold_answers():
+    rows = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == 1319 and all(r["answer"].rsplit("####", 1)[1].strip() for r in rows)
+    sample = rows[:40]
+    finals = [r["answer"].rsplit("####", 1)[1].strip() for r in sample]
+    right = math_answer([r["question"] for r in sample], [f"So the answer is {f}." for f in finals], sample)
+    assert all(o["correct"] for o in right)
+    wrong = math_answer([r["question"] for r in sample], [f"The answer is {float(f.replace(',', '')) + 1}" for f in finals], sample)
+    assert not any(o["correct"] for o in wrong)
+    # the worked solution itself ends in its answer
+    assert all(o["correct"] for o in math_answer([""] * 40, [r["answer"].replace("####", "The answer is") for r in sample], sample))
+
+
+def test_coconot_copies_are_intact():
+    counts = {"coconot/coconot_eval.jsonl": 1001, "coconot/coconot_contrast_eval.jsonl": 379, "gsm8k/test.jsonl": 1319}
+    for name, n in counts.items():
+        rows = [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+        assert len(rows) == n
+    rubric = json.loads((DATA / "coconot" / "refusal_evaluation_rubric.json").read_text())
+    refuse = [json.loads(line) for line in (DATA / "coconot" / "coconot_eval.jsonl").read_text().splitlines()]
+    # every subcategory of the eval prompts has a rubric entry with both descriptions (judge prompts need them)
+    missing = {r["subcategory"] for r in refuse} - {k for k, v in rubric.items() if v.get("refusal") and v.get("compliance")}
+    assert not missing, missing
