@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -178,3 +179,24 @@ def test_capability_checks():
     assert all(row["passed"] for row in capability_checks(good))
     bad = {**good, "small-instruct": {"accuracy": 0.40, "entropy_auroc": 0.7}, "large-base": {"accuracy": 0.55}}
     assert [row["passed"] for row in capability_checks(bad)] == [False, False, True, False]
+
+
+def test_training_precision_names_the_build(monkeypatch):
+    """bf16 autocast only where the CPU has it natively (emulated bf16 was 7-11x slower than fp32 on
+    an AVX2 EPYC); the precision changes the weights, so it changes the directory (bf16 keeps the
+    directories builds had before the choice existed)."""
+    from align.testbed.build import testbed_dir
+    from align.testbed.train import training_precision
+
+    monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "bf16")
+    assert training_precision() == "bf16"
+    bf16 = testbed_dir("tiny", 0, "/c")
+    monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "fp32")
+    fp32 = testbed_dir("tiny", 0, "/c")
+    assert bf16.name == "tiny-seed0-b95705fc0c" and fp32 != bf16
+    monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="bf16 or fp32"):
+        training_precision()
+    monkeypatch.delenv("ALIGNKIT_TESTBED_PRECISION")
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert training_precision() == ("bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32")
