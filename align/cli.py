@@ -62,9 +62,7 @@ class ReproduceArgs(TestbedArgs):
 
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
-PLANNED = {
-    "report": "HTML/plot reports from eval results",
-}
+PLANNED: dict[str, str] = {}
 
 USAGE = """usage: align <command> [options]
 
@@ -83,6 +81,8 @@ commands:
   generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
   eval                systems (model + decoding method) x prompt sets x scorers: per-sample JSONL and a
                       summary with intervals (--config configs/eval-testbed.yaml)
+  report RUN_DIR...   one self-contained HTML page (tables with intervals, plots, sample browser, side by
+                      side) and a Markdown summary from eval runs and reproduce results (-o report.html)
   reproduce NAME      check a paper claim on the testbed ({claims})
 {planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.
@@ -179,6 +179,21 @@ def _eval(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+def _report(argv: Sequence[str], prog: str) -> int:
+    from .report import ReportArgs, render
+
+    runs = []
+    argv = list(argv)
+    while argv and not argv[0].startswith("-"):
+        runs.append(argv.pop(0))
+    argv = ["--output" if a == "-o" else a for a in argv]
+    args = parse_config(ReportArgs, argv, prog=prog, defaults={"runs": runs} if runs else None)
+    page, md = render(args)
+    print(md.read_text())
+    print(f"written: {page} and {md}")
+    return 0
+
+
 def _reproduce(argv: Sequence[str], prog: str) -> int:
     from .claims import CLAIMS, reproduce
     from .testbed import load_testbed
@@ -246,6 +261,7 @@ COMMANDS = {
     ("reproduce",): _reproduce,
     ("generate",): _generate,
     ("eval",): _eval,
+    ("report",): _report,
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),
     ("train", "rpo"): lambda argv, prog: _train_dpo(argv, prog, "rpo"),
     ("train", "bco"): _trainer("bco", "BCOArgs", "train_bco"),
