@@ -62,8 +62,6 @@ class ReproduceArgs(TestbedArgs):
 
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
-PLANNED: dict[str, str] = {}
-
 USAGE = """usage: align <command> [options]
 
 commands:
@@ -84,17 +82,15 @@ commands:
   report RUN_DIR...   one self-contained HTML page (tables with intervals, plots, sample browser, side by
                       side) and a Markdown summary from eval runs and reproduce results (-o report.html)
   reproduce NAME      check a paper claim on the testbed ({claims})
-{planned}
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
 """
 
 
 def _usage() -> str:
-    planned = "".join(f"  {name:<19} (not implemented yet) {what}\n" for name, what in PLANNED.items())
     from .claims import CLAIMS
 
-    return USAGE.format(planned=planned, claims=", ".join(CLAIMS))
+    return USAGE.format(claims=", ".join(CLAIMS))
 
 
 def _testbed_build(argv: Sequence[str], prog: str) -> int:
@@ -285,11 +281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ConfigError, FileNotFoundError) as err:
                 print(f"{prog}: error: {err}", file=sys.stderr)
                 return 2
-    for name, what in PLANNED.items():
-        words = name.split()
-        if words[0] == argv[0] and (len(words) == 1 or (len(argv) > 1 and argv[1] in words[1].split("|"))):
-            print(f"align {' '.join(argv[:2])}: not implemented yet ({what}); it lands with a later release.", file=sys.stderr)
-            return 2
     print(f"align: error: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 
