@@ -29,12 +29,12 @@ from typing import Any, Literal
 from .config import ConfigError
 from rewards.io import atomic_write_jsonl
 
-Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal"]
+Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal", "ead"]
 
 
 @dataclass
 class GenerateArgs:
-    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi or refusal"})
+    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi, refusal or ead"})
     prompts: str = field(
         default="", metadata={"help": "a .txt file (one prompt a line), or a dataset: hub id, directory, .jsonl/.json/.parquet file"}
     )
@@ -61,6 +61,10 @@ class GenerateArgs:
     desired_code: str = field(default="", metadata={"help": "gedi: control code of the desired class"})
     anti_code: str = field(default="", metadata={"help": "gedi: control code of the anti class"})
     omega: float = field(default=30.0, metadata={"help": "gedi: posterior weight"})
+    large: str | None = field(default=None, metadata={"help": "ead: the large model (`model` is the small one)"})
+    tau: float | None = field(default=None, metadata={"help": "ead: entropy threshold in bits (no published value: sweep it)"})
+    window: int = field(default=5, metadata={"help": "ead: tokens in the rolling entropy mean"})
+    min_tokens: int = field(default=10, metadata={"help": "ead: tokens on the current model before a switch"})
     threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
     category_thresholds: dict[str, float] | str | None = field(
         default_factory=dict,
@@ -101,17 +105,18 @@ class GenerateArgs:
             "dlf": ["small_base", "experts"],
             "negative": ["negative_prompt"],
             "gedi": ["gedi_model", "desired_code", "anti_code"],
+            "ead": ["large", "tau"],
         }
         for key in needs.get(self.method, []):
-            if not getattr(self, key):
+            if getattr(self, key) in (None, "", []):  # 0.0 is a valid tau
                 raise ConfigError(f"method {self.method!r} needs {key!r}")
         if self.method == "steer" and self.gamma and not self.base:
             raise ConfigError("method 'steer' with gamma != 0 needs 'base'")
         if self.method == "steer" and self.eta and not self.negative_examples:
             raise ConfigError("method 'steer' with eta != 0 needs 'negative_examples'")
-        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature", "omega"):
+        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature", "omega", "tau"):
             values = getattr(self, key)
-            for v in values if isinstance(values, list) else [values]:
+            for v in values if isinstance(values, list) else [] if values is None else [values]:
                 if not math.isfinite(v):
                     raise ConfigError(f"{key} must be finite, got {values}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -244,7 +249,7 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
     if args.backend == "vllm":
         return _generate_vllm(args, store, prompts, refusal)
     for ref in [args.model, *args.tuned, *args.experts] + [
-        r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model) if r
+        r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model, args.large) if r
     ]:
         store.reads_chat(ref)  # every reference resolves (tokenizer only) before any model loads
     main, tok = store.load(args.model)
@@ -291,11 +296,28 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
         if pool is not None:  # STEER's negatives grow with what was generated
             pool.add(text for text, _ in decode_completions(tok, ids, eos))
 
-    ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, grow, **sampling)
+    large_tokens = [0] * len(prompts)
+    ead = {}
+    if args.method == "ead":
+        from decoding import ead_generate
+
+        def ead_kwargs(rows: slice) -> dict[str, Any]:
+            return {"custom_generate": ead_generate, "large": aux(args.large, rows), "tau": args.tau,
+                    "window": args.window, "min_tokens": args.min_tokens}
+
+        def count(rows: slice, output: Any) -> None:  # tokens the large model chose, per row
+            large_tokens[rows] = output.tokens_large.tolist()
+
+        ead = {"make_kwargs": ead_kwargs, "on_output": count}
+    ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, grow, **ead, **sampling)
     # refusal: the first id is the control token; it goes to "control", the text is what follows
     controls = [control_token(tok, refusal, row[:1]) for row in ids] if args.method == "refusal" else None
     texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls or [None] * len(ids))], eos)
-    return _rows(texts, [len(row) for row in ids], controls)
+    rows = _rows(texts, [len(row) for row in ids], controls)
+    if args.method == "ead":
+        for row, n in zip(rows, large_tokens):
+            row["large_tokens"] = n  # EAD's cost: tokens the large model decided
+    return rows
 
 
 def refusal_options(model_path: str, threshold: float | None, category_thresholds: dict[str, float]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
@@ -89,11 +90,16 @@ def generate_ids(
     make_processors: Callable[[slice], list[LogitsProcessor]] | None = None,
     batch_size: int = 64,
     on_batch: Callable[[slice, list[list[int]]], None] | None = None,
+    make_kwargs: Callable[[slice], dict] | None = None,
+    on_output: Callable[[slice, Any], None] | None = None,
     **generate_kwargs,
 ) -> list[list[int]]:
     """Left-padded batched ``model.generate`` on token-id prompts; returns each completion's ids up
     to and including its first EOS (any of the model's EOS ids; without one it hit the length
-    limit). ``make_processors(rows)`` / ``on_batch(rows, completions)`` as in :func:`generate_with`."""
+    limit). ``make_processors(rows)`` / ``on_batch(rows, completions)`` as in :func:`generate_with`;
+    ``make_kwargs(rows)`` adds per-batch ``generate`` arguments (e.g. EAD's ``custom_generate`` and
+    its large model on those rows' prompts); ``on_output(rows, output)`` sees ``generate``'s raw
+    return (e.g. EAD's accounting)."""
     eos = eos_token_ids(model, tokenizer)
     stops = set(eos)
     pad = pad_token_id(tokenizer, eos)
@@ -106,10 +112,14 @@ def generate_ids(
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
         processors = make_processors(rows) if make_processors is not None else []
-        generated = model.generate(
+        extra = make_kwargs(rows) if make_kwargs is not None else {}
+        output = model.generate(
             input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
-            **generate_kwargs,
-        )[:, width:].tolist()
+            **generate_kwargs, **extra,
+        )
+        if on_output is not None:
+            on_output(rows, output)
+        generated = getattr(output, "sequences", output)[:, width:].tolist()
         batch_out = []
         for row in generated:
             end = next((i for i, t in enumerate(row) if t in stops), None)

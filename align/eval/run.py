@@ -287,6 +287,8 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
         if all("tokens" in r for r in rows):
             tokens = sum(r["tokens"] for r in rows)
             compute.update(generated_tokens=tokens, tokens_per_s=round(tokens / seconds, 2) if seconds else None)
+            if any("large_tokens" in r for r in rows):  # EAD: the share of tokens the large model decided
+                compute["large_fraction"] = round(sum(r.get("large_tokens", 0) for r in rows) / max(1, tokens), 4)
         table.append({"system": system, "prompt_set": set_name, "n": len(rows), "metrics": metrics, "compute": compute})
     names = [s["name"] for s in args.systems]
     baseline = names[0]

@@ -190,3 +190,20 @@ def test_refusal_judge_prompt_carries_the_rows_rubric_and_verdicts_do_not_depend
     one = judge.complete(texts, "x")
     judge.batch_size = 6
     assert judge.complete(texts, "x") == one
+
+
+def test_ead_system_reports_the_large_models_share(tiny_testbed, tmp_path):
+    """EAD as an eval system: with an unreachable entropy threshold it is the small model alone
+    (same outputs as plain decoding, large share 0); at threshold 0 the large model decides most tokens."""
+    ead = {"model": "testbed:small-instruct", "method": "ead", "large": "testbed:large-instruct", "window": 1, "min_tokens": 0}
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["verifier"],
+                 systems=[{"name": "small", "model": "testbed:small-instruct"}, {"name": "never", **ead, "tau": 1e9},
+                          {"name": "always", **ead, "tau": 0.0}],
+                 prompt_sets=[{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 12}])
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    compute = {t["system"]: t["compute"] for t in summary["table"]}
+    assert "large_fraction" not in compute["small"] and compute["never"]["large_fraction"] == 0.0
+    assert compute["always"]["large_fraction"] > 0.5
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    outputs = {name: [s["output"] for s in samples if s["system"] == name] for name in ("small", "never")}
+    assert outputs["never"] == outputs["small"]
