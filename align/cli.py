@@ -65,8 +65,8 @@ class ReproduceArgs(TestbedArgs):
 USAGE = """usage: align <command> [options]
 
 commands:
-  quickstart          build the full testbed (cached), print its capability table, train DPO and
-                      print small-instruct's gold accuracy before/after
+  quickstart          build the full testbed (cached), train DPO and a reward ensemble, evaluate base /
+                      DPO / EFT / EAD with intervals and write runs/quickstart/report.html
   testbed build       build the offline testbed (--profile full|tiny)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
@@ -206,21 +206,27 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
-def _quickstart(argv: Sequence[str], prog: str) -> int:
-    """Build the testbed, then train DPO on it and show the verifier accuracy before and after."""
-    from .claims import reproduce
-    from .testbed import load_testbed
+@dataclass
+class QuickstartArgs(BuildArgs):
+    out: str = field(default="runs/quickstart", metadata={"help": "trained models, eval run and report.html go here"})
+    n_eval: int = field(default=500, metadata={"help": "held-out problems to evaluate on"})
 
-    args = parse_config(BuildArgs, argv, prog=prog)
-    _testbed_build(list(argv), prog)
-    print("\nDPO on 512 verifier-labelled pairs (configs/dpo-testbed.yaml recipe), small-instruct:")
-    result, path = reproduce("dpo-gold", load_testbed(args.profile, args.seed, args.cache_dir))
-    sweep = result["sweep"]
-    before, after, gain = sweep["before"], sweep["after"], sweep["gain"]
-    print(f"  gold accuracy, greedy:        {before['greedy']:.3f} -> {after['greedy']:.3f}")
-    print(f"  gold accuracy, sampled (T=1): {before['sampled']:.3f} -> {after['sampled']:.3f} "
-          f"(gain {gain['gain']:+.3f} ± {gain['se']:.3f})")
-    print(f"written: {path}")
+
+def _quickstart(argv: Sequence[str], prog: str) -> int:
+    """Build the testbed, train DPO and a reward ensemble, evaluate four systems, write the report."""
+    from .quickstart import quickstart
+
+    args = parse_config(QuickstartArgs, argv, prog=prog)
+    result = quickstart(args.profile, args.seed, args.cache_dir, args.out, args.n_eval, args.workers)
+    print("\nheld-out arithmetic (verifier accuracy, mean ± se [95% interval]; ensemble reward; tokens/s):")
+    for entry in result["table"]:
+        m, c = entry["metrics"], entry["compute"]
+        acc, reward = m["verifier.correct"], m.get("ensemble.reward", {}).get("value")
+        extra = f", large-model share {c['large_fraction']:.2f}" if "large_fraction" in c else ""
+        print(f"  {entry['system']:<5} {acc['value']:.3f} ± {acc['se']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]"
+              f"  reward {reward:+.3f}  {c.get('tokens_per_s', 0):.0f} tok/s{extra}")
+    print(f"seconds: {result['seconds']}")
+    print(f"report: {result['report'].resolve()}")
     return 0
 
 

@@ -155,7 +155,9 @@ def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
 
             if "path" not in options:
                 raise ConfigError("scorer ensemble: needs 'path' (a directory written by `align train reward`)")
-            out[name] = s.RewardScorer(load_ensemble(options["path"], device=store.device()))
+            from ..models import default_device
+
+            out[name] = s.RewardScorer(load_ensemble(options["path"], device=args.device or default_device()))
         elif name == "refusal_judge":
             from .judges import RefusalJudge
 
