@@ -81,7 +81,8 @@ commands:
                       summary with intervals (--config configs/eval-testbed.yaml)
   report RUN_DIR...   one self-contained HTML page (tables with intervals, plots, sample browser, side by
                       side) and a Markdown summary from eval runs and reproduce results (-o report.html)
-  reproduce NAME      check a paper claim on the testbed ({claims})
+  reproduce NAME      check a paper claim on the testbed ({claims});
+                      --all runs every one (reusing finished results) into one table, claims.json
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
 """
@@ -194,8 +195,17 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
     from .claims import CLAIMS, reproduce
     from .testbed import load_testbed
 
+    if argv and argv[0] == "--all":
+        from .claims import reproduce_all
+
+        args = parse_config(ReproduceArgs, argv[1:], prog=f"{prog} --all")
+        rows, path = reproduce_all(load_testbed(args.profile, args.seed, args.cache_dir), args.n, args.out)
+        for row in rows:
+            print(f"{row['name']:<22} value {row['value']!s:<8} baseline {row['baseline']!s:<8} holds {row['holds']}")
+        print(f"written: {path} (render it: align report {args.out})")
+        return 0
     if not argv or argv[0].startswith("-"):
-        raise ConfigError(f"name a claim: {prog} NAME, with NAME one of {', '.join(CLAIMS)}")
+        raise ConfigError(f"name a claim: {prog} NAME (or --all), with NAME one of {', '.join(CLAIMS)}")
     name, rest = argv[0], argv[1:]
     if name not in CLAIMS:
         raise ConfigError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")

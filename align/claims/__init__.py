@@ -61,3 +61,16 @@ def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "run
     result["testbed"] = {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
     path = atomic_write_text(Path(out_dir) / name / "result.json", json.dumps(result, indent=2))
     return result, path
+
+
+def reproduce_all(tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce", skip_done: bool = True) -> tuple[list[Result], Path]:
+    """Every claim (a finished ``result.json`` for this testbed is reused when ``skip_done``), then
+    one table, ``out_dir/claims.json``: claim, metric, value, baseline, holds, seconds."""
+    rows = []
+    for name in CLAIMS:
+        path = Path(out_dir) / name / "result.json"
+        done = json.loads(path.read_text()) if skip_done and path.is_file() else None
+        same = done is not None and done.get("testbed") == {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
+        result = done if same else reproduce(name, tb, n, out_dir)[0]
+        rows.append({"name": name, **{k: result.get(k) for k in ("claim", "metric", "value", "baseline", "holds", "seconds")}})
+    return rows, atomic_write_text(Path(out_dir) / "claims.json", json.dumps(rows, indent=2))

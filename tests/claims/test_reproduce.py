@@ -126,3 +126,24 @@ def test_shipped_refusal_and_score_configs_are_the_claims_recipes():
     assert shipped.categories == refusal.CATEGORIES
     shipped = parse_config(ScoreArgs, ["--config", "configs/score-testbed.yaml"])
     assert {k: getattr(shipped, k) for k in score.RECIPE} == score.RECIPE
+
+
+def test_reproduce_all_reuses_finished_results_and_reports_one_table(tiny_testbed, tmp_path, monkeypatch):
+    cache = str(tiny_testbed.root.parents[1])
+    for name in CLAIMS:  # every claim but one already finished on this testbed (one on another: rerun)
+        if name != "eft-upscaling":
+            testbed = {"profile": "tiny", "seed": 0 if name != "dpo-gold" else 1}
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "result.json").write_text(json.dumps({"claim": name, "metric": "m", "value": 0.5,
+                                                                      "baseline": 0.4, "holds": True, "testbed": testbed}))
+    ran = []
+    import align.claims as claims
+
+    monkeypatch.setattr(claims, "reproduce", lambda name, *a, **kw: ran.append(name) or reproduce(name, *a, **kw))
+    assert main(["reproduce", "--all", "--profile", "tiny", "--cache_dir", cache, "--n", "4", "--out", str(tmp_path)]) == 0
+    assert sorted(ran) == ["dpo-gold", "eft-upscaling"]
+    table = json.loads((tmp_path / "claims.json").read_text())
+    assert [r["name"] for r in table] == list(CLAIMS) and all(r["holds"] is not None for r in table)
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "claims.html")]) == 0
+    page = (tmp_path / "claims.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in CLAIMS)
