@@ -269,7 +269,14 @@ def rewards(profile: str) -> dict:
     return reward_scoring(profile)
 
 
-BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards}
+def evaluation(profile: str) -> dict:
+    from .eval_report import run
+
+    return run(profile)
+
+
+BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards,
+              "eval": evaluation}
 
 
 def main() -> None:
