@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import zlib
@@ -55,6 +56,26 @@ def alpaca_win_rate(preferences: Sequence[float]) -> dict[str, float | int]:
         "n_draws": draws,
         "n_total": n,
     }
+
+
+def read_annotations(path: str) -> dict[str, dict[str, float | int]]:
+    """AlpacaEval annotation rows (a JSON list or JSONL with ``preference`` and, optionally,
+    ``generator_2``, the model compared with the baseline) -> :func:`alpaca_win_rate` per model.
+    Rows whose ``preference`` is missing (the annotator gave none) are counted as ``no_preference``."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    groups: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "preference" not in row:
+            raise ConfigError(f"annotations {path}: row {i} has no 'preference'")
+        groups.setdefault(str(row.get("generator_2", "model")), []).append(row["preference"])
+    out = {}
+    for model, prefs in groups.items():
+        given = [p for p in prefs if p is not None and not (isinstance(p, float) and math.isnan(p))]
+        out[model] = {**alpaca_win_rate(given), "no_preference": len(prefs) - len(given)} if given else {"no_preference": len(prefs)}
+    return out
 
 
 _SCORE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*$")

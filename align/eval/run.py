@@ -66,6 +66,14 @@ class EvalArgs:
     dtype: str = field(default="auto", metadata={"help": "models' dtype"})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
     n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples per interval"})
+    pairwise: dict | None = field(
+        default=None,
+        metadata={"help": "judge every system against a baseline: {judge: MODEL, baseline: SYSTEM (default the first), "
+                          "k: 3, temperature: 1.0, max_new_tokens: 256, prompt_sets: [...]} (FairEval MEC + BPC)"},
+    )
+    annotations: list[str] = field(
+        default_factory=list, metadata={"help": "AlpacaEval-style annotation files (JSON/JSONL with preference) to score"}
+    )
 
     def __post_init__(self) -> None:
         if not self.systems:
@@ -99,6 +107,17 @@ class EvalArgs:
             unknown = sorted(set(s.get("scorers") or []) - set(names))
             if unknown:
                 raise ConfigError(f"prompt_sets[{i}] ({s['name']}): scorers {unknown} are not among scorers: {names}")
+        if self.pairwise is not None:
+            known = {"judge", "baseline", "k", "temperature", "max_new_tokens", "prompt_sets", "batch_size"}
+            unknown = sorted(set(self.pairwise) - known)
+            if unknown or not self.pairwise.get("judge"):
+                raise ConfigError(f"pairwise: needs 'judge'; unknown keys {unknown}; valid: {', '.join(sorted(known))}")
+            systems = [s["name"] for s in self.systems]
+            if self.pairwise.get("baseline", systems[0]) not in systems or len(systems) < 2:
+                raise ConfigError(f"pairwise: baseline must be one of at least two systems {systems}, got {self.pairwise.get('baseline')!r}")
+        for path in self.annotations:
+            if not Path(path).is_file():
+                raise ConfigError(f"annotations: {path} does not exist")
         if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_bootstrap) < 1:
             raise ConfigError("max_new_tokens, batch_size, chunk_size and n_bootstrap must be >= 1")
         self.generate_args = {s["name"]: self._generate_args(i, s) for i, s in enumerate(self.systems)}
@@ -263,8 +282,58 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 bar.update(len(chunk))
         del store
     bar.close()
-    summary = summarise(read_samples(path), args)
+    samples = read_samples(path)
+    if args.pairwise:
+        judge_pairs(args, samples, judge_store, out / "pairwise.jsonl")
+    summary = summarise(samples, args)
+    if args.pairwise:
+        summary["pairwise"] = pairwise_summary(read_samples(out / "pairwise.jsonl"))
+    if args.annotations:
+        from .judges import read_annotations
+
+        summary["annotations"] = {p: read_annotations(p) for p in args.annotations}
     return atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+
+
+def judge_pairs(args: EvalArgs, samples: list[dict], store: Any, path: Path) -> None:
+    """Pairwise verdicts of every system against the baseline on the prompts both answered,
+    appended to ``pairwise.jsonl`` chunk by chunk (finished verdicts are skipped on a rerun)."""
+    from .judges import PairwiseJudge
+
+    options = dict(args.pairwise or {})
+    baseline = options.pop("baseline", args.systems[0]["name"])
+    sets = options.pop("prompt_sets", None)
+    model, tok = store.load(options.pop("judge"))
+    judge = PairwiseJudge(model, tok, seed=args.seed, **options)
+    done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
+    by = {(s["system"], s["prompt_set"], s["index"]): s for s in samples}
+    todo = [(key, by[baseline, key[1], key[2]]) for key in by
+            if key[0] != baseline and (baseline, key[1], key[2]) in by and key not in done and (sets is None or key[1] in sets)]
+    for start in range(0, len(todo), args.chunk_size):
+        chunk = todo[start : start + args.chunk_size]
+        verdicts = judge.compare([b["prompt"] for _, b in chunk], [b["output"] for _, b in chunk], [by[k]["output"] for k, _ in chunk])
+        append_samples(path, [{"system": k[0], "baseline": baseline, "prompt_set": k[1], "index": k[2], **v}
+                              for (k, _), v in zip(chunk, verdicts)])
+
+
+def pairwise_summary(verdicts: list[dict]) -> list[dict[str, Any]]:
+    """Per system and prompt set: AlpacaEval's win rate, standard error, discrete win rate and
+    counts over the parsed verdicts, FairEval's conflict rate and mean BPDE, the unparsed count."""
+    from .judges import alpaca_win_rate
+
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for v in verdicts:
+        groups[v["system"], v["baseline"], v["prompt_set"]].append(v)
+    out = []
+    for (system, baseline, set_name), rows in groups.items():
+        parsed = [r for r in rows if r["preference"] is not None]
+        conflicts = [r["conflict"] for r in parsed if r["conflict"] is not None]
+        out.append({"system": system, "baseline": baseline, "prompt_set": set_name,
+                    **(alpaca_win_rate([r["preference"] for r in parsed]) if parsed else {"n_total": 0}),
+                    "conflict_rate": sum(conflicts) / len(conflicts) if conflicts else None,
+                    "bpde": sum(r["bpde"] for r in parsed) / len(parsed) if parsed else None,
+                    "no_verdict": len(rows) - len(parsed), "unparsed_samples": sum(r["unparsed"] for r in rows)})
+    return out
 
 
 def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:

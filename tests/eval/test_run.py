@@ -207,3 +207,50 @@ def test_ead_system_reports_the_large_models_share(tiny_testbed, tmp_path):
     samples = read_samples(tmp_path / "run" / "samples.jsonl")
     outputs = {name: [s["output"] for s in samples if s["system"] == name] for name in ("small", "never")}
     assert outputs["never"] == outputs["small"]
+
+
+def test_pairwise_judging_against_a_scripted_judge_and_annotation_files(tiny_testbed, tmp_path, monkeypatch):
+    """A judge that scores each answer by its length: the win rate must be AlpacaEval's over the
+    per-prompt length comparison, with no position conflicts; verdicts resume; annotation files
+    are read as AlpacaEval writes them."""
+    import re
+
+    from align.eval.judges import LocalJudge, alpaca_win_rate
+
+    calls = []
+
+    def scripted(self, texts, salt=""):
+        calls.append(len(texts))
+        out = []
+        for t in texts:
+            first = re.search(r"Assistant 1's Answer\]\n(.*)\n\[The End of Assistant 1", t, re.S).group(1)
+            second = re.search(r"Assistant 2's Answer\]\n(.*)\n\[The End of Assistant 2", t, re.S).group(1)
+            out.append(f"Longer is better.\nAssistant 1: {len(first)}\nAssistant 2: {len(second)}")
+        return out
+
+    monkeypatch.setattr(LocalJudge, "complete", scripted)
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 10}]
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["length"], prompt_sets=sets,
+                 pairwise={"judge": "testbed:small-instruct", "k": 2})
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    samples = {(s["system"], s["index"]): s for s in read_samples(tmp_path / "run" / "samples.jsonl")}
+    expected = []
+    for i in range(10):
+        a, b = len(samples["base", i]["output"]), len(samples["eft", i]["output"])
+        expected.append(2.0 if b > a else 1.0 if a > b else 1.5)
+    (result,) = summary["pairwise"]
+    assert (result["system"], result["baseline"]) == ("eft", "base")
+    assert {k: result[k] for k in ("win_rate", "n_wins", "n_draws", "n_total")} == {
+        k: v for k, v in alpaca_win_rate(expected).items() if k in ("win_rate", "n_wins", "n_draws", "n_total")}
+    assert result["conflict_rate"] == 0.0 and result["no_verdict"] == 0
+    assert sum(calls) == 2 * 2 * 10  # k = 2 samples of both orders of 10 prompts
+    run_eval(args, progress=False)  # everything judged already
+    assert sum(calls) == 2 * 2 * 10
+
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps([{"generator_2": "m", "preference": p} for p in (2, 1, 0, 1.9, None)]))
+    with_files = _args(tiny_testbed, tmp_path / "run", scorers=["length"], prompt_sets=sets, annotations=[str(annotations)])
+    summary = json.loads(run_eval(with_files, progress=False).read_text())
+    assert summary["annotations"][str(annotations)]["m"] == {**alpaca_win_rate([2, 1, 1.5, 1.9]), "no_preference": 1}
+    with pytest.raises(ConfigError, match="pairwise: baseline must be one of"):
+        _args(tiny_testbed, tmp_path, pairwise={"judge": "j", "baseline": "nobody"})
