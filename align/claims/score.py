@@ -10,8 +10,9 @@ correctness):
   ``x2 → y2`` for the same number of steps and sequences per step as SCoRe;
 * SCoRe: ``align train score`` with ``RECIPE`` (the values of ``configs/score-testbed.yaml``).
 
-Premise (reported): the base model leaves room to correct (Acc@t1 < 1) and does not already
-self-correct (the paper's base models have Δ <= 0). No hyperparameter is tuned: SCoRe's and the
+Premise (reported): the base model leaves room to correct (Acc@t1 < 1), does not already
+self-correct (the paper's base models have Δ <= 0), and its sampled second attempts are sometimes
+right (otherwise neither REINFORCE nor the SFT baseline has anything to learn from). No hyperparameter is tuned: SCoRe's and the
 SFT baseline's recipe is the shipped config's, so nothing is chosen on the evaluation problems.
 Seeds: training 0, data 0, the testbed's seed.
 
@@ -115,7 +116,8 @@ def score_selfcorrection(tb: "Testbed", n: int) -> dict:
         "baseline": max(metrics["base"]["delta"], metrics["SFT on traces"]["delta"]),
         "holds": value > 0 and all(v["diff"] > 2 * v["se"] for v in vs.values()),
         "sweep": {"premise": {"base_acc_t1": metrics["base"]["acc_t1"], "base_delta": metrics["base"]["delta"],
-                              "holds": metrics["base"]["acc_t1"] < 1 and metrics["base"]["delta"] <= 0},
+                              "right_second_attempts_sampled": len(traces),
+                              "holds": metrics["base"]["acc_t1"] < 1 and metrics["base"]["delta"] <= 0 and len(traces) > 0},
                   "models": metrics, "score_minus": vs, "sft": sft_info, "recipe": recipe,
                   "seeds": {"training": 0, "data": 0, "testbed": tb.manifest["seed"]}},
     }
