@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -53,34 +52,22 @@ def distinct_n(samples: Sequence[Sequence[str]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def bleu(candidate: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Sentence BLEU-``max_n`` with uniform weights, clipped counts and the brevity penalty.
+def self_bleu(texts: Sequence[str], tokenize: str = "13a") -> float:
+    """Mean sentence BLEU-4 of each text against all the others, in [0, 1] (lower = more diverse;
+    METHODS §E3), by ``sacrebleu`` (effective n-gram order, its default smoothing). ``tokenize``:
+    sacrebleu's tokenizer, ``"13a"`` for words, ``"char"`` for characters (arithmetic strings).
 
-    Zero n-gram matches are smoothed to 0.1 / total ("method 1"), so short samples score > 0.
+    Example:
+        >>> self_bleu(["the cat sat", "the cat sat"])
+        1.0
     """
-    if not candidate:
-        return 0.0
-    log_precision = 0.0
-    for n in range(1, max_n + 1):
-        cand = Counter(ngrams(candidate, n))
-        total = sum(cand.values())
-        if total == 0:
-            return 0.0
-        best: Counter = Counter()
-        for ref in references:
-            best |= Counter(ngrams(ref, n))
-        matches = sum(min(c, best[g]) for g, c in cand.items())
-        log_precision += math.log((matches or 0.1) / total) / max_n
-    closest = min((abs(len(r) - len(candidate)), len(r)) for r in references)[1]
-    brevity = 1.0 if len(candidate) > closest else math.exp(1 - closest / len(candidate))
-    return brevity * math.exp(log_precision)
+    from sacrebleu.metrics import BLEU
 
-
-def self_bleu(samples: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Mean BLEU of each sample against all the others (lower = more diverse)."""
-    if len(samples) < 2:
+    if len(texts) < 2:
         raise ValueError("self-BLEU needs at least two samples")
-    return sum(bleu(s, samples[:i] + samples[i + 1 :], max_n) for i, s in enumerate(samples)) / len(samples)
+    metric = BLEU(tokenize=tokenize, effective_order=True)
+    scores = [metric.sentence_score(t, list(texts[:i]) + list(texts[i + 1 :])).score for i, t in enumerate(texts)]
+    return round(sum(scores) / len(scores) / 100, 12)
 
 
 def tv_test(counts: torch.Tensor, probs: torch.Tensor, false_alarm: float = 1e-3) -> dict[str, float | bool]:

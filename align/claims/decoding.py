@@ -171,7 +171,7 @@ def steer_diversity(tb: "Testbed", n: int) -> Result:
         equations = [t.split("=")[0] + "=" for t in texts]
         return {
             **{f"distinct_{k}": round(distinct_n(chars, k), 4) for k in (1, 2, 3, 4)},
-            "self_bleu": round(self_bleu(chars), 4),
+            "self_bleu": round(self_bleu(texts, tokenize="char"), 4),
             "correct": round(negative_fraction(equations, [t[len(e) :] for t, e in zip(texts, equations)])["correct"], 4),
         }
 
