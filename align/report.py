@@ -233,7 +233,7 @@ def side_by_side(runs: list[Run]) -> list[dict[str, Any]]:
         systems = [s["name"] for s in run.summary.get("systems", [])]
         if len(systems) < 2:
             continue
-        index = {(s["system"], s["prompt_set"], s["index"]): s for s in run.samples}
+        index = {(s["system"], s["prompt_set"], s["index"]): s for s in run.samples if s.get("sample", 0) == 0}
         for other in systems[1:]:
             pairs = []
             for (system, set_name, i), a in index.items():

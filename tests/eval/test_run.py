@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from align.cli import main
 from align.config import ConfigError
@@ -254,3 +255,31 @@ def test_pairwise_judging_against_a_scripted_judge_and_annotation_files(tiny_tes
     assert summary["annotations"][str(annotations)]["m"] == {**alpaca_win_rate([2, 1, 1.5, 1.9]), "no_preference": 1}
     with pytest.raises(ConfigError, match="pairwise: baseline must be one of"):
         _args(tiny_testbed, tmp_path, pairwise={"judge": "j", "baseline": "nobody"})
+
+
+def test_several_samples_per_prompt_give_diversity_per_prompt(tiny_testbed, tmp_path):
+    """samples_per_prompt: metrics are means over prompts of per-prompt means, and distinct-n /
+    self-BLEU are computed within each prompt's samples (METHODS §E3), checked by recomputation."""
+    from align.metrics import distinct_n, self_bleu
+
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 6}]
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["length"], prompt_sets=sets, do_sample=True, samples_per_prompt=3,
+                 diversity_tokenize="char", embedding_diversity=True, systems=[{"name": "base", "model": "testbed:small-instruct"}])
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    assert sorted((s["index"], s["sample"]) for s in samples) == [(i, j) for i in range(6) for j in range(3)]
+    texts = {i: [s["output"] for s in samples if s["index"] == i] for i in range(6)}
+    metrics = summary["table"][0]["metrics"]
+    assert metrics["diversity.self_bleu"]["value"] == pytest.approx(sum(self_bleu(t, "char") for t in texts.values()) / 6)
+    assert metrics["diversity.distinct_2"]["value"] == pytest.approx(sum(distinct_n([list(x) for x in t], 2) for t in texts.values()) / 6)
+    assert metrics["length.chars"]["value"] == pytest.approx(sum(sum(map(len, t)) / 3 for t in texts.values()) / 6)
+    assert metrics["length.chars"]["n"] == 6  # prompts, not samples, are resampled
+    from align.diagnostics.udm import minilm_embedder
+
+    embed, pairwise = minilm_embedder(), []
+    for t in texts.values():  # naive: every ordered pair's 1 - cos
+        e = embed(t)
+        pairwise.append(sum(1 - float(torch.cosine_similarity(e[a], e[b], dim=0)) for a in range(3) for b in range(3) if a != b) / 6)
+    assert metrics["diversity.embedding"]["value"] == pytest.approx(sum(pairwise) / 6, abs=1e-5)
+    with pytest.raises(ConfigError, match="needs do_sample"):
+        _args(tiny_testbed, tmp_path, samples_per_prompt=2)
