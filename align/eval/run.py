@@ -33,11 +33,13 @@ from rewards.io import atomic_write_text
 
 from ..config import ConfigError
 from ..generate import GenerateArgs
+from ..trainers.score import DEFAULT_INSTRUCTION
 from .stats import estimate, paired_difference
 
 SCORERS = ("verifier", "math", "refusal_string", "refusal_judge", "ensemble", "length")
 SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
-SET_KEYS = {"name", "dataset", "split", "dataset_config", "prompt_field", "limit", "expect", "expect_field", "scorers"}
+SET_KEYS = {"name", "dataset", "split", "dataset_config", "prompt_field", "limit", "expect", "expect_field", "scorers",
+            "self_correction"}
 
 
 @dataclass
@@ -48,7 +50,8 @@ class EvalArgs:
         metadata={"help": "each: name, dataset (hub id, directory, file, testbed:NAME), split, prompt_field, limit, "
                           "expect (refuse / respond: the right behaviour on every prompt, for refusal metrics) or "
                           "expect_field (a row field saying refuse / respond per prompt), "
-                          "scorers (names of the scorers that apply here; default all)"},
+                          "scorers (names of the scorers that apply here; default all), self_correction (true or an "
+                          "instruction: a second attempt after that user turn, scored alike; Acc@t1/t2, Δ, Δi→c, Δc→i)"},
     )
     scorers: list[Any] = field(
         default_factory=lambda: ["length"],
@@ -284,11 +287,27 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 seconds = time.perf_counter() - began
                 texts = [o["output"] for o in outputs]
                 applies = spec.get("scorers") or list(scorers)
-                scores = {k: fn(prompts, texts, [rows[i] for i, _ in chunk]) for k, fn in scorers.items() if k in applies}
+                chunk_rows = [rows[i] for i, _ in chunk]
+                scores = {k: fn(prompts, texts, chunk_rows) for k, fn in scorers.items() if k in applies}
+                flat = [{f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[c].items()}
+                        for c in range(len(chunk))]
+                second: list[dict] = [{} for _ in chunk]
+                if spec.get("self_correction"):  # attempt 2 after the instruction, conditioned on attempt 1
+                    instruction = spec["self_correction"] if isinstance(spec["self_correction"], str) else DEFAULT_INSTRUCTION
+                    turns = [_messages(p) + [{"role": "assistant", "content": t}, {"role": "user", "content": instruction}]
+                             for p, t in zip(prompts, texts)]
+                    began = time.perf_counter()
+                    second = generate_outputs(gen, turns, store)
+                    seconds += time.perf_counter() - began
+                    texts2 = [o["output"] for o in second]
+                    scores2 = {k: fn(turns, texts2, chunk_rows) for k, fn in scorers.items() if k in applies}
+                    for c in range(len(chunk)):
+                        flat[c].update({f"t2.{scorer}.{metric}": v for scorer, s in scores2.items() for metric, v in s[c].items()})
                 append_samples(path, [
                     {"system": name, "prompt_set": set_name, "index": i, "sample": j, "prompt": prompts[c], **outputs[c],
+                     **({"second": second[c]} if second[c] else {}),
                      "seconds": seconds / len(chunk), "row": {k: v for k, v in rows[i].items() if k != field_name},
-                     "scores": {f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[c].items()}}
+                     "scores": flat[c]}
                     for c, (i, j) in enumerate(chunk)
                 ])
                 bar.update(len(chunk))
@@ -368,6 +387,8 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
         metrics["finished"] = estimate(list(finished.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
         if args.samples_per_prompt > 1:
             metrics.update(diversity_metrics(rows, args))
+        for key in [k for k in metrics if k.endswith(".correct") and f"t2.{k}" in metrics]:
+            metrics.update(self_correction_estimates(rows, key, args))
         seconds = sum(r["seconds"] for r in rows)
         compute = {"seconds": round(seconds, 3), "samples_per_s": round(len(rows) / seconds, 3) if seconds else None}
         if all("tokens" in r for r in rows):
@@ -394,6 +415,35 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
             "prompt_sets": args.prompt_sets, "scorers": args.scorers}
+
+
+def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dict[str, dict[str, Any]]:
+    """METHODS §E4 from a ``*.correct`` score on both attempts, each a mean over the whole prompt
+    set (per-prompt means first) with its interval: Acc@t1, Acc@t2, Δ (paired), Δ^{i→c}, Δ^{c→i};
+    Δ = Δ^{i→c} - Δ^{c→i} is checked."""
+    from ..metrics import self_correction_metrics
+
+    both = [r for r in rows if isinstance(r["scores"].get(key), bool) and isinstance(r["scores"].get(f"t2.{key}"), bool)]
+    if not both:
+        return {}
+    self_correction_metrics([r["scores"][key] for r in both], [r["scores"][f"t2.{key}"] for r in both])
+    flags = [{"index": r["index"], "scores": {"t1": float(r["scores"][key]), "t2": float(r["scores"][f"t2.{key}"]),
+                                              "i_to_c": float(not r["scores"][key] and r["scores"][f"t2.{key}"]),
+                                              "c_to_i": float(r["scores"][key] and not r["scores"][f"t2.{key}"])}} for r in both]
+    means = {k: per_prompt_means(flags, k) for k in ("t1", "t2", "i_to_c", "c_to_i")}
+    boot = {"n_resamples": args.n_bootstrap, "seed": args.seed}
+    name, order = key.removesuffix(".correct"), sorted(means["t1"])
+    return {
+        f"{name}.acc_t1": estimate([means["t1"][i] for i in order], **boot).as_dict(),
+        f"{name}.acc_t2": estimate([means["t2"][i] for i in order], **boot).as_dict(),
+        f"{name}.delta": paired_difference([means["t2"][i] for i in order], [means["t1"][i] for i in order], **boot).as_dict(),
+        f"{name}.delta_i_to_c": estimate([means["i_to_c"][i] for i in order], **boot).as_dict(),
+        f"{name}.delta_c_to_i": estimate([means["c_to_i"][i] for i in order], **boot).as_dict(),
+    }
+
+
+def _messages(prompt: Any) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def per_prompt_means(rows: list[dict], metric: str) -> dict[int, float]:

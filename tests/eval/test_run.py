@@ -283,3 +283,31 @@ def test_several_samples_per_prompt_give_diversity_per_prompt(tiny_testbed, tmp_
     assert metrics["diversity.embedding"]["value"] == pytest.approx(sum(pairwise) / 6, abs=1e-5)
     with pytest.raises(ConfigError, match="needs do_sample"):
         _args(tiny_testbed, tmp_path, samples_per_prompt=2)
+
+
+def test_self_correction_prompt_set_reports_both_attempts(tiny_testbed, tmp_path):
+    """self_correction: a second greedy attempt after the instruction (as SCoRe's evaluation makes
+    it); Acc@t1, Acc@t2 and the transitions equal SCoRe's own greedy episodes on the same problems."""
+    from align.metrics import self_correction_metrics
+    from align.testbed.datasets import self_correction
+    from align.trainers.score import ScoreArgs, ScoreTrainer, verifier_reward
+
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 12,
+             "self_correction": "Again:"}]  # a short instruction: the tiny model's second attempts then vary
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["verifier"], prompt_sets=sets, max_new_tokens=8,
+                 systems=[{"name": "large", "model": "testbed:large-instruct"}])
+    metrics = json.loads(run_eval(args, progress=False).read_text())["table"][0]["metrics"]
+    tok = tiny_testbed.tokenizer()
+    trainer = ScoreTrainer(model=tiny_testbed.model("large-instruct"), processing_class=tok, data_collator=lambda r: {"rows": r},
+                           args=ScoreArgs(dataset="x", output_dir=str(tmp_path / "s"), max_new_tokens=8, report_to=[],
+                                          instruction="Again:"),
+                           ref_model=None, reward_fn=verifier_reward)
+    rows = [{"prompt": r["problem"], "answer": r["answer"]} for r in self_correction(1, 12, 0)["eval"]]
+    expected = self_correction_metrics(*trainer.greedy_outcomes(rows))
+    for key in ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i"):
+        assert metrics[f"verifier.{key}"]["value"] == pytest.approx(expected[key])
+    samples = sorted(read_samples(tmp_path / "run" / "samples.jsonl"), key=lambda s: s["index"])
+    assert all("t2.verifier.correct" in s["scores"] for s in samples)
+    t1, t2 = trainer.episodes(rows, 1, greedy=True)["texts"]  # the same episodes, text for text
+    assert [s["output"] for s in samples] == t1 and [s["second"]["output"] for s in samples] == t2
+    assert len(set(t2)) > 1  # not a degenerate comparison
