@@ -226,8 +226,11 @@ def _quickstart(argv: Sequence[str], prog: str) -> int:
     """Build the testbed, train DPO and a reward ensemble, evaluate four systems, write the report."""
     from .quickstart import quickstart
 
+    from .testbed import load_testbed
+
     args = parse_config(QuickstartArgs, argv, prog=prog)
     result = quickstart(args.profile, args.seed, args.cache_dir, args.out, args.n_eval, args.workers)
+    _print_table(load_testbed(args.profile, args.seed, args.cache_dir).manifest)
     print("\nheld-out arithmetic (verifier accuracy, mean ± se [95% interval]; ensemble reward; tokens/s):")
     for entry in result["table"]:
         m, c = entry["metrics"], entry["compute"]

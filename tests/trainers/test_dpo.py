@@ -71,7 +71,7 @@ def test_cli_and_shipped_config(tmp_path, capsys):
     assert main(["train", "dpo", "--config", str(bad)]) == 2
     assert "unknown key 'betta'" in capsys.readouterr().err
     assert main(["eval"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "systems: give at least one system" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("trainer", ["dpo", "bco", "score"])
