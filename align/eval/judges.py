@@ -196,10 +196,25 @@ class LocalJudge:
     """A local causal LM that reads judge prompts (as a chat user turn when it has a chat template)
     and writes verdicts, sampled with per-prompt seeds so a verdict does not depend on batching."""
 
+    MIN_SAMPLES = 16  # outputs after which a judge that never gave a verdict is an error, not a statistic
+
     def __init__(self, model: Any, tokenizer: Any, temperature: float = 1.0, max_new_tokens: int = 256,
-                 batch_size: int = 16, seed: int = 0) -> None:
+                 batch_size: int = 16, seed: int = 0, name: str = "judge") -> None:
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.max_new_tokens, self.batch_size, self.seed = temperature, max_new_tokens, batch_size, seed
+        self.name, self.seen, self.parsed, self.last = name, 0, 0, ""
+
+    def count(self, outputs: Sequence[str], parsed: Sequence[Any]) -> None:
+        """Tally parsed verdicts; after ``MIN_SAMPLES`` outputs with none parsed, stop the run:
+        every number from this judge would be missing."""
+        self.seen += len(outputs)
+        self.parsed += sum(p is not None for p in parsed)
+        self.last = outputs[-1] if outputs else self.last
+        if self.seen >= self.MIN_SAMPLES and self.parsed == 0:
+            raise ConfigError(
+                f"{self.name}: no parseable verdict in {self.seen} outputs (last: {self.last[:200]!r}); use an "
+                "instruction-tuned judge, or give it more max_new_tokens"
+            )
 
     def complete(self, texts: Sequence[str], salt: str = "") -> list[str]:
         from decoding.generate import SeededSampler, decode_completions, eos_token_ids, generate_ids
@@ -252,7 +267,9 @@ class RefusalJudge(LocalJudge):
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[dict]:
         texts = [REFUSAL_TEMPLATE.format(prompt=_text(p), response=c, **self._rubric(r))
                  for p, c, r in zip(prompts, completions, rows)]
-        verdicts = [parse_refusal_verdict(v) for v in self.complete(texts, "refusal")]
+        outputs = self.complete(texts, "refusal")
+        verdicts = [parse_refusal_verdict(v) for v in outputs]
+        self.count(outputs, verdicts)
         return [{"refused": {"REFUSED": True, "ANSWERED": False}.get(v), "verdict": v or "UNPARSEABLE"} for v in verdicts]
 
 
@@ -282,4 +299,5 @@ class PairwiseJudge(LocalJudge):
             texts += [PAIRWISE_TEMPLATE.format(prompt=_text(p), first=a, second=b) for p, a, b in zip(prompts, first, second)]
         samples = [self.complete(texts, f"pairwise:{j}") for j in range(self.k)]  # k samples of each prompt, each order
         scores = [[parse_pair_scores(s[i]) for s in samples] for i in range(2 * n)]
+        self.count([out for s in samples for out in s], [x for row in scores for x in row])
         return [bpc_verdict(scores[i], scores[n + i]) for i in range(n)]

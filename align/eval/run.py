@@ -197,8 +197,9 @@ def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
             if "judge" not in options:
                 raise ConfigError("scorer refusal_judge: needs 'judge' (a model: hub id, directory or testbed:NAME)")
             rubric = json.loads(Path(options.pop("rubric")).read_text()) if options.get("rubric") else None
-            model, tok = store.load(options.pop("judge"))
-            out[name] = RefusalJudge(model, tok, rubric, seed=args.seed, **options)
+            judge = options.pop("judge")
+            model, tok = store.load(judge)
+            out[name] = RefusalJudge(model, tok, rubric, seed=args.seed, name=f"scorer refusal_judge (judge {judge})", **options)
     return out
 
 
@@ -334,8 +335,9 @@ def judge_pairs(args: EvalArgs, samples: list[dict], store: Any, path: Path) -> 
     options = dict(args.pairwise or {})
     baseline = options.pop("baseline", args.systems[0]["name"])
     sets = options.pop("prompt_sets", None)
-    model, tok = store.load(options.pop("judge"))
-    judge = PairwiseJudge(model, tok, seed=args.seed, **options)
+    judge_ref = options.pop("judge")
+    model, tok = store.load(judge_ref)
+    judge = PairwiseJudge(model, tok, seed=args.seed, name=f"pairwise (judge {judge_ref})", **options)
     done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
     by = {(s["system"], s["prompt_set"], s["index"]): s for s in samples if s.get("sample", 0) == 0}  # first sample of each
     todo = [(key, by[baseline, key[1], key[2]]) for key in by

@@ -311,3 +311,14 @@ def test_self_correction_prompt_set_reports_both_attempts(tiny_testbed, tmp_path
     t1, t2 = trainer.episodes(rows, 1, greedy=True)["texts"]  # the same episodes, text for text
     assert [s["output"] for s in samples] == t1 and [s["second"]["output"] for s in samples] == t2
     assert len(set(t2)) > 1  # not a degenerate comparison
+
+
+def test_a_judge_that_never_gives_a_verdict_stops_the_run(tiny_testbed, tmp_path):
+    """The untrained tiny model as CoCoNot judge: after 16 outputs without REFUSED/ANSWERED/NEITHER
+    the run stops naming the judge, instead of reporting a refusal rate from nothing."""
+    sets = [{"name": "coconot", "dataset": str(DATA / "coconot" / "coconot_eval.jsonl"), "limit": 16, "expect": "refuse"}]
+    args = _args(tiny_testbed, tmp_path / "run", prompt_sets=sets, max_new_tokens=4,
+                 scorers=[{"name": "refusal_judge", "judge": "testbed:small-instruct", "max_new_tokens": 4}],
+                 systems=[{"name": "tiny", "model": "testbed:small-instruct"}], chunk_size=16)
+    with pytest.raises(ConfigError, match=r"scorer refusal_judge \(judge testbed:small-instruct\): no parseable verdict in 16"):
+        run_eval(args, progress=False)
