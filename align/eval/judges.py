@@ -58,6 +58,34 @@ def alpaca_win_rate(preferences: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+def length_controlled_minimal(preferences: Sequence[float], length_delta: Sequence[float], l2: float = 1e-4) -> float:
+    """A *minimal* length-controlled win rate (METHODS §E1b; not AlpacaEval's LC, which also needs
+    per-instruction difficulty and gamed-baseline fits that offline data lacks): fit
+    ``P(model wins) = σ(θ + w·tanh(δ / std δ))`` to the soft labels ``preference - 1`` (δ = model
+    length - baseline length) by maximum likelihood with a small L2 on ``w``, then report
+    ``100·σ(θ)``: the win rate the fit predicts at equal length.
+
+    Example:
+        >>> prefs, delta = [1.9] * 14 + [1.1] * 6, [5] * 14 + [-5] * 6   # wins when longer; longer 70% of the time
+        >>> round(alpaca_win_rate(prefs)["win_rate"]), round(length_controlled_minimal(prefs, delta))
+        (66, 50)
+    """
+    from scipy.optimize import minimize
+
+    y = np.asarray([1.5 if p == 0 else p for p in preferences], dtype=np.float64) - 1
+    d = np.asarray(length_delta, dtype=np.float64)
+    if len(y) != len(d) or len(y) == 0:
+        raise ValueError(f"need one length difference per preference, got {len(d)} and {len(y)}")
+    x = np.tanh(d / d.std()) if d.std() > 0 else np.zeros_like(d)
+
+    def loss(params: np.ndarray) -> float:
+        z = params[0] + params[1] * x
+        return float(np.mean(np.logaddexp(0, z) - y * z) + l2 * params[1] ** 2)
+
+    theta = minimize(loss, np.zeros(2), method="L-BFGS-B").x[0]
+    return float(100 / (1 + np.exp(-theta)))
+
+
 def read_annotations(path: str) -> dict[str, dict[str, float | int]]:
     """AlpacaEval annotation rows (a JSON list or JSONL with ``preference`` and, optionally,
     ``generator_2``, the model compared with the baseline) -> :func:`alpaca_win_rate` per model.

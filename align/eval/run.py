@@ -345,14 +345,16 @@ def judge_pairs(args: EvalArgs, samples: list[dict], store: Any, path: Path) -> 
     for start in range(0, len(todo), args.chunk_size):
         chunk = todo[start : start + args.chunk_size]
         verdicts = judge.compare([b["prompt"] for _, b in chunk], [b["output"] for _, b in chunk], [by[k]["output"] for k, _ in chunk])
-        append_samples(path, [{"system": k[0], "baseline": baseline, "prompt_set": k[1], "index": k[2], **v}
-                              for (k, _), v in zip(chunk, verdicts)])
+        append_samples(path, [{"system": k[0], "baseline": baseline, "prompt_set": k[1], "index": k[2], **v,
+                               "length_delta": len(by[k]["output"]) - len(b["output"])}
+                              for (k, b), v in zip(chunk, verdicts)])
 
 
 def pairwise_summary(verdicts: list[dict]) -> list[dict[str, Any]]:
     """Per system and prompt set: AlpacaEval's win rate, standard error, discrete win rate and
-    counts over the parsed verdicts, FairEval's conflict rate and mean BPDE, the unparsed count."""
-    from .judges import alpaca_win_rate
+    counts over the parsed verdicts, the minimal length-controlled win rate (length term only),
+    FairEval's conflict rate and mean BPDE, the unparsed count."""
+    from .judges import alpaca_win_rate, length_controlled_minimal
 
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for v in verdicts:
@@ -361,8 +363,12 @@ def pairwise_summary(verdicts: list[dict]) -> list[dict[str, Any]]:
     for (system, baseline, set_name), rows in groups.items():
         parsed = [r for r in rows if r["preference"] is not None]
         conflicts = [r["conflict"] for r in parsed if r["conflict"] is not None]
+        prefs = [r["preference"] for r in parsed]
         out.append({"system": system, "baseline": baseline, "prompt_set": set_name,
-                    **(alpaca_win_rate([r["preference"] for r in parsed]) if parsed else {"n_total": 0}),
+                    **(alpaca_win_rate(prefs) if parsed else {"n_total": 0}),
+                    # length term only: not AlpacaEval's LC (no instruction difficulty offline), so named apart
+                    "length_controlled_win_rate_minimal": length_controlled_minimal(prefs, [r["length_delta"] for r in parsed])
+                    if len(parsed) > 1 else None,
                     "conflict_rate": sum(conflicts) / len(conflicts) if conflicts else None,
                     "bpde": sum(r["bpde"] for r in parsed) / len(parsed) if parsed else None,
                     "no_verdict": len(rows) - len(parsed), "unparsed_samples": sum(r["unparsed"] for r in rows)})

@@ -244,6 +244,7 @@ def test_pairwise_judging_against_a_scripted_judge_and_annotation_files(tiny_tes
     assert {k: result[k] for k in ("win_rate", "n_wins", "n_draws", "n_total")} == {
         k: v for k, v in alpaca_win_rate(expected).items() if k in ("win_rate", "n_wins", "n_draws", "n_total")}
     assert result["conflict_rate"] == 0.0 and result["no_verdict"] == 0
+    assert 0 <= result["length_controlled_win_rate_minimal"] <= 100  # its arithmetic: test_stats_and_judges.py
     assert sum(calls) == 2 * 2 * 10  # k = 2 samples of both orders of 10 prompts
     run_eval(args, progress=False)  # everything judged already
     assert sum(calls) == 2 * 2 * 10

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from align.config import ConfigError
-from align.eval.judges import alpaca_win_rate, bpc_verdict, parse_pair_scores, parse_refusal_verdict
+from align.eval.judges import alpaca_win_rate, bpc_verdict, length_controlled_minimal, parse_pair_scores, parse_refusal_verdict
 from align.eval.scorers import math_answer, refusal_string_match, verifier
 from align.eval.stats import estimate, paired_difference
 
@@ -57,6 +57,18 @@ def test_alpaca_win_rate_as_alpaca_eval_defines_it():
     assert m["discrete_win_rate"] == pytest.approx(100 * (3 + 1) / 7)
     with pytest.raises(ValueError, match="outside"):
         alpaca_win_rate([2.5])
+
+
+def test_minimal_length_control_removes_a_pure_length_preference_and_keeps_a_real_one():
+    # wins exactly when longer, longer 70% of the time: raw 66, at equal length 50
+    assert length_controlled_minimal([1.9] * 14 + [1.1] * 6, [5] * 14 + [-5] * 6) == pytest.approx(50, abs=0.5)
+    # wins 80% whatever the length: the length term gets no weight, LC = raw = 80
+    rng = np.random.default_rng(0)
+    delta = rng.normal(0, 10, 400)
+    prefs = np.where(rng.random(400) < 0.8, 2.0, 1.0)
+    assert length_controlled_minimal(prefs, delta) == pytest.approx(100 * (prefs - 1).mean(), abs=2)
+    with pytest.raises(ValueError, match="one length difference per preference"):
+        length_controlled_minimal([2, 1], [3])
 
 
 def test_bpc_maps_the_swapped_order_back_and_counts_conflicts():
