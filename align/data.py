@@ -27,6 +27,21 @@ from .config import ConfigError
 FILE_LOADERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def as_messages(prompt: Any) -> list[dict]:
+    """A prompt as chat messages: a string becomes one user turn; messages are copied.
+
+    Example:
+        >>> as_messages("1+1=")
+        [{'role': 'user', 'content': '1+1='}]
+    """
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def last_text(turns: Any) -> str:
+    """The text of a prompt or completion: a string as is, else the last message's content."""
+    return turns if isinstance(turns, str) else turns[-1]["content"]
+
+
 def load_split(
     spec: str,
     split: str = "train",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError
+from .data import as_messages, last_text
 from rewards.io import atomic_write_jsonl
 
 Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal", "ead"]
@@ -207,8 +208,7 @@ class ModelStore:
         chat = self.reads_chat(ref)
         out = []
         for p in prompts:
-            text = p if isinstance(p, str) else p[-1]["content"]
-            out.append(([{"role": "user", "content": p}] if isinstance(p, str) else p) if chat else text)
+            out.append(as_messages(p) if chat else last_text(p))
         return out
 
 
@@ -280,7 +280,7 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
             return [NegativePromptLogitsProcessor(tok, neg, args.guidance_scale)]
         if args.method == "gedi":
             guide, guide_tok = store.load(args.gedi_model)
-            texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts[rows]]
+            texts = [last_text(p) for p in prompts[rows]]
             return [GeDiLogitsProcessor(tok, guide, guide_tok, texts, args.desired_code, args.anti_code, args.omega)]
         if args.method == "refusal":
             return [RefusalTokenLogitsProcessor(tok, **refusal)]

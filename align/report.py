@@ -21,6 +21,7 @@ from typing import Any
 from rewards.io import atomic_write_text
 
 from .config import ConfigError
+from .data import last_text
 
 
 @dataclass
@@ -176,7 +177,7 @@ def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> str:
         ax.set_title("accuracy vs compute")
         figures.append(_png(fig))
     for claim in claims:  # claims that saved a plot beside result.json (e.g. best-of-n curves)
-        for png in sorted(Path(claim.get("_dir", "")).glob("*.png")) if claim.get("_dir") else []:
+        for png in sorted(Path(claim["_dir"]).glob("*.png")):
             figures.append(f'<img class="plot" alt="{html.escape(png.name)}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
     return "<h2>Plots</h2>" + "".join(figures) if figures else ""
 
@@ -207,7 +208,7 @@ def _browser(runs: list[Run], limit: int) -> str:
         for key, values in options.items())
     rows = []
     for run_name, s in shown:
-        prompt = s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1]["content"]
+        prompt = last_text(s["prompt"])
         scores = ", ".join(f"{k}={_num(v)}" for k, v in s["scores"].items())
         attrs = {"system": f"{run_name}/{s['system']}", "prompt_set": s["prompt_set"], "correct": _correct(s),
                  "category": str(s["row"].get("category", ""))}
@@ -253,7 +254,7 @@ def _side_by_side_section(runs: list[Run], per_pair: int = 50) -> str:
     for block in side_by_side(runs):
         rows = []
         for gap, a, b in block["pairs"][:per_pair]:
-            prompt = a["prompt"] if isinstance(a["prompt"], str) else a["prompt"][-1]["content"]
+            prompt = last_text(a["prompt"])
             rows.append([html.escape(a["prompt_set"]), f"<pre>{html.escape(prompt)}</pre>", f"<pre>{html.escape(a['output'])}</pre>",
                          f"<pre>{html.escape(b['output'])}</pre>", f"{gap:.3f}"])
         parts.append(f"<h3>{html.escape(block['run'])}: {html.escape(block['system'])} vs {html.escape(block['baseline'])}</h3>"

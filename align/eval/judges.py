@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
+from ..data import last_text
 
 # ---- pure arithmetic ------------------------------------------------------------------------
 
@@ -216,10 +217,6 @@ We would like your feedback on the two AI assistants' answers to the question ab
 Evaluation evidence:"""
 
 
-def _text(prompt: Any) -> str:
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
-
-
 class LocalJudge:
     """A local causal LM that reads judge prompts (as a chat user turn when it has a chat template)
     and writes verdicts, sampled with per-prompt seeds so a verdict does not depend on batching."""
@@ -293,7 +290,7 @@ class RefusalJudge(LocalJudge):
         return self.DEFAULT
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict]) -> list[dict]:
-        texts = [REFUSAL_TEMPLATE.format(prompt=_text(p), response=c, **self._rubric(r))
+        texts = [REFUSAL_TEMPLATE.format(prompt=last_text(p), response=c, **self._rubric(r))
                  for p, c, r in zip(prompts, completions, rows)]
         outputs = self.complete(texts, "refusal")
         verdicts = [parse_refusal_verdict(v) for v in outputs]
@@ -324,7 +321,7 @@ class PairwiseJudge(LocalJudge):
         n = len(prompts)
         texts = []
         for first, second in ((baseline, model), (model, baseline)):
-            texts += [PAIRWISE_TEMPLATE.format(prompt=_text(p), first=a, second=b) for p, a, b in zip(prompts, first, second)]
+            texts += [PAIRWISE_TEMPLATE.format(prompt=last_text(p), first=a, second=b) for p, a, b in zip(prompts, first, second)]
         samples = [self.complete(texts, f"pairwise:{j}") for j in range(self.k)]  # k samples of each prompt, each order
         scores = [[parse_pair_scores(s[i]) for s in samples] for i in range(2 * n)]
         self.count([out for s in samples for out in s], [x for row in scores for x in row])

@@ -32,6 +32,7 @@ from typing import Any
 from rewards.io import atomic_write_text
 
 from ..config import ConfigError
+from ..data import as_messages
 from ..generate import GenerateArgs
 from ..trainers.score import DEFAULT_INSTRUCTION
 from .stats import estimate, paired_difference
@@ -155,7 +156,7 @@ def length(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[di
     return [{"chars": len(c)} for c in completions]
 
 
-GOLD_FIELDS = {"verifier": True, "math": True}  # scorers that read a gold answer from each row
+GOLD_FIELD_SCORERS = {"verifier", "math"}  # they read a gold answer (option `field`, default answer) from each row
 
 
 def scorer_names(args: EvalArgs) -> list[str]:
@@ -255,7 +256,7 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
     sets = {s["name"]: (s, load_prompt_set(s, args)) for s in args.prompt_sets}  # bad data fails before models load
     for spec, rows in sets.values():
         for scorer in spec.get("scorers") or scorer_names(args):
-            gold = GOLD_FIELDS.get(scorer) and scorer_options(args, scorer).get("field", "answer")
+            gold = scorer_options(args, scorer).get("field", "answer") if scorer in GOLD_FIELD_SCORERS else None
             missing = next((i for i, r in enumerate(rows) if gold and r.get(gold) in (None, "")), None)
             if missing is not None:
                 raise ConfigError(f"prompt set {spec['name']}: row {missing} has no {gold!r}, which scorer {scorer!r} needs; "
@@ -295,7 +296,7 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 second: list[dict] = [{} for _ in chunk]
                 if spec.get("self_correction"):  # attempt 2 after the instruction, conditioned on attempt 1
                     instruction = spec["self_correction"] if isinstance(spec["self_correction"], str) else DEFAULT_INSTRUCTION
-                    turns = [_messages(p) + [{"role": "assistant", "content": t}, {"role": "user", "content": instruction}]
+                    turns = [as_messages(p) + [{"role": "assistant", "content": t}, {"role": "user", "content": instruction}]
                              for p, t in zip(prompts, texts)]
                     began = time.perf_counter()
                     second = generate_outputs(gen, turns, store)
@@ -388,10 +389,10 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
         rows.sort(key=lambda r: (r["index"], r.get("sample", 0)))
         metrics = {}
         for metric in sorted({k for r in rows for k, v in r["scores"].items() if _number(v)}):
-            per_prompt = per_prompt_means(rows, metric)
+            per_prompt = per_prompt_means(rows, lambda r, m=metric: r["scores"].get(m))
             metrics[metric] = {**estimate(list(per_prompt.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict(),
                                "unlabelled": sum(not _number(r["scores"].get(metric)) for r in rows)}
-        finished = per_prompt_means([{**r, "scores": {"finished": float(r["finished"])}} for r in rows], "finished")
+        finished = per_prompt_means(rows, lambda r: float(r["finished"]))
         metrics["finished"] = estimate(list(finished.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
         if args.samples_per_prompt > 1:
             metrics.update(diversity_metrics(rows, args))
@@ -413,7 +414,8 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
         for other in names[1:]:
             other_rows = groups.get((other, set_name), [])
             for metric in sorted({k for r in other_rows for k, v in r["scores"].items() if _number(v)}):
-                a, b = per_prompt_means(base_rows, metric), per_prompt_means(other_rows, metric)
+                value = lambda r, m=metric: r["scores"].get(m)  # noqa: E731
+                a, b = per_prompt_means(base_rows, value), per_prompt_means(other_rows, value)
                 both = [(a[i], b[i]) for i in sorted(set(a) & set(b))]
                 if both:
                     d = paired_difference([b for _, b in both], [a for a, _ in both], n_resamples=args.n_bootstrap, seed=args.seed)
@@ -435,10 +437,9 @@ def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dic
     if not both:
         return {}
     self_correction_metrics([r["scores"][key] for r in both], [r["scores"][f"t2.{key}"] for r in both])
-    flags = [{"index": r["index"], "scores": {"t1": float(r["scores"][key]), "t2": float(r["scores"][f"t2.{key}"]),
-                                              "i_to_c": float(not r["scores"][key] and r["scores"][f"t2.{key}"]),
-                                              "c_to_i": float(r["scores"][key] and not r["scores"][f"t2.{key}"])}} for r in both]
-    means = {k: per_prompt_means(flags, k) for k in ("t1", "t2", "i_to_c", "c_to_i")}
+    outcomes = {"t1": lambda a, b: a, "t2": lambda a, b: b, "i_to_c": lambda a, b: not a and b, "c_to_i": lambda a, b: a and not b}
+    means = {k: per_prompt_means(both, lambda r, f=f: float(f(r["scores"][key], r["scores"][f"t2.{key}"])))
+             for k, f in outcomes.items()}
     boot = {"n_resamples": args.n_bootstrap, "seed": args.seed}
     name, order = key.removesuffix(".correct"), sorted(means["t1"])
     return {
@@ -450,16 +451,14 @@ def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dic
     }
 
 
-def _messages(prompt: Any) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
-def per_prompt_means(rows: list[dict], metric: str) -> dict[int, float]:
-    """``metric``'s mean over each prompt's labelled samples (prompts are the unit of resampling)."""
+def per_prompt_means(rows: list[dict], value: Callable[[dict], Any]) -> dict[int, float]:
+    """The mean of ``value(sample)`` over each prompt's samples where it is a number (prompts,
+    not samples, are the unit of resampling)."""
     values: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        if _number(r["scores"].get(metric)):
-            values[r["index"]].append(float(r["scores"][metric]))
+        v = value(r)
+        if _number(v):
+            values[r["index"]].append(float(v))
     return {i: sum(v) / len(v) for i, v in values.items()}
 
 

@@ -41,6 +41,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ..config import ConfigError
+from ..data import as_messages, last_text
 from .common import (
     AlignFields,
     IntervalMeans,
@@ -129,7 +130,7 @@ def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], answer: 
     gold ``answer`` (completions: text or one assistant message)."""
     from ..testbed.arithmetic import gold_reward
 
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    texts = [last_text(c) for c in completions]
     return [gold_reward(t, int(a)) for t, a in zip(texts, answer)]
 
 
@@ -190,11 +191,11 @@ class ScoreTrainer(Trainer):
 
         args, tok = self.args, self.processing_class
         eos = set(eos_token_ids(self.accelerator.unwrap_model(self.model), tok))
-        problems = [self._messages(r[args.prompt_field]) for r in rows for _ in range(n)]
+        problems = [as_messages(r[args.prompt_field]) for r in rows for _ in range(n)]
         # each episode's draws are seeded by (seed, step, turn, problem, sample): the same rollouts
         # whatever the batch or the number of processes
         keys = [f"{args.seed}:{self.state.global_step}:{i % n}:{json.dumps(p, sort_keys=True)}" for i, p in enumerate(problems)]
-        once = [list(tok.apply_chat_template(self._messages(r[args.prompt_field]), add_generation_prompt=True)["input_ids"])
+        once = [list(tok.apply_chat_template(as_messages(r[args.prompt_field]), add_generation_prompt=True)["input_ids"])
                 for r in rows]
         x1 = [ids for ids in once for _ in range(n)]  # one tokenization per problem, n episodes each
         y1 = self.generate(x1, None if greedy else [zlib.crc32(f"1:{k}".encode()) for k in keys])
@@ -255,9 +256,6 @@ class ScoreTrainer(Trainer):
             out.append(r * torch.tensor(finished, dtype=r.dtype))
         return out[0], out[1]
 
-    @staticmethod
-    def _messages(problem: Any) -> list[dict]:
-        return [{"role": "user", "content": problem}] if isinstance(problem, str) else list(problem)
 
     # ---- loss -------------------------------------------------------------------------------
     def stage(self) -> Literal[1, 2]:

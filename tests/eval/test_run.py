@@ -32,21 +32,23 @@ def _args(tb, out, **kw):
     return EvalArgs(**{**base, **kw})
 
 
-def test_metrics_equal_a_naive_recomputation(tiny_testbed, tmp_path):
+def test_metrics_equal_a_naive_recomputation(testbed, tmp_path):
+    """On both flavours (BPE: no pad token, two EOS ids, ChatML)."""
     from align.testbed.arithmetic import gold_reward
     from align.testbed.datasets import self_correction
-    from decoding.generate import decode_completions, generate_ids
+    from decoding.generate import decode_completions, eos_token_ids, generate_ids
 
-    args = _args(tiny_testbed, tmp_path / "run")
+    args = _args(testbed, tmp_path / "run")
     summary = json.loads(run_eval(args, progress=False).read_text())
     samples = read_samples(tmp_path / "run" / "samples.jsonl")
     assert len(samples) == 2 * (20 + 12)
     # naive: base greedy, one prompt at a time, checked by the testbed verifier
-    tok, model = tiny_testbed.tokenizer(), tiny_testbed.model("small-instruct")
+    tok, model = testbed.tokenizer(), testbed.model("small-instruct")
     correct, chars = [], []
     for row in self_correction(1, 20, 0)["eval"]:
         ids = tok.apply_chat_template([{"role": "user", "content": row["problem"]}], add_generation_prompt=True)["input_ids"]
-        (text, done), = decode_completions(tok, generate_ids(model, tok, [ids], do_sample=False, max_new_tokens=6))
+        (text, done), = decode_completions(tok, generate_ids(model, tok, [ids], do_sample=False, max_new_tokens=6),
+                                           eos_token_ids(model, tok))
         correct.append(gold_reward(text, int(row["answer"]), done))
         chars.append(len(text))
     entry = next(t for t in summary["table"] if (t["system"], t["prompt_set"]) == ("base", "chat"))
