@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -168,6 +169,9 @@ class ModelStore:
         self._tokenizers: dict[str, Any] = {}
         self._testbed = None
         self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
+        # positions each loaded model computed (batch x new positions per forward call, padding
+        # included): the cost of multi-model decoding, model by model
+        self.forward_tokens: dict[str, int] = {}
 
     def path(self, ref: str) -> str:
         from .models import resolve_model
@@ -200,6 +204,15 @@ class ModelStore:
             a = self.args
             model = load_causal_lm(self.path(ref), a.dtype, a.device or (None if a.device_map else default_device()),
                                    a.device_map, a.trust_remote_code).eval()
+            self.forward_tokens[ref] = 0
+
+            def count(module: Any, args: tuple, kwargs: dict, ref: str = ref) -> None:
+                x = kwargs.get("input_ids", args[0] if args else None)
+                x = x if x is not None else kwargs.get("inputs_embeds")
+                if x is not None:
+                    self.forward_tokens[ref] += x.shape[0] * x.shape[1]
+
+            model.register_forward_pre_hook(count, with_kwargs=True)
             self._models[ref] = (model, self.tokenizer(ref))
         return self._models[ref]
 
@@ -223,9 +236,16 @@ def run_generate(args: GenerateArgs) -> Path:
     return atomic_write_jsonl(args.output, rows)
 
 
-def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore | None = None) -> list[dict[str, Any]]:
+def generate_outputs(
+    args: GenerateArgs, prompts: list[Any], store: ModelStore | None = None, seeds: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
     """One ``{"output": text, "finished": bool}`` per prompt (method ``refusal`` adds ``"control"``,
-    the token that opened the response). ``store`` keeps models loaded across calls."""
+    the token that opened the response). ``store`` keeps models loaded across calls.
+
+    With ``do_sample`` every prompt samples ancestrally at ``temperature`` from the method's
+    distribution (no top-k / top-p) with its own generator seeded ``seeds[i]`` (default
+    ``args.seed + i``): a row's sample depends on its seed alone, not on the batch it runs in, so
+    no two prompts share random draws and a resumed run draws what an uninterrupted one would."""
     import torch
 
     from decoding import (
@@ -239,15 +259,18 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
         SteerLogitsProcessor,
     )
     from decoding.auxiliary import encode_prompts
-    from decoding.generate import decode_completions, eos_token_ids, generate_ids
+    from decoding.generate import SeededSampler, decode_completions, eos_token_ids, generate_ids
 
     store = store or ModelStore(args)
+    seeds = list(seeds) if seeds is not None else [args.seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds: {len(seeds)} seeds for {len(prompts)} prompts")
     refusal = refusal_options(store.path(args.model), args.threshold, args.category_thresholds) if args.method == "refusal" else {}
     missing = [t for t in control_names(refusal) if t not in store.tokenizer(args.model).get_vocab()]
     if missing:  # before any model loads
         raise ConfigError(f"method 'refusal': model {args.model} has no control tokens {missing}; train it with `align train refusal`")
     if args.backend == "vllm":
-        return _generate_vllm(args, store, prompts, refusal)
+        return _generate_vllm(args, store, prompts, refusal, seeds)
     for ref in [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model, args.large) if r
     ]:
@@ -263,6 +286,10 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
     pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
 
     def processors(rows: slice) -> list:
+        # the sampler goes last: it draws from whatever the method's processors made of the scores
+        return method_processors(rows) + ([SeededSampler(seeds[rows], args.temperature)] if args.do_sample else [])
+
+    def method_processors(rows: slice) -> list:
         n = len(range(*rows.indices(len(prompts))))
         if args.method == "eft":
             weights = args.weights or [1.0] * len(args.tuned)
@@ -287,9 +314,7 @@ def generate_outputs(args: GenerateArgs, prompts: list[Any], store: ModelStore |
         return []
 
     torch.manual_seed(args.seed)
-    sampling = {"do_sample": args.do_sample, "max_new_tokens": args.max_new_tokens}
-    if args.do_sample:
-        sampling["temperature"] = args.temperature
+    sampling = {"do_sample": False, "max_new_tokens": args.max_new_tokens}  # SeededSampler draws; generate keeps its pick
     eos = eos_token_ids(main, tok)
 
     def grow(rows: slice, ids: list[list[int]]) -> None:
@@ -358,7 +383,9 @@ def _rows(outputs: list[tuple[str, bool]], tokens: list[int], controls: list[str
     return rows
 
 
-def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any]) -> list[dict[str, Any]]:
+def _generate_vllm(
+    args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any], seeds: list[int]
+) -> list[dict[str, Any]]:
     """Single-model generation in a vLLM engine (refusal control through its V1 logits processor)."""
     try:
         from vllm import LLM, SamplingParams
@@ -377,10 +404,8 @@ def _generate_vllm(args: GenerateArgs, store: ModelStore, prompts: list[Any], re
                                  logits_processors=processors, **engine)
     llm = store.engines[key]
     extra = {"refusal": refusal} if args.method == "refusal" else None
-    params = SamplingParams(
-        temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=args.seed,
-        extra_args=extra,
-    )
+    params = [SamplingParams(temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=seed,
+                             extra_args=extra) for seed in seeds]  # a seed per request, as on transformers
     own = store.prompts_for(args.model, prompts)
     chat = store.reads_chat(args.model)
     outs = [o.outputs[0] for o in (llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False))]

@@ -105,3 +105,19 @@ def test_align_generate_vllm_backend_equals_transformers(tiny_testbed, tmp_path)
     vl = run_generate(GenerateArgs(**common, output=str(tmp_path / "vllm.jsonl"), backend="vllm"))
     rows = [[json.loads(l)["output"] for l in p.read_text().splitlines()] for p in (hf, vl)]
     assert rows[0] == rows[1]
+
+
+def test_align_generate_vllm_samples_each_prompt_with_its_own_seed(tiny_testbed, tmp_path):
+    """One seed per request (args.seed + row): the same prompt four times gives different samples,
+    and a second run the same ones."""
+    import json
+
+    from align.generate import GenerateArgs, run_generate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("37+485=\n" * 4)
+    common = dict(prompts=str(prompts), model="testbed:small-instruct", profile=tiny_testbed.manifest["profile"],
+                  cache_dir=str(tiny_testbed.root.parents[1]), max_new_tokens=6, do_sample=True, temperature=1.5, backend="vllm")
+    rows = [[json.loads(l)["output"] for l in run_generate(GenerateArgs(**common, output=str(tmp_path / f"{k}.jsonl"))).read_text().splitlines()]
+            for k in range(2)]
+    assert rows[0] == rows[1] and len(set(rows[0])) > 1

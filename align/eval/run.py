@@ -19,10 +19,12 @@ Config (YAML)::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -45,7 +47,8 @@ SET_KEYS = {"name", "dataset", "split", "dataset_config", "prompt_field", "limit
 
 @dataclass
 class EvalArgs:
-    systems: list[dict] = field(default_factory=list, metadata={"help": "each: name plus `align generate` options (model, method, ...)"})
+    systems: list[dict] = field(default_factory=list, metadata={"help": "each: name plus `align generate` options (model, method, ...); "
+                                                                   "sweep: {option: [values]} makes one system per value"})
     prompt_sets: list[dict] = field(
         default_factory=list,
         metadata={"help": "each: name, dataset (hub id, directory, file, testbed:NAME), split, prompt_field, limit, "
@@ -89,9 +92,11 @@ class EvalArgs:
     def __post_init__(self) -> None:
         if not self.systems:
             raise ConfigError("systems: give at least one system ({name, model, ...})")
+        self.systems = expand_sweeps(self.systems)
         if not self.prompt_sets:
             raise ConfigError("prompt_sets: give at least one prompt set ({name, dataset, ...})")
-        for key, items, allowed in (("systems", self.systems, SYSTEM_KEYS | {"name"}), ("prompt_sets", self.prompt_sets, SET_KEYS)):
+        for key, items, allowed in (("systems", self.systems, SYSTEM_KEYS | {"name", "group", "point"}),
+                                    ("prompt_sets", self.prompt_sets, SET_KEYS)):
             names = [item.get("name") if isinstance(item, dict) else None for item in items]
             for i, (item, name) in enumerate(zip(items, names)):
                 if not isinstance(item, dict) or not name:
@@ -141,11 +146,34 @@ class EvalArgs:
         shared = {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "do_sample": self.do_sample,
                   "temperature": self.temperature, "seed": self.seed, "profile": self.profile,
                   "cache_dir": self.cache_dir, "dtype": self.dtype, "device": self.device}
-        options = {k: v for k, v in system.items() if k != "name"}
+        options = {k: v for k, v in system.items() if k not in ("name", "group", "point")}
         try:
             return GenerateArgs(prompts="<eval>", **{**shared, **options})
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"systems[{i}] ({system['name']}): {err}") from err
+
+
+def expand_sweeps(systems: list[Any]) -> list[Any]:
+    """A system with ``sweep: {option: [values]}`` becomes one system per point of the grid, named
+    ``name[option=value]`` and tagged with ``group`` (its name) and ``point`` (its values), so the
+    report can draw each metric against the swept option (e.g. refusal rate vs threshold)."""
+    out = []
+    for i, system in enumerate(systems):
+        if not isinstance(system, dict) or "sweep" not in system:
+            out.append(system)
+            continue
+        sweep, name = system["sweep"], system.get("name")
+        if not isinstance(sweep, dict) or not sweep or any(not isinstance(v, list) or not v for v in sweep.values()):
+            raise ConfigError(f"systems[{i}] ({name}): sweep must map options to non-empty lists, e.g. {{threshold: [0.1, 0.5]}}")
+        unknown = sorted(set(sweep) - SYSTEM_KEYS)
+        if unknown:
+            raise ConfigError(f"systems[{i}] ({name}): sweep over unknown options {unknown}; valid: {', '.join(sorted(SYSTEM_KEYS))}")
+        fixed = {k: v for k, v in system.items() if k != "sweep"}
+        for values in itertools.product(*sweep.values()):
+            point = dict(zip(sweep, values))
+            label = ",".join(f"{k}={v}" for k, v in point.items())
+            out.append({**fixed, **point, "name": f"{name}[{label}]", "group": name, "point": point})
+    return out
 
 
 # ---- scorers --------------------------------------------------------------------------------
@@ -205,6 +233,12 @@ def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
 
 
 # ---- the run --------------------------------------------------------------------------------
+
+
+def sample_seed(seed: int, *key: Any) -> int:
+    """The sampling seed of one sample: fixed by the run's seed, prompt set, prompt, sample number
+    (and turn), and shared by every system, so systems are compared on common random numbers."""
+    return zlib.crc32("/".join(map(str, (seed, *key))).encode())
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -284,8 +318,8 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
             for start in range(0, len(todo), args.chunk_size):
                 chunk = todo[start : start + args.chunk_size]
                 prompts = [rows[i][field_name] for i, _ in chunk]
-                began = time.perf_counter()
-                outputs = generate_outputs(gen, prompts, store)
+                began, forward_before = time.perf_counter(), dict(store.forward_tokens)
+                outputs = generate_outputs(gen, prompts, store, [sample_seed(args.seed, set_name, i, j) for i, j in chunk])
                 seconds = time.perf_counter() - began
                 texts = [o["output"] for o in outputs]
                 applies = spec.get("scorers") or list(scorers)
@@ -299,15 +333,17 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                     turns = [as_messages(p) + [{"role": "assistant", "content": t}, {"role": "user", "content": instruction}]
                              for p, t in zip(prompts, texts)]
                     began = time.perf_counter()
-                    second = generate_outputs(gen, turns, store)
+                    second = generate_outputs(gen, turns, store, [sample_seed(args.seed, set_name, i, j, "t2") for i, j in chunk])
                     seconds += time.perf_counter() - began
                     texts2 = [o["output"] for o in second]
                     scores2 = {k: fn(turns, texts2, chunk_rows) for k, fn in scorers.items() if k in applies}
                     for c in range(len(chunk)):
                         flat[c].update({f"t2.{scorer}.{metric}": v for scorer, s in scores2.items() for metric, v in s[c].items()})
+                # the chunk's forward positions per model, shared evenly (batches pad rows alike)
+                forward = {ref: (n - forward_before.get(ref, 0)) / len(chunk) for ref, n in store.forward_tokens.items()}
                 append_samples(path, [
                     {"system": name, "prompt_set": set_name, "index": i, "sample": j, "prompt": prompts[c], **outputs[c],
-                     **({"second": second[c]} if second[c] else {}),
+                     **({"second": second[c]} if second[c] else {}), **({"forward_tokens": forward} if forward else {}),
                      "seconds": seconds / len(chunk), "row": {k: v for k, v in rows[i].items() if k != field_name},
                      "scores": flat[c]}
                     for c, (i, j) in enumerate(chunk)
@@ -394,8 +430,10 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                                "unlabelled": sum(not _number(r["scores"].get(metric)) for r in rows)}
         finished = per_prompt_means(rows, lambda r: float(r["finished"]))
         metrics["finished"] = estimate(list(finished.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
+        curves = []
         if args.samples_per_prompt > 1:
             metrics.update(diversity_metrics(rows, args))
+            curves = best_of_n_curves(rows, args)
         for key in [k for k in metrics if k.endswith(".correct") and f"t2.{k}" in metrics]:
             metrics.update(self_correction_estimates(rows, key, args))
         seconds = sum(r["seconds"] for r in rows)
@@ -405,7 +443,11 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
             compute.update(generated_tokens=tokens, tokens_per_s=round(tokens / seconds, 2) if seconds else None)
             if any("large_tokens" in r for r in rows):  # EAD: the share of tokens the large model decided
                 compute["large_fraction"] = round(sum(r.get("large_tokens", 0) for r in rows) / max(1, tokens), 4)
-        table.append({"system": system, "prompt_set": set_name, "n": len(rows), "metrics": metrics, "compute": compute})
+        if all("forward_tokens" in r for r in rows):  # transformers backend: positions each model computed
+            models = sorted({m for r in rows for m in r["forward_tokens"]})
+            compute["forward_tokens"] = {m: round(sum(r["forward_tokens"].get(m, 0) for r in rows)) for m in models}
+        table.append({"system": system, "prompt_set": set_name, "n": len(rows), "metrics": metrics, "compute": compute,
+                      **({"best_of_n": curves} if curves else {})})
     names = [s["name"] for s in args.systems]
     baseline = names[0]
     differences = []
@@ -449,6 +491,37 @@ def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dic
         f"{name}.delta_i_to_c": estimate([means["i_to_c"][i] for i in order], **boot).as_dict(),
         f"{name}.delta_c_to_i": estimate([means["c_to_i"][i] for i in order], **boot).as_dict(),
     }
+
+
+def best_of_n_curves(rows: list[dict], args: EvalArgs) -> list[dict[str, Any]]:
+    """Best-of-n by each reward score (``*.reward``) judged by each correctness score
+    (``*.correct``): per prompt the unbiased estimate from its N samples (Coste et al.,
+    :func:`rewards.bon.unbiased_best_of_n`) at n = 1, 2, 4, ..., N, then a mean with its interval
+    over prompts. n = 1 is the plain sample's accuracy; a rising curve means the reward ranks well."""
+    import torch
+
+    from rewards.bon import unbiased_best_of_n
+
+    keys = {k for r in rows for k in r["scores"]}
+    curves = []
+    for proxy in sorted(k for k in keys if k.endswith(".reward")):
+        for gold in sorted(k for k in keys if k.endswith(".correct") and not k.startswith("t2.")):
+            by_prompt: dict[int, list[tuple[float, float]]] = defaultdict(list)
+            for r in rows:
+                p, g = r["scores"].get(proxy), r["scores"].get(gold)
+                if _number(p) and _number(g):
+                    by_prompt[r["index"]].append((float(p), float(g)))
+            big_n = min((len(v) for v in by_prompt.values()), default=0)
+            if big_n < 2:
+                continue
+            ns = sorted({2**k for k in range(big_n.bit_length()) if 2**k <= big_n} | {big_n})
+            points = []
+            for n in ns:
+                values = [unbiased_best_of_n(torch.tensor([p for p, _ in v[:big_n]]), torch.tensor([g for _, g in v[:big_n]]), n, seed=args.seed)
+                          for _, v in sorted(by_prompt.items())]
+                points.append({"best_of": n, **estimate(values, n_resamples=args.n_bootstrap, seed=args.seed).as_dict()})
+            curves.append({"proxy": proxy, "gold": gold, "curve": points})
+    return curves
 
 
 def per_prompt_means(rows: list[dict], value: Callable[[dict], Any]) -> dict[int, float]:

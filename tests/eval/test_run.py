@@ -3,6 +3,7 @@ refusal confusion counts, a SIGKILLed run resumes to the same samples, bad input
 model loads, and the local judges on real CoCoNot rows."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -325,3 +326,97 @@ def test_a_judge_that_never_gives_a_verdict_stops_the_run(tiny_testbed, tmp_path
                  systems=[{"name": "tiny", "model": "testbed:small-instruct"}], chunk_size=16)
     with pytest.raises(ConfigError, match=r"scorer refusal_judge \(judge testbed:small-instruct\): no parseable verdict in 16"):
         run_eval(args, progress=False)
+
+
+def test_forward_tokens_per_model_equal_prompt_plus_generated_positions(tiny_testbed, tmp_path):
+    """One prompt per batch: every model of EFT computes its own prompt once, then one position per
+    generated token but the last (which is never fed back); the compute summary sums them per model."""
+    eft = {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": ["testbed:small-instruct"],
+           "reference": "testbed:small-base"}
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["length"], batch_size=1, systems=[eft],
+                 prompt_sets=[{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 5}])
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    chat, plain = tiny_testbed.tokenizer(), tiny_testbed.tokenizer()
+    expected = {"testbed:large-base": 0, "testbed:small-base": 0, "testbed:small-instruct": 0}
+    for s in samples:
+        user = [{"role": "user", "content": s["prompt"]}]
+        own = {"testbed:large-base": len(plain(s["prompt"])["input_ids"]), "testbed:small-base": len(plain(s["prompt"])["input_ids"]),
+               "testbed:small-instruct": len(chat.apply_chat_template(user, add_generation_prompt=True)["input_ids"])}
+        for ref, n in own.items():
+            expected[ref] += n + s["tokens"] - 1
+    assert summary["table"][0]["compute"]["forward_tokens"] == expected
+
+
+def test_best_of_n_curve_equals_enumerating_every_subset(tiny_testbed, tmp_path, monkeypatch):
+    """Several samples per prompt with a reward and a verifier: best-of-n accuracy at n = 1, 2, 4
+    equals the mean over every n-subset of each prompt's samples of the verifier score of the
+    subset's highest-reward sample (a scripted ensemble with no ties between texts; a scripted
+    verifier, since the tiny model rarely answers right)."""
+    import itertools
+    import types
+
+    import align.eval.scorers
+    import rewards
+
+    def proxy(text):
+        return float(sum((i + 1) * ord(c) for i, c in enumerate(text)))
+
+    fake = types.SimpleNamespace(score=lambda prompts, completions: types.SimpleNamespace(
+        aggregate=torch.tensor([proxy(c) for c in completions]), spread=torch.zeros(len(completions))))
+    monkeypatch.setattr(rewards, "load_ensemble", lambda path, device=None: fake)
+    monkeypatch.setattr(align.eval.scorers, "verifier", lambda p, c, r: [{"correct": len(t) % 2 == 0} for t in c])
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 8}]
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["verifier", {"name": "ensemble", "path": "scripted"}], prompt_sets=sets,
+                 do_sample=True, temperature=1.5, samples_per_prompt=4, systems=[{"name": "base", "model": "testbed:small-instruct"}])
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    (curve,) = summary["table"][0]["best_of_n"]
+    assert (curve["proxy"], curve["gold"]) == ("ensemble.reward", "verifier.correct")
+    by_prompt = {i: [(proxy(s["output"]), float(s["scores"]["verifier.correct"])) for s in samples if s["index"] == i] for i in range(8)}
+    assert len({p for v in by_prompt.values() for p, _ in v}) > 8  # the samples differ
+    assert 0 < sum(g for v in by_prompt.values() for _, g in v) < 32
+    for point in curve["curve"]:
+        n = point["best_of"]
+        naive = [sum(max(subset)[1] for subset in itertools.combinations(v, n)) / math.comb(4, n) for v in by_prompt.values()]
+        assert point["value"] == pytest.approx(sum(naive) / 8)
+    assert [p["best_of"] for p in curve["curve"]] == [1, 2, 4] and curve["curve"][0]["n"] == 8
+    assert curve["curve"][0]["value"] == pytest.approx(summary["table"][0]["metrics"]["verifier.correct"]["value"])
+
+
+def test_a_sweep_is_one_system_per_value(tiny_testbed, tmp_path):
+    """sweep: {max_new_tokens: [2, 6]} runs as two systems tagged with their group and point; the
+    6-token point's outputs equal a plain system's with the same option."""
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 6}]
+    args = _args(tiny_testbed, tmp_path / "run", scorers=["length"], prompt_sets=sets,
+                 systems=[{"name": "plain", "model": "testbed:small-instruct", "max_new_tokens": 6},
+                          {"name": "short", "model": "testbed:small-instruct", "sweep": {"max_new_tokens": [2, 6]}}])
+    summary = json.loads(run_eval(args, progress=False).read_text())
+    assert [s["name"] for s in summary["systems"]] == ["plain", "short[max_new_tokens=2]", "short[max_new_tokens=6]"]
+    assert summary["systems"][1]["group"] == "short" and summary["systems"][1]["point"] == {"max_new_tokens": 2}
+    samples = read_samples(tmp_path / "run" / "samples.jsonl")
+    outputs = {name: [s["output"] for s in samples if s["system"] == name] for name in ("plain", "short[max_new_tokens=6]")}
+    assert outputs["plain"] == outputs["short[max_new_tokens=6]"]
+    assert all(s["tokens"] <= 2 for s in samples if s["system"] == "short[max_new_tokens=2]")
+    with pytest.raises(ConfigError, match=r"systems\[0\] \(x\): sweep over unknown options \['tau_x'\]"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m", "sweep": {"tau_x": [1]}}])
+
+
+def test_sampled_outputs_do_not_depend_on_batching_or_chunking(tiny_testbed, tmp_path):
+    """Each sample draws from its own seed (run seed, prompt set, prompt, sample number): chunks of
+    3 in batches of 2 give the same samples as one chunk in one batch, for plain and EFT decoding,
+    and the samples of one prompt differ from each other."""
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 4}]
+    systems = [{"name": "base", "model": "testbed:small-instruct"},
+               {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": ["testbed:small-instruct"],
+                "reference": "testbed:small-base"}]
+    outputs = []
+    for name, chunk, batch in (("one", 64, 64), ("many", 3, 2)):
+        args = _args(tiny_testbed, tmp_path / name, scorers=["length"], prompt_sets=sets, systems=systems, do_sample=True,
+                     temperature=1.5, samples_per_prompt=3, chunk_size=chunk, batch_size=batch)
+        run_eval(args, progress=False)
+        samples = read_samples(tmp_path / name / "samples.jsonl")
+        outputs.append({(s["system"], s["index"], s["sample"]): s["output"] for s in samples})
+    assert outputs[0] == outputs[1]
+    for system in ("base", "eft"):
+        assert sum(len({outputs[0][system, i, j] for j in range(3)}) for i in range(4)) > 4 + 2
