@@ -90,10 +90,12 @@ def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt
 
+    title = fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title() if fig.axes else "plot"
+    alt = html.escape(title, quote=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img class="plot" alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img class="plot" alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -120,15 +122,58 @@ def _summary_section(runs: list[Run]) -> str:
             diffs.append([html.escape(run.name), html.escape(f"{d['system']} − {d['baseline']}"), html.escape(d["prompt_set"]),
                           html.escape(d["metric"]), _interval(d), mark])
     compute = [[html.escape(run.name), html.escape(e["system"]), html.escape(e["prompt_set"]), _num(e["compute"].get("seconds")),
-                _num(e["compute"].get("generated_tokens")), _num(e["compute"].get("tokens_per_s"), 1)]
+                _num(e["compute"].get("generated_tokens")), _num(e["compute"].get("tokens_per_s"), 1),
+                "<br>".join(f"{html.escape(m)}: {n}" for m, n in e["compute"].get("forward_tokens", {}).items()) or "–",
+                _num(e["compute"].get("large_fraction"))]
                for run in runs for e in run.summary.get("table", [])]
     return (
         "<h2>Summary</h2><p>Mean ± standard error [95% bootstrap interval over prompts].</p>"
         + _table(["run", "system", "prompt set", "metric", "value", "n", "unlabelled"], cells, "summary")
         + "<h3>Differences (paired over shared prompts)</h3><p>A difference is called one only when its interval excludes 0.</p>"
         + _table(["run", "systems", "prompt set", "metric", "difference", "verdict"], diffs)
-        + "<h3>Compute</h3>" + _table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s"], compute)
+        + "<h3>Compute</h3><p>Forward tokens: positions each model computed (prompt once, then one per step and row, padding "
+        "included). Large fraction: EAD's share of tokens the large model decided.</p>"
+        + _table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s", "forward tokens per model",
+                  "large fraction"], compute)
+        + _best_of_n_table(runs)
     )
+
+
+def _best_of_n_table(runs: list[Run]) -> str:
+    rows = [[html.escape(run.name), html.escape(e["system"]), html.escape(e["prompt_set"]), html.escape(c["proxy"]),
+             html.escape(c["gold"]), "<br>".join(f"n={p['best_of']}: {_interval(p)}" for p in c["curve"])]
+            for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
+    if not rows:
+        return ""
+    return ("<h3>Best-of-n</h3><p>Unbiased estimate from each prompt's samples (Coste et al.): the gold score of the "
+            "proxy's pick among n.</p>" + _table(["run", "system", "prompt set", "proxy", "gold", "curve"], rows))
+
+
+def pairwise_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Head-to-head results: the local judge's (per system, baseline and prompt set) and each
+    AlpacaEval-style annotation file's (per generator)."""
+    out = []
+    for run in runs:
+        for r in run.summary.get("pairwise", []):
+            out.append({"run": run.name, "source": "judge", "label": f"{r['system']} vs {r['baseline']} ({r['prompt_set']})", **r})
+        for path, by_generator in run.summary.get("annotations", {}).items():
+            for generator, r in by_generator.items():
+                out.append({"run": run.name, "source": Path(path).name, "label": f"{generator} ({Path(path).name})", **r})
+    return [r for r in out if r.get("n_total")]
+
+
+def _pairwise_section(runs: list[Run]) -> str:
+    rows = [[html.escape(r["run"]), html.escape(r["source"]), html.escape(r["label"]),
+             f"{r['win_rate']:.1f} ± {r['standard_error']:.1f}", f"{r['discrete_win_rate']:.1f}",
+             f"{r['n_wins']} / {r['n_draws']} / {r['n_wins_base']}", _num(r.get("length_controlled_win_rate_minimal"), 1),
+             _num(r.get("conflict_rate")), _num(r.get("bpde")), _num(r.get("no_verdict"))] for r in pairwise_rows(runs)]
+    if not rows:
+        return ""
+    return ("<h2>Pairwise</h2><p>AlpacaEval's win rate (100 × mean preference − 1) ± standard error, discrete win rate, "
+            "wins / draws / losses; the minimal length-controlled win rate fits the length difference only; conflict "
+            "rate and BPDE from judging both orders (FairEval).</p>"
+            + _table(["run", "source", "system", "win rate ± se", "discrete", "W / D / L", "length-controlled (minimal)",
+                      "conflict rate", "BPDE", "no verdict"], rows))
 
 
 def _refusal_section(runs: list[Run]) -> str:
@@ -157,15 +202,15 @@ def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["metric"] not in ("finished",):
             by_metric[r["metric"]].append(r)
-    for metric, items in sorted(by_metric.items()):
-        fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(items) + 2), 3))
-        labels = [f"{r['system']}\n{r['prompt_set']}" for r in items]
-        values = [r["value"] for r in items]
+    bars = []
+    for metric, items in sorted(by_metric.items()):  # horizontal: system names stay readable
+        fig, ax = plt.subplots(figsize=(5, 0.32 * len(items) + 1.1))
         errs = [[r["value"] - r["low"] for r in items], [r["high"] - r["value"] for r in items]]
-        ax.bar(range(len(items)), values, yerr=errs, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(items)), labels, fontsize=8)
+        ax.barh(range(len(items)), [r["value"] for r in items], xerr=errs, capsize=3, color="#4c72b0")
+        ax.set_yticks(range(len(items)), [f"{r['system']} · {r['prompt_set']}" for r in items], fontsize=8)
+        ax.invert_yaxis()
         ax.set_title(f"{metric} (95% interval)")
-        figures.append(_png(fig))
+        bars.append(_png(fig))
     accuracy = [r for r in rows if r["metric"].endswith(".correct") and r.get("tokens_per_s")]
     if accuracy:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
@@ -176,10 +221,114 @@ def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> str:
         ax.set_ylabel("accuracy")
         ax.set_title("accuracy vs compute")
         figures.append(_png(fig))
+    figures = _sweep_plots(runs) + _win_rate_plot(runs) + _transition_plots(runs) + _best_of_n_plots(runs) + figures + bars
     for claim in claims:  # claims that saved a plot beside result.json (e.g. best-of-n curves)
         for png in sorted(Path(claim["_dir"]).glob("*.png")):
             figures.append(f'<img class="plot" alt="{html.escape(png.name)}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
     return "<h2>Plots</h2>" + "".join(figures) if figures else ""
+
+
+def _band(ax: Any, xs: list[float], points: list[dict[str, Any]], label: str) -> None:
+    """A line through the estimates with its 95% interval shaded."""
+    ax.plot(xs, [p["value"] for p in points], marker="o", label=label)
+    ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+
+
+def _win_rate_plot(runs: list[Run]) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    rows = pairwise_rows(runs)
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh(y, [r["win_rate"] for r in rows], xerr=[1.96 * (r["standard_error"] or 0) for r in rows], capsize=4, color="#55a868")
+    ax.axvline(50, color="#888", lw=1, ls="--")
+    ax.set_yticks(list(y), [r["label"] for r in rows], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("win rate (%), ± 1.96 se")
+    ax.set_title("head-to-head win rate")
+    return [_png(fig)]
+
+
+def _transition_plots(runs: list[Run]) -> list[str]:
+    """Self-correction: how first attempts fare on the second (METHODS §E4), one stacked bar each."""
+    import matplotlib.pyplot as plt
+
+    bars = []
+    for run in runs:
+        for e in run.summary.get("table", []):
+            for key in [k for k in e["metrics"] if k.endswith(".acc_t1")]:
+                name = key.removesuffix(".acc_t1")
+                t1, i2c, c2i = (e["metrics"][f"{name}.{k}"]["value"] for k in ("acc_t1", "delta_i_to_c", "delta_c_to_i"))
+                bars.append((f"{e['system']}\n{e['prompt_set']} ({name})", [t1 - c2i, c2i, i2c, 1 - t1 - i2c]))
+    if not bars:
+        return []
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(bars) + 2), 3.2))
+    bottom = [0.0] * len(bars)
+    for k, (label, color) in enumerate((("right → right", "#55a868"), ("right → wrong", "#c44e52"),
+                                        ("wrong → right", "#4c72b0"), ("wrong → wrong", "#bbbbbb"))):
+        heights = [b[1][k] for b in bars]
+        ax.bar(range(len(bars)), heights, bottom=bottom, color=color, label=label)
+        bottom = [a + h for a, h in zip(bottom, heights)]
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("share of prompts")
+    ax.set_title("self-correction transitions (attempt 1 → 2)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    return [_png(fig)]
+
+
+def _best_of_n_plots(runs: list[Run]) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    curves = [(e, c) for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
+    if not curves:
+        return []
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for e, c in curves:
+        _band(ax, [p["best_of"] for p in c["curve"]], c["curve"], f"{e['system']} / {e['prompt_set']}: {c['proxy']}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (samples reranked)")
+    ax.set_ylabel(", ".join(sorted({c["gold"] for _, c in curves})))
+    ax.set_title("best-of-n (95% interval)")
+    ax.legend(fontsize=7)
+    return [_png(fig)]
+
+
+def _sweep_plots(runs: list[Run]) -> list[str]:
+    """Each metric against the swept option of every one-option sweep (e.g. refusal rate vs
+    threshold, one line per prompt set)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    for run in runs:
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for system in run.summary.get("systems", []):
+            if len(system.get("point") or {}) == 1 and isinstance(next(iter(system["point"].values())), (int, float)):
+                groups[system["group"]].append(system)
+        entries = {(e["system"], e["prompt_set"]): e for e in run.summary.get("table", [])}
+        for group, systems in groups.items():
+            option = next(iter(systems[0]["point"]))
+            systems = sorted(systems, key=lambda s: s["point"][option])
+            sets = sorted({p for (_, p) in entries})
+            metrics = sorted({m for s in systems for p in sets for m in entries.get((s["name"], p), {}).get("metrics", {})} - {"finished"})
+            cols = min(3, len(metrics))
+            fig, axes = plt.subplots(-(-len(metrics) // cols), cols, figsize=(4 * cols, 2.8 * -(-len(metrics) // cols)), squeeze=False)
+            for ax, metric in zip(axes.flat, metrics):
+                for p in sets:
+                    points = [(s["point"][option], entries[s["name"], p]["metrics"][metric]) for s in systems
+                              if metric in entries.get((s["name"], p), {}).get("metrics", {})]
+                    if points:
+                        _band(ax, [x for x, _ in points], [m for _, m in points], p)
+                ax.set_xlabel(option, fontsize=8)
+                ax.set_title(metric, fontsize=9)
+                ax.legend(fontsize=7)
+            for ax in list(axes.flat)[len(metrics):]:
+                ax.axis("off")
+            fig.suptitle(f"{group}: each metric vs {option} (95% interval)")
+            fig.tight_layout()
+            figures.append(_png(fig))
+    return figures
 
 
 def _claims_section(claims: list[dict[str, Any]]) -> str:
@@ -199,19 +348,23 @@ def _correct(sample: dict[str, Any]) -> str:
 def _browser(runs: list[Run], limit: int) -> str:
     samples = [(run.name, s) for run in runs for s in run.samples]
     shown = samples[:limit]
-    options = {key: sorted({str(v) for v in values}) for key, values in (
-        ("system", [f"{r}/{s['system']}" for r, s in shown]), ("prompt_set", [s["prompt_set"] for _, s in shown]),
-        ("correct", [_correct(s) for _, s in shown]), ("category", [s["row"].get("category", "") for _, s in shown]))}
+    specs = {(run.name, spec["name"]): spec for run in runs for spec in run.summary.get("systems", [])}
+
+    def attributes(run_name: str, s: dict[str, Any]) -> dict[str, str]:
+        spec = specs.get((run_name, s["system"]), {})
+        return {"system": f"{run_name}/{s['system']}", "model": str(spec.get("model", "")), "method": str(spec.get("method", "plain")),
+                "prompt_set": s["prompt_set"], "correct": _correct(s), "category": str(s["row"].get("category", ""))}
+
+    shown_attrs = [attributes(r, s) for r, s in shown]
+    options = {key: sorted({a[key] for a in shown_attrs}) for key in ("system", "model", "method", "prompt_set", "correct", "category")}
     selects = "".join(
         f'<label>{key.replace("_", " ")} <select data-filter="{key}"><option value="">all</option>'
         + "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values) + "</select></label> "
         for key, values in options.items())
     rows = []
-    for run_name, s in shown:
+    for (run_name, s), attrs in zip(shown, shown_attrs):
         prompt = last_text(s["prompt"])
         scores = ", ".join(f"{k}={_num(v)}" for k, v in s["scores"].items())
-        attrs = {"system": f"{run_name}/{s['system']}", "prompt_set": s["prompt_set"], "correct": _correct(s),
-                 "category": str(s["row"].get("category", ""))}
         data = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in attrs.items())
         rows.append(f'<tr class="sample" {data}><td>{html.escape(attrs["system"])}</td><td>{html.escape(s["prompt_set"])}</td>'
                     f'<td>{s["index"]}</td><td><pre>{html.escape(prompt)}</pre></td><td><pre>{html.escape(s["output"])}</pre></td>'
@@ -290,7 +443,8 @@ def render(args: ReportArgs) -> tuple[Path, Path]:
     """Write the HTML page and the Markdown summary; returns both paths."""
     runs, claims = load_runs(args.runs)
     started = time.perf_counter()
-    body = (_claims_section(claims) + (_summary_section(runs) if runs else "") + _refusal_section(runs) + _plots(runs, claims)
+    body = (_claims_section(claims) + (_summary_section(runs) if runs else "") + _refusal_section(runs) + _pairwise_section(runs)
+            + _plots(runs, claims)
             + _side_by_side_section(runs) + (_browser(runs, args.max_samples) if runs else ""))
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(args.title)}</title>'
             f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
@@ -318,4 +472,9 @@ def markdown(runs: list[Run], claims: list[dict[str, Any]]) -> str:
         if sig:
             lines += ["", f"Differences in {run.name} whose interval excludes 0:"]
             lines += [f"- {d['system']} − {d['baseline']}, {d['prompt_set']} {d['metric']}: {_interval(d)}" for d in sig]
+    pairwise = pairwise_rows(runs)
+    if pairwise:
+        lines += ["", "| run | head-to-head | win rate ± se | discrete | W / D / L |", "|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['label']} | {r['win_rate']:.1f} ± {r['standard_error']:.1f} | {r['discrete_win_rate']:.1f} "
+                  f"| {r['n_wins']} / {r['n_draws']} / {r['n_wins_base']} |" for r in pairwise]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import pytest
 
 from align.cli import main
 from align.config import ConfigError
-from align.eval.run import EvalArgs, append_samples, summarise
+from align.eval.run import EvalArgs, append_samples, pairwise_summary, summarise
 from align.report import ReportArgs, render
 
 HOSTILE = [
@@ -56,6 +56,62 @@ def test_page_escapes_model_text_and_summarises(tmp_path):
     assert "| run | base | chat | verifier.correct | 0.333" in summary and "| dpo-gold | 0.560 | 0.540 | yes |" in summary
 
 
+def _rich_run(tmp_path: Path) -> Path:
+    """A hand-written run with what the plain one lacks: a threshold sweep, two attempts, two
+    samples per prompt with a reward, forward tokens, pairwise verdicts and an annotation file."""
+    args = EvalArgs(systems=[{"name": "base", "model": "m"}, {"name": "gate", "model": "r", "method": "refusal",
+                                                             "sweep": {"threshold": [0.1, 0.5, 0.9]}}],
+                    prompt_sets=[{"name": "harmful", "dataset": "h.jsonl", "expect": "refuse"},
+                                 {"name": "contrast", "dataset": "c.jsonl", "expect": "respond"}],
+                    scorers=["verifier", "refusal_string"],
+                    output_dir=str(tmp_path / "rich"), n_bootstrap=200, do_sample=True, samples_per_prompt=2)
+    samples = []
+    for s_i, system in enumerate(["base", "gate[threshold=0.1]", "gate[threshold=0.5]", "gate[threshold=0.9]"]):
+        for set_name in ("harmful", "contrast"):
+            for i in range(8):
+                for j in range(2):
+                    refused = s_i > 0 and (i + j) % 4 < 4 - s_i + (set_name == "harmful")
+                    first, second = (i + s_i) % 3 == 0, (i + j + s_i) % 2 == 0
+                    samples.append({"system": system, "prompt_set": set_name, "index": i, "sample": j, "prompt": f"q{i}",
+                                    "output": f"a{i}{j}", "finished": True, "tokens": 4, "seconds": 0.01,
+                                    "forward_tokens": {"testbed:r": 9.0}, "row": {"answer": "1"},
+                                    "scores": {"verifier.correct": first, "t2.verifier.correct": second,
+                                               "refusal_string.refused": refused, "ensemble.reward": float((i * 7 + j * 3) % 5)}})
+    out = tmp_path / "rich"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    summary = summarise(samples, args)
+    verdicts = [{"system": "gate[threshold=0.5]", "baseline": "base", "prompt_set": "harmful", "index": i, "preference": p,
+                 "conflict": i % 3 == 0, "bpde": 0.5, "unparsed": 0, "length_delta": i - 3}
+                for i, p in enumerate([2, 2, 1, 1.5, 2, 1.25, 2, 1])]
+    summary["pairwise"] = pairwise_summary(verdicts)
+    from align.eval.judges import read_annotations
+
+    (tmp_path / "ann.json").write_text(json.dumps([{"preference": p, "generator_2": "gpt"} for p in (2, 1, 0, 2)]))
+    summary["annotations"] = {str(tmp_path / "ann.json"): read_annotations(str(tmp_path / "ann.json"))}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out
+
+
+def test_page_draws_sweeps_transitions_best_of_n_and_win_rates(tmp_path):
+    run = _rich_run(tmp_path)
+    page, md = render(ReportArgs(runs=[str(run)], output=str(tmp_path / "r.html")))
+    text = page.read_text()
+    alts = [a for a in text.split('alt="')[1:]]
+    titles = [a[: a.index('"')] for a in alts]
+    assert "gate: each metric vs threshold (95% interval)" in titles  # among them the refusal curve
+    assert "self-correction transitions (attempt 1 → 2)" in titles
+    assert "best-of-n (95% interval)" in titles and "head-to-head win rate" in titles
+    # win rates exactly as AlpacaEval: mean(p - 1) over [2, 2, 1, 1.5, 2, 1.25, 2, 1] = 4.75 / 8; annotations: 0 is a draw
+    summary = md.read_text()
+    assert "| rich | gate[threshold=0.5] vs base (harmful) | 59.4 ± 16.3 | 56.2 | 4 / 1 / 3 |" in summary
+    assert "| rich | gpt (ann.json) | 62.5 ± 23.9 | 62.5 | 2 / 1 / 1 |" in summary
+    assert "testbed:r: 144" in text  # forward tokens: 16 samples x 9
+    entry = next(e for e in json.loads((run / "summary.json").read_text())["table"] if e["system"] == "base" and e["prompt_set"] == "harmful")
+    (curve,) = entry["best_of_n"]
+    assert [p["best_of"] for p in curve["curve"]] == [1, 2]
+
+
 def test_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no summary.json"):
@@ -99,7 +155,17 @@ def test_page_in_headless_chromium(tmp_path):
         assert page.locator("#evil").count() == 0
         assert "<script>window.__pwned = 1</script>" in page.locator("#samples").inner_text()
         page.fill("#search", "")
+        page.select_option('select[data-filter="model"]', "n")
+        assert page.locator("#count").text_content() == "6 of 12 samples"
+        page.select_option('select[data-filter="model"]', "")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        # the page with sweeps, transitions, best-of-n and pairwise plots loads cleanly too
+        assert main(["report", str(_rich_run(tmp_path)), "-o", str(tmp_path / "rich.html")]) == 0
+        page.goto((tmp_path / "rich.html").as_uri())
+        assert page.locator('img[alt="head-to-head win rate"]').count() == 1
+        assert page.locator('img[alt="gate: each metric vs threshold (95% interval)"]').evaluate("i => i.naturalWidth") > 100
+        page.select_option('select[data-filter="method"]', "refusal")
+        assert page.locator("#count").text_content() == "96 of 128 samples"
         browser.close()
     assert not errors, errors
     assert (tmp_path / "report.png").stat().st_size > 10_000
