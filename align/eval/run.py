@@ -36,7 +36,6 @@ from rewards.io import atomic_write_text
 from ..config import ConfigError
 from ..data import as_messages
 from ..generate import GenerateArgs
-from ..trainers.score import DEFAULT_INSTRUCTION
 from .stats import estimate, paired_difference
 
 SCORERS = ("verifier", "math", "refusal_string", "refusal_judge", "ensemble", "length")
@@ -329,6 +328,8 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                         for c in range(len(chunk))]
                 second: list[dict] = [{} for _ in chunk]
                 if spec.get("self_correction"):  # attempt 2 after the instruction, conditioned on attempt 1
+                    from ..trainers.score import DEFAULT_INSTRUCTION  # here: the trainer module pulls in transformers' Trainer
+
                     instruction = spec["self_correction"] if isinstance(spec["self_correction"], str) else DEFAULT_INSTRUCTION
                     turns = [as_messages(p) + [{"role": "assistant", "content": t}, {"role": "user", "content": instruction}]
                              for p, t in zip(prompts, texts)]
