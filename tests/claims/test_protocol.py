@@ -1,0 +1,73 @@
+"""The claim rules as a mechanism: a rigged claim whose interval straddles the bound is not held,
+a failed premise is untestable, seed-to-seed variation widens the interval, selection reads dev only."""
+
+import numpy as np
+import pytest
+
+from align.claims.protocol import check, dev_test_split, judge, premise, seeded_interval, select_on_dev
+
+OK = premise(check("base answers something", 0.5, ">", 0.1))
+
+
+def _arms(shift: float, noise: float, seeds: int = 3, prompts: int = 200, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    control = rng.normal(0.5, noise, (seeds, prompts))
+    e = rng.normal(0, noise, (seeds, prompts))
+    return {"treated": control + shift + e - e.mean(), "control": control}  # the mean difference is exactly `shift`
+
+
+def test_point_above_but_interval_straddling_the_bound_is_not_held():
+    arms = _arms(shift=0.02, noise=0.5)
+    r = judge(claim="rigged", metric="m", premise=OK, arms=arms, treated="treated", control="control")
+    assert r["value"] > r["baseline"]  # the point estimate favours the claim ...
+    assert r["difference"]["low"] < 0 < r["difference"]["high"]  # ... the interval does not
+    assert r["status"] == "does not hold" and r["holds"] is False
+
+
+def test_a_clear_effect_holds_and_a_failed_premise_is_untestable_whatever_the_effect():
+    arms = _arms(shift=0.3, noise=0.1)
+    r = judge(claim="clear", metric="m", premise=OK, arms=arms, treated="treated", control="control")
+    assert r["status"] == "holds" and r["difference"]["low"] > 0.25
+    failed = premise(check("expert beats the large base on its task", 0.41, ">", 0.52), check("members disagree", 0.3, ">", 0.1))
+    r = judge(claim="clear", metric="m", premise=failed, arms=arms, treated="treated", control="control")
+    assert r["status"] == "untestable" and not r["holds"]
+    assert [c["passed"] for c in r["premise"]["checks"]] == [False, True]
+    # "less than" claims and margins
+    r = judge(claim="lower", metric="m", premise=OK, arms=arms, treated="control", control="treated", op="<", margin=0.2)
+    assert r["status"] == "holds"
+    r = judge(claim="lower", metric="m", premise=OK, arms=arms, treated="control", control="treated", op="<", margin=0.35)
+    assert r["status"] == "does not hold"
+
+
+def test_equivalence_needs_the_whole_interval_inside_the_margin():
+    same = _arms(shift=0.0, noise=0.05)
+    assert judge(claim="eq", metric="m", premise=OK, arms=same, treated="treated", control="control",
+                 equivalence=True, margin=0.03)["status"] == "holds"
+    apart = _arms(shift=0.05, noise=0.05)
+    assert judge(claim="eq", metric="m", premise=OK, arms=apart, treated="treated", control="control",
+                 equivalence=True, margin=0.03)["status"] == "does not hold"
+
+
+def test_seed_to_seed_variation_widens_the_interval():
+    """Three seeds whose means are 0, 0.5 and 1 with no spread within a seed: the two-stage
+    bootstrap's interval spans most of that range; pooling the prompts would make it a point."""
+    x = np.repeat(np.array([[0.0], [0.5], [1.0]]), 100, axis=1)
+    r = seeded_interval(x)
+    assert r["mean"] == 0.5 and r["per_seed"] == [0.0, 0.5, 1.0]
+    assert r["low"] <= 0.17 and r["high"] >= 0.83
+    pooled = seeded_interval(x.reshape(1, -1))
+    assert pooled["high"] - pooled["low"] < 0.2
+    one = seeded_interval(np.array([[1.0] * 30 + [0.0] * 70]))  # one seed: the prompt bootstrap of a 30% rate
+    assert one["low"] == pytest.approx(0.3 - 1.96 * (0.21 / 100) ** 0.5, abs=0.03)
+
+
+def test_selection_reads_dev_values_only_and_splits_are_disjoint():
+    dev, test = dev_test_split(100, 0.3, seed=1)
+    assert len(dev) == 30 and len(test) == 70 and not set(dev) & set(test) and sorted(dev + test) == list(range(100))
+    dev_scores = {0.1: 0.6, 0.5: 0.8, 1.0: 0.7}
+    test_scores = {0.1: 0.9, 0.5: 0.5, 1.0: 0.6}  # would pick 0.1 if it leaked
+    s = select_on_dev([0.1, 0.5, 1.0], dev_scores.__getitem__, n_dev=30)
+    assert s["chosen"] == 0.5 and s["dev_values"] == {"0.1": 0.6, "0.5": 0.8, "1.0": 0.7} and s["n_dev"] == 30
+    assert test_scores[s["chosen"]] == 0.5
+    s = select_on_dev([0.1, 0.5, 1.0], dev_scores.__getitem__, feasible=lambda g: g != 0.5)
+    assert s["chosen"] == 1.0
