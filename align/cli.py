@@ -82,7 +82,8 @@ commands:
   report RUN_DIR...   one self-contained HTML page (tables with intervals, plots, sample browser, side by
                       side) and a Markdown summary from eval runs and reproduce results (-o report.html)
   reproduce NAME      check a paper claim on the testbed ({claims});
-                      --all runs every one (reusing finished results) into one table, claims.json
+                      --all runs every one (reusing finished results) into one table, claims.json;
+                      --readme [DIR] publishes DIR's results to data/claims and regenerates the README table
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
 """
@@ -195,6 +196,12 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
     from .claims import CLAIMS, reproduce
     from .testbed import load_testbed
 
+    if argv and argv[0] == "--readme":  # results -> data/claims -> the README's table
+        from .claims.table import publish, update_readme
+
+        names = publish(argv[1] if len(argv) > 1 else "runs/reproduce", "data/claims")  # run from the repository root
+        print(f"published {', '.join(names) or 'nothing'}; written: {update_readme('README.md', 'data/claims')}")
+        return 0
     if argv and argv[0] == "--all":
         from .claims import reproduce_all
 

@@ -71,3 +71,33 @@ def test_selection_reads_dev_values_only_and_splits_are_disjoint():
     assert test_scores[s["chosen"]] == 0.5
     s = select_on_dev([0.1, 0.5, 1.0], dev_scores.__getitem__, feasible=lambda g: g != 0.5)
     assert s["chosen"] == 1.0
+
+
+def test_readme_table_is_generated_from_the_result_files(tmp_path):
+    """The README's block equals what data/claims renders to; publishing copies only results that
+    follow the rules, and the table carries status, interval, premise, selection and the note."""
+    import json
+    from pathlib import Path
+
+    from align.claims.table import END, START, publish, readme_block, update_readme
+
+    root = Path(__file__).resolve().parents[2]
+    assert readme_block(root / "data" / "claims") in (root / "README.md").read_text()
+    runs = tmp_path / "runs"
+    arms = _arms(shift=0.3, noise=0.1)
+    result = judge(claim="a | b", metric="m", premise=OK, arms=arms, treated="treated", control="control",
+                   selection=select_on_dev([1, 2], {1: 0.1, 2: 0.2}.__getitem__))
+    for name, r in (("new", result), ("old", {"claim": "x", "holds": True})):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "result.json").write_text(json.dumps(r))
+    assert publish(runs, tmp_path / "claims") == ["new"]
+    (tmp_path / "claims" / "notes.yaml").write_text("new: the note\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nstale\n{END}\nrest\n")
+    text = update_readme(readme, tmp_path / "claims").read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "stale" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| `new`"))
+    d = result["difference"]
+    assert f"treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (3 seeds × 200 prompts" in row
+    assert "**holds**" in row and "a \\| b" in row and "2 from 1, 2 (max)" in row and "the note" in row
+    assert "base answers something: 0.5 > 0.1 ✓" in row
