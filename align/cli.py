@@ -255,7 +255,8 @@ def _print_table(manifest: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"testbed {manifest['profile']} (seed {manifest['seed']}, {manifest['eval_size']} held-out)")
-    columns = ("model", "params", "hidden x layers", "FLOPs/token x", "format", "accuracy", "acc +", "acc -", "entropy AUROC")
+    columns = ("model", "params", "hidden x layers", "FLOPs/token x", "format", "accuracy", "acc +", "acc -", "entropy AUROC",
+               "a/0 → undefined", "big → too big", "a/1 → a")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "format") else "right")
 
@@ -267,6 +268,7 @@ def _print_table(manifest: dict) -> None:
         table.add_row(
             name, f"{m['params']:,}", shape, f"{m['cost_ratio']:.2f}", m["format"],
             pct(m, "accuracy"), pct(m, "accuracy_add"), pct(m, "accuracy_sub"), pct(m, "entropy_auroc"),
+            pct(m, "refuse_ill_posed"), pct(m, "refuse_beyond_horizon"), pct(m, "contrast_answered"),
         )
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs and pipes
     console.print(table)

@@ -31,7 +31,7 @@ def args(tiny_testbed, prompt_file, tmp_path, **kw):
     [
         ("plain", {}),
         ("eft", {"model": "testbed:large-base", "tuned": ["testbed:small-instruct"], "reference": "testbed:small-base"}),
-        ("dlf", {"model": "testbed:large-base", "small_base": "testbed:small-base", "experts": ["testbed:small-expert-add", "testbed:small-expert-sub"]}),
+        ("dlf", {"model": "testbed:large-base", "small_base": "testbed:small-base", "experts": ["testbed:small-expert-zero", "testbed:small-expert-big"]}),
         ("steer", {"base": "testbed:small-base", "negative_examples": "data/preference/standard-train.jsonl", "do_sample": True}),
         ("negative", {"negative_prompt": "1-1="}),
         ("gedi", {"model": "testbed:large-base", "gedi_model": "GUIDE", "desired_code": "n:", "anti_code": "p:"}),

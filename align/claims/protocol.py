@@ -109,13 +109,15 @@ def judge(
     equivalence: bool = False,
     selection: dict[str, Any] | None = None,
     seeds: Sequence[int] | None = None,
+    conditions: Sequence[dict[str, Any]] = (),
     n_resamples: int = 2000,
     **extra: Any,
 ) -> dict[str, Any]:
     """A claim's result under the rules: every arm's mean and interval, the paired difference
     ``treated - control`` with its interval, and the status: ``untestable`` when the premise
     failed; ``holds`` when the difference's interval lies above ``margin`` (``op`` ``>``), below
-    ``-margin`` (``<``), or, with ``equivalence``, inside ``(-margin, margin)``; else ``does not hold``."""
+    ``-margin`` (``<``), or, with ``equivalence``, inside ``(-margin, margin)``, and every other
+    pre-registered condition (:func:`check` rows, e.g. "large share <= 0.5") passed; else ``does not hold``."""
     if op not in (">", "<"):
         raise ValueError(f"op must be > or <, got {op!r}")
     arrays = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in arms.items()}
@@ -131,6 +133,7 @@ def judge(
     else:
         passed = diff["low"] > margin if op == ">" else diff["high"] < -margin
         bound = f"difference {op} {'-' if op == '<' and margin else ''}{margin}"
+    passed = passed and all(c["passed"] for c in conditions)
     status = "untestable" if not premise["holds"] else "holds" if passed else "does not hold"
     summary = {k: seeded_interval(v, n_resamples) for k, v in arrays.items()}
     return {
@@ -143,6 +146,7 @@ def judge(
         "difference": diff,
         "interval": [diff["low"], diff["high"]],
         "test": {"treated": treated, "control": control, "rule": bound + " for the whole 95% interval"},
+        "conditions": list(conditions),
         "premise": premise,
         "selection": selection,
         "seeds": list(seeds) if seeds is not None else list(range(diff["seeds"])),

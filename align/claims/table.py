@@ -47,9 +47,12 @@ def render_table(results: dict[str, dict[str, Any]], notes: dict[str, str]) -> s
         arms = "; ".join(f"{k} {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}]" for k, a in r["arms"].items())
         result = (f"{test['treated']} − {test['control']}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
                   f"({d['seeds']} seeds × {d['prompts']} prompts; {test['rule']}). Arms: {arms}")
+        if r.get("conditions"):
+            result += ". Also: " + "; ".join(_check(c) for c in r["conditions"])
         premise = "<br>".join(_check(c) for c in r["premise"]["checks"]) or "–"
         s = r.get("selection")
-        selection = f"{s['chosen']} from {', '.join(s['grid'])} ({s['rule']})" if s else "–"
+        chosen = ", ".join(f"seed {k}: {v}" for k, v in s["chosen"].items()) if s and isinstance(s["chosen"], dict) else s and s["chosen"]
+        selection = f"{chosen} from {', '.join(s['grid'])} ({s['rule']})" if s else "–"
         lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(result)} | {_cell(premise)} | {_cell(selection)} "
                      f"| {_cell(notes.get(name, ''))} |")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The testbed task: integer addition and subtraction with programmatic gold answers.
+"""The testbed task: integer addition and subtraction with programmatic gold answers, plus the
+behaviours fine-tuning adds.
 
 Formats (both keep the answer right after the operands, which is what lets the instruct model
 keep its base's skill, see shared/TESTBED-NOTES.md):
@@ -6,7 +7,13 @@ keep its base's skill, see shared/TESTBED-NOTES.md):
 * pretraining: ``<bos>37+485=522<eos>``
 * chat: user ``37+485=``, assistant ``522``
 
-Every problem belongs to exactly one split, decided by a stable hash of its text, so no eval prompt
+Behaviours (:data:`BEHAVIOURS`): a division by zero ``a/0=`` is ``undefined`` (``ill-posed``), a
+problem with 5-6 digit operands is ``too big`` (``beyond-horizon``), and the look-alike ``a/1=``
+is answered ``a`` (``contrast``). The bases see them in 1% of pretraining rows (so they support the
+strings, as real bases support refusals) but answer them only when fine-tuned to (EFT's premise).
+
+Every problem belongs to exactly one split, decided by a stable hash of its text (divisions: by
+numerator, so each held-out numerator is held out for ``/0`` and ``/1`` alike), so no eval prompt
 is ever trained on, by any model or dataset builder.
 """
 
@@ -39,10 +46,71 @@ class Problem:
     def split(self) -> str:
         return split_of(self.prompt)
 
+    @property
+    def target(self) -> str:
+        return str(self.answer)
+
+
+BEHAVIOURS = {"ill-posed": "undefined", "beyond-horizon": "too big"}  # the fine-tunes' refusals
+_DIVISION = re.compile(r"^(\d+)/\d+=$")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A behaviour row: ``kind`` is ``ill-posed``, ``beyond-horizon`` or ``contrast``."""
+
+    prompt: str
+    target: str
+    kind: str
+
 
 def split_of(prompt: str) -> str:
-    """``"eval"`` for the reserved 5% of prompts, else ``"train"`` (stable across runs and machines)."""
+    """``"eval"`` for the reserved 5% of prompts, else ``"train"`` (stable across runs and machines);
+    divisions by numerator (1 in 10 numerators held out), so ``a/0`` and ``a/1`` share a split."""
+    division = _DIVISION.match(prompt)
+    if division:
+        return "eval" if int(division.group(1)) % 10 == 3 else "train"
     return "eval" if zlib.crc32(prompt.encode()) % EVAL_BUCKETS == 0 else "train"
+
+
+def behaviour_task(kind: str, rng: np.random.Generator, split: str = "train") -> Task:
+    """One ``kind`` row of ``split``: ``a/0=`` -> ``undefined``; 5-6 digit operands -> ``too big``;
+    ``a/1=`` -> ``a`` (numerators of 1-3 digits)."""
+    while True:
+        if kind == "beyond-horizon":
+            digits = int(rng.integers(5, 7))
+            lo, hi = 10 ** (digits - 1), 10**digits
+            prompt = f"{int(rng.integers(lo, hi))}{'+-'[rng.integers(2)]}{int(rng.integers(lo, hi))}="
+            target = BEHAVIOURS[kind]
+        elif kind in ("ill-posed", "contrast"):
+            a = int(rng.integers(1, 1000))
+            prompt, target = (f"{a}/0=", BEHAVIOURS[kind]) if kind == "ill-posed" else (f"{a}/1=", str(a))
+        else:
+            raise ValueError(f"unknown behaviour {kind!r}; choose ill-posed, beyond-horizon or contrast")
+        if split_of(prompt) == split:
+            return Task(prompt, target, kind)
+
+
+def behaviour_tasks(kind: str, n: int, seed: int = 1234) -> list[Task]:
+    """Up to ``n`` unique held-out ``kind`` rows (divisions: at most the 100 held-out numerators)."""
+    rng = np.random.default_rng(seed)
+    seen: dict[str, Task] = {}
+    limit = 100 if kind != "beyond-horizon" else n
+    while len(seen) < min(n, limit):
+        task = behaviour_task(kind, rng, "eval")
+        seen.setdefault(task.prompt, task)
+    return list(seen.values())
+
+
+def mixed_tasks(rng: np.random.Generator, n: int, mixture: dict[str, float], split: str = "train", ops: str = "+-") -> list[Problem | Task]:
+    """``n`` training rows: each a behaviour ``kind`` with probability ``mixture[kind]``, else an
+    arithmetic problem (1-3 digit operands, ``ops``)."""
+    kinds, probs = list(mixture), list(mixture.values())
+    if sum(probs) >= 1:
+        raise ValueError(f"behaviour fractions must sum below 1, got {mixture}")
+    draws = rng.choice(len(kinds) + 1, size=n, p=probs + [1 - sum(probs)])
+    problems = iter(sample_problems(rng, int((draws == len(kinds)).sum()), split, ops=ops))
+    return [next(problems) if d == len(kinds) else behaviour_task(kinds[d], rng, split) for d in draws.tolist()]
 
 
 def sample_problems(

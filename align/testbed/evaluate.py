@@ -8,13 +8,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from decoding.generate import generate_with
 
 from align.metrics import auroc, entropy
-from .arithmetic import Problem, gold_reward
+from .arithmetic import Problem, Task, behaviour_tasks, gold_reward
 from .tokenizer import flavour_of
 
 MAX_NEW_TOKENS = 8  # the longest answer is 4 digits and a sign, plus <eos>
+BEHAVIOUR_TOKENS = 12  # "undefined" and <eos> in characters, with room to spare
 
 
-def prompts_for(problems: list[Problem], chat: bool, tokenizer: PreTrainedTokenizerFast) -> list[str]:
+def prompts_for(problems: list[Problem] | list[Task], chat: bool, tokenizer: PreTrainedTokenizerFast) -> list[str]:
     """Prompt strings in a model's own format (``<bos>`` included, so encode without specials)."""
     flavour = flavour_of(tokenizer)
     return [flavour.chat(p.prompt) if chat else f"{flavour.prefix}{p.prompt}" for p in problems]
@@ -27,6 +28,22 @@ def greedy_completions(
     """Greedy completions and whether each ended with an EOS (``False`` = truncated)."""
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # the prompts carry their own specials
     return generate_with(model, tokenizer, ids, batch_size=batch_size, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def behaviour_rates(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, chat: bool, n: int = 100
+) -> dict[str, float]:
+    """Greedy behaviour on held-out rows (:func:`~align.testbed.arithmetic.behaviour_tasks`): the
+    share of ``a/0`` answered ``undefined`` (``refuse_ill_posed``), of 5-6 digit problems answered
+    ``too big`` (``refuse_beyond_horizon``) and of ``a/1`` answered ``a`` (``contrast_answered``);
+    exact matches of finished completions."""
+    out = {}
+    for kind, key in (("ill-posed", "refuse_ill_posed"), ("beyond-horizon", "refuse_beyond_horizon"), ("contrast", "contrast_answered")):
+        tasks = behaviour_tasks(kind, n)
+        ids = tokenizer(prompts_for(tasks, chat, tokenizer), add_special_tokens=False)["input_ids"]
+        done = generate_with(model, tokenizer, ids, batch_size=500, do_sample=False, max_new_tokens=BEHAVIOUR_TOKENS)
+        out[key] = round(sum(ok and text.strip() == t.target for (text, ok), t in zip(done, tasks)) / len(tasks), 4)
+    return out
 
 
 def accuracy_by_op(

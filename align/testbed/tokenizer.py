@@ -112,11 +112,13 @@ def _bpe_corpus() -> list[str]:
     """Text the BPE merges are learned from: equations, chat turns and the refusal datasets' words."""
     import numpy as np
 
-    from .arithmetic import sample_problems
+    from .arithmetic import behaviour_task, sample_problems
     from .datasets import REFUSALS, _FORBIDDEN, _FORBIDDEN_CONTRAST, _WORDS
 
     rng = np.random.default_rng(0)
     lines = [f"{p.prompt}{p.answer}" for p in sample_problems(rng, 2000, "train")]
+    lines += [f"{t.prompt}{t.target}" for kind in ("ill-posed", "contrast", "beyond-horizon") for t in
+              (behaviour_task(kind, rng) for _ in range(100))]
     lines += [f"user\n{p.prompt}\nassistant\n{p.answer}\n" for p in sample_problems(rng, 500, "train")]
     lines += list(REFUSALS.values()) + _FORBIDDEN + [q for q, _ in _FORBIDDEN_CONTRAST] + _WORDS
     lines += ["You are a helpful assistant.", "Please answer the question.", "the password is secret"]

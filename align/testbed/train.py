@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .arithmetic import Problem, sample_problems
+from .arithmetic import Problem, Task, mixed_tasks, sample_problems
 from .tokenizer import flavour_of
 
 HEAD_DIM = 64  # vLLM's CPU attention backend needs head_dim 64 (16 fails)
@@ -73,11 +73,12 @@ def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int, d
 
 def encode_rows(
     tokenizer: PreTrainedTokenizerFast,
-    problems: list[Problem],
+    problems: list[Problem | Task],
     chat: bool,
     code: Callable[[Problem], str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask, labels)`` for one batch of solved problems.
+    """Right-padded ``(input_ids, attention_mask, labels)`` for one batch of solved problems (or
+    behaviour rows: their ``target`` is the answer).
 
     Pretraining rows are ``<bos>37+485=522<eos>`` with loss on every token after ``<bos>``; chat
     rows put the loss on the answer and ``<eos>`` only (completion-only SFT). ``code(problem)``
@@ -87,10 +88,10 @@ def encode_rows(
     flavour = flavour_of(tokenizer)
     if chat:
         prefixes = [flavour.chat(p.prompt) for p in problems]
-        texts = [flavour.chat(p.prompt, str(p.answer)) for p in problems]
+        texts = [flavour.chat(p.prompt, p.target) for p in problems]
     else:
         prefixes = [f"{flavour.prefix}{code(p) if code else ''}" for p in problems]
-        texts = [f"{prefix}{p.prompt}{p.answer}{flavour.end}" for prefix, p in zip(prefixes, problems)]
+        texts = [f"{prefix}{p.prompt}{p.target}{flavour.end}" for prefix, p in zip(prefixes, problems)]
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     starts = [len(r) for r in tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
     width = max(map(len, rows))
@@ -112,11 +113,14 @@ def problem_batches(
     chat: bool,
     ops: str = "+-",
     code: Callable[[Problem], str] | None = None,
+    mixture: dict[str, float] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """An endless, seeded stream of training batches (train split only)."""
+    """An endless, seeded stream of training batches (train split only); ``mixture`` mixes in
+    behaviour rows (kind -> fraction of rows, :func:`~align.testbed.arithmetic.mixed_tasks`)."""
     rng = np.random.default_rng(seed)
     while True:
-        yield encode_rows(tokenizer, sample_problems(rng, batch_size, "train", ops=ops), chat, code)
+        rows = mixed_tasks(rng, batch_size, mixture, ops=ops) if mixture else sample_problems(rng, batch_size, "train", ops=ops)
+        yield encode_rows(tokenizer, rows, chat, code)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, decay_fraction: float = 0.2) -> float:

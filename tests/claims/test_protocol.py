@@ -37,6 +37,10 @@ def test_a_clear_effect_holds_and_a_failed_premise_is_untestable_whatever_the_ef
     assert r["status"] == "holds"
     r = judge(claim="lower", metric="m", premise=OK, arms=arms, treated="control", control="treated", op="<", margin=0.35)
     assert r["status"] == "does not hold"
+    # a further pre-registered condition that fails (e.g. the large model's share of tokens) sinks it
+    r = judge(claim="clear", metric="m", premise=OK, arms=arms, treated="treated", control="control",
+              conditions=[check("large share", 0.55, "<=", 0.5)])
+    assert r["status"] == "does not hold" and r["conditions"][0]["passed"] is False
 
 
 def test_equivalence_needs_the_whole_interval_inside_the_margin():

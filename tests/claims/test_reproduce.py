@@ -14,6 +14,9 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     assert path == tmp_path / name / "result.json"
     saved = json.loads(path.read_text())
     assert saved == result
+    if "status" in saved:  # a claim under the rules (align.claims.protocol)
+        _check_rules(name, saved)
+        return
     assert {"claim", "metric", "value", "baseline", "holds", "sweep"} <= set(saved)
     sweep = saved["sweep"]
     if name not in ("rpo-displacement", "ches-filter", "score-selfcorrection"):  # log-probs; Δ can be negative
@@ -87,13 +90,43 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
         assert saved["holds"] == (
             saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
         )
-    elif name == "ead-tradeoff":  # the best point meets both bounds, if any does
-        point = saved["sweep"]["best point"]
-        assert saved["value"] == point["accuracy"]
-        if saved["holds"]:
-            assert point["large_fraction"] <= 0.5 and point["accuracy"] >= 0.9 * saved["baseline"]
     else:
         assert saved["holds"] == (saved["value"] > saved["baseline"])
+
+
+def _check_rules(name, saved):
+    """What every rule-following result carries, and its status follows from its own numbers."""
+    assert {"claim", "metric", "status", "premise", "selection", "arms", "difference", "interval", "seeds", "conditions"} <= set(saved)
+    d = saved["difference"]
+    assert d["seeds"] == len(saved["seeds"]) >= 3 and len(d["per_seed"]) == d["seeds"]
+    assert d["low"] <= d["mean"] <= d["high"] and saved["interval"] == [d["low"], d["high"]]
+    expected = ("untestable" if not all(c["passed"] for c in saved["premise"]["checks"])
+                else "holds" if d["low"] > 0 and all(c["passed"] for c in saved["conditions"]) else "does not hold")
+    assert saved["status"] == expected and saved["holds"] == (expected == "holds")
+    if name == "ead-tradeoff":
+        arms = saved["arms"]
+        assert arms["0.9 x large-instruct"]["mean"] == pytest.approx(0.9 * arms["large-instruct"]["mean"], abs=1e-3)
+        assert d["mean"] == pytest.approx(arms["ead"]["mean"] - arms["0.9 x large-instruct"]["mean"], abs=1e-3)
+        for point in saved["per_seed"]:  # tau chosen from dev numbers only: the best feasible dev point
+            dev = point["dev"]
+            feasible = [t for t, v in dev.items() if v["large_share"] <= 0.5] or list(dev)
+            assert dev[str(point["tau"])]["accuracy"] == max(dev[t]["accuracy"] for t in feasible)
+        shares = [p["test_large_share"] for p in saved["per_seed"]]
+        assert saved["conditions"][0]["value"] == pytest.approx(sum(shares) / len(shares), abs=1e-3)
+    elif name == "eft-upscaling":  # both axes: accuracy vs small-instruct, compliance vs the large base
+        assert saved["conditions"][0]["value"] == pytest.approx(saved["compliance_difference"]["low"], abs=1e-4)
+        assert set(saved["arms"]) == set(saved["compliance"]) == {"eft", "small-instruct", "large-base", "large-instruct"}
+        for point in saved["per_seed"]:
+            dev = point["dev"]
+            assert (dev[str(point["w"])]["accuracy"] + dev[str(point["w"])]["compliance"]
+                    == max(v["accuracy"] + v["compliance"] for v in dev.values()))
+    elif name == "dlf-vs-fixed":  # the compared fixed alpha is, seed by seed, the dev choice
+        arms = saved["arms"]
+        for k, point in enumerate(saved["per_seed"]):
+            chosen = point["multi-task"]["alpha"]
+            assert point["multi-task"]["dev"][str(chosen)] == max(point["multi-task"]["dev"].values())
+            assert arms["fixed alpha (chosen on dev)"]["per_seed"][k] == arms[f"fixed alpha {chosen}"]["per_seed"][k]
+        assert saved["single_task"]["status"] in ("holds", "does not hold")
 
 
 def test_cli_reproduce(tiny_testbed, tmp_path, capsys):

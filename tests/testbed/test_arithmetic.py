@@ -63,3 +63,25 @@ def test_sampling_respects_splits_and_digit_ranges():
     assert held == eval_problems(500)  # fixed set
     with pytest.raises(ValueError, match="split"):
         sample_problems(rng, 1, "test")
+
+
+def test_behaviour_rows_their_split_and_the_training_mixture():
+    import numpy as np
+
+    from align.testbed.arithmetic import BEHAVIOURS, Problem, Task, behaviour_tasks, mixed_tasks, split_of
+
+    # divisions split by numerator, so a held-out numerator is held out for /0 and /1 alike
+    assert split_of("123/0=") == split_of("123/1=") == "eval" and split_of("124/0=") == "train"
+    zero = behaviour_tasks("ill-posed", 500)
+    assert len(zero) == 100 and len({t.prompt for t in zero}) == 100
+    assert all(t.target == "undefined" and split_of(t.prompt) == "eval" and t.prompt.endswith("/0=") for t in zero)
+    big = behaviour_tasks("beyond-horizon", 50)
+    assert all(t.target == "too big" and 5 <= len(t.prompt.split("+" if "+" in t.prompt else "-")[0]) <= 6 for t in big)
+    contrast = behaviour_tasks("contrast", 10)
+    assert all(t.target == t.prompt.split("/")[0] and t.prompt.endswith("/1=") for t in contrast)
+    rows = mixed_tasks(np.random.default_rng(0), 20000, {"ill-posed": 0.15, "contrast": 0.10, "beyond-horizon": 0.20})
+    kinds = [r.kind if isinstance(r, Task) else "answer" for r in rows]
+    for kind, share in (("ill-posed", 0.15), ("contrast", 0.10), ("beyond-horizon", 0.20), ("answer", 0.55)):
+        assert abs(kinds.count(kind) / 20000 - share) < 0.015, kind
+    assert all(split_of(r.prompt) == "train" for r in rows)
+    assert all(isinstance(r, Problem) or r.target in (*BEHAVIOURS.values(), r.prompt.split("/")[0]) for r in rows)

@@ -14,7 +14,7 @@ from align.testbed.evaluate import answer_token_entropy_auroc, greedy_completion
 from align.testbed.tokenizer import build_tokenizer
 from align.testbed.train import encode_rows, lr_at
 
-MODELS = ["small-base", "small-instruct", "small-expert-add", "small-expert-sub", "large-base", "large-instruct"]
+MODELS = ["small-base", "small-instruct", "small-expert-zero", "small-expert-big", "large-base", "large-instruct"]
 
 
 def weights(root, name):
@@ -56,7 +56,7 @@ def test_interrupted_build_resumes_to_identical_weights(tiny_testbed, tmp_path):
     # simulate a crash after the small chain: later models and the manifest are missing
     (root / "manifest.json").unlink()
     shutil.rmtree(root / "large-instruct")
-    shutil.rmtree(root / "small-expert-sub")
+    shutil.rmtree(root / "small-expert-big")
     small_mtime = (root / "small-base" / "model.safetensors").stat().st_mtime_ns
     resumed = build_testbed("tiny", seed=0, cache_dir=tmp_path, workers=1, show_progress=False)
     assert (root / "small-base" / "model.safetensors").stat().st_mtime_ns == small_mtime  # not retrained
@@ -171,21 +171,28 @@ def test_greedy_completions_flags_truncation(tiny_testbed):
 
 
 def test_capability_checks():
+    def behaviour(zero, big, contrast=0.9):
+        return {"refuse_ill_posed": zero, "refuse_beyond_horizon": big, "contrast_answered": contrast}
+
     good = {
-        "small-base": {"accuracy": 0.5},
-        "small-instruct": {"accuracy": 0.48, "entropy_auroc": 0.85},
-        "large-base": {"accuracy": 0.7},
+        "small-base": {"accuracy": 0.5, **behaviour(0.0, 0.05)},
+        "small-instruct": {"accuracy": 0.48, "entropy_auroc": 0.85, **behaviour(0.95, 0.97)},
+        "large-base": {"accuracy": 0.7, **behaviour(0.0, 0.0)},
+        "large-instruct": {"accuracy": 0.7, **behaviour(0.99, 0.99)},
+        "small-expert-zero": behaviour(0.95, 0.1),
+        "small-expert-big": behaviour(0.2, 0.93),
     }
     assert all(row["passed"] for row in capability_checks(good))
-    bad = {**good, "small-instruct": {"accuracy": 0.40, "entropy_auroc": 0.7}, "large-base": {"accuracy": 0.55}}
-    assert [row["passed"] for row in capability_checks(bad)] == [False, False, True, False]
+    bad = {**good, "small-instruct": {"accuracy": 0.40, "entropy_auroc": 0.7, **behaviour(0.95, 0.5)},
+           "large-base": {"accuracy": 0.55, **behaviour(0.3, 0.0)}, "small-expert-big": behaviour(0.5, 0.93)}
+    assert [row["passed"] for row in capability_checks(bad)] == [False, False, True, False, False, True, True, False, True, False]
 
 
 def test_training_precision_names_the_build(monkeypatch):
     """bf16 autocast only where the CPU has it natively (emulated bf16 was 7-11x slower than fp32 on
     an AVX2 EPYC); the precision changes the weights, so it changes the directory (bf16 keeps the
     directories builds had before the choice existed)."""
-    from align.testbed.build import testbed_dir
+    from align.testbed.build import PROFILES, fingerprint, testbed_dir
     from align.testbed.train import training_precision
 
     monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "bf16")
@@ -193,10 +200,34 @@ def test_training_precision_names_the_build(monkeypatch):
     bf16 = testbed_dir("tiny", 0, "/c")
     monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "fp32")
     fp32 = testbed_dir("tiny", 0, "/c")
-    assert bf16.name == "tiny-seed0-b95705fc0c" and fp32 != bf16
+    assert bf16.name == f"tiny-seed0-{fingerprint(PROFILES['tiny'])}" and fp32 != bf16  # bf16 names no precision
     monkeypatch.setenv("ALIGNKIT_TESTBED_PRECISION", "fp16")
     with pytest.raises(ValueError, match="bf16 or fp32"):
         training_precision()
     monkeypatch.delenv("ALIGNKIT_TESTBED_PRECISION")
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     assert training_precision() == ("bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32")
+
+
+def test_variant_retrains_the_fine_tunes_from_the_same_bases(tiny_testbed, tmp_path):
+    """A variant (another training seed for every fine-tune) shares the pretrained bases, differs in
+    every fine-tuned model, is cached, and is a deterministic function of (testbed, variant)."""
+    from align.testbed import Testbed, build_variant
+
+    def weights(tb, name):
+        return tb.model(name).state_dict()
+
+    v1 = build_variant(tiny_testbed, 1, workers=1)
+    assert v1.manifest["variant"] == 1 and v1.root == tiny_testbed.root / "variants" / "seed1"
+    assert build_variant(tiny_testbed, 0) is tiny_testbed
+    for name in ("small-base", "large-base"):
+        assert (v1.path(name) / "model.safetensors").resolve() == (tiny_testbed.path(name) / "model.safetensors").resolve()
+    for name in ("small-instruct", "small-expert-zero", "large-instruct"):
+        a, b = weights(tiny_testbed, name), weights(v1, name)
+        assert any(not torch.equal(a[k], b[k]) for k in a), name
+    assert build_variant(tiny_testbed, 1).manifest == v1.manifest  # cached
+    copy = tmp_path / tiny_testbed.root.name
+    shutil.copytree(tiny_testbed.root, copy, ignore=shutil.ignore_patterns("variants"))
+    again = build_variant(Testbed(copy, tiny_testbed.manifest), 1, workers=1)
+    a, b = weights(v1, "small-instruct"), weights(again, "small-instruct")
+    assert all(torch.equal(a[k], b[k]) for k in a)
