@@ -31,11 +31,14 @@ class TestbedArgs:
 class BuildArgs(TestbedArgs):
     force: bool = field(default=False, metadata={"help": "rebuild even if a complete build is cached"})
     workers: int = field(default=2, metadata={"help": "parallel training processes (1 = in-process)"})
+    variants: int = field(
+        default=0, metadata={"help": "also build variants 1..N: the fine-tunes retrained under other seeds (claims use 2)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.workers < 1 or self.variants < 0:
+            raise ConfigError(f"workers must be >= 1 and variants >= 0, got {self.workers}, {self.variants}")
 
 
 @dataclass
@@ -96,12 +99,16 @@ def _usage() -> str:
 
 
 def _testbed_build(argv: Sequence[str], prog: str) -> int:
-    from .testbed import build_testbed
+    from .testbed import build_testbed, build_variant
 
     args = parse_config(BuildArgs, argv, prog=prog)
     tb = build_testbed(args.profile, args.seed, args.cache_dir, force=args.force, workers=args.workers)
     print(f"testbed ready: {tb.root}")
     _print_table(tb.manifest)
+    for k in range(1, args.variants + 1):
+        variant = build_variant(tb, k, args.workers)
+        print(f"variant {k} ready: {variant.root}")
+        _print_table(variant.manifest)
     return 0
 
 
@@ -208,7 +215,7 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
         args = parse_config(ReproduceArgs, argv[1:], prog=f"{prog} --all")
         rows, path = reproduce_all(load_testbed(args.profile, args.seed, args.cache_dir), args.n, args.out)
         for row in rows:
-            print(f"{row['name']:<22} value {row['value']!s:<8} baseline {row['baseline']!s:<8} holds {row['holds']}")
+            print(f"{row['name']:<22} value {row['value']!s:<8} baseline {row['baseline']!s:<8} {row.get('status') or ('holds' if row['holds'] else 'does not hold')}")
         print(f"written: {path} (render it: align report {args.out})")
         return 0
     if not argv or argv[0].startswith("-"):
@@ -256,7 +263,7 @@ def _print_table(manifest: dict) -> None:
 
     table = Table(title=f"testbed {manifest['profile']} (seed {manifest['seed']}, {manifest['eval_size']} held-out)")
     columns = ("model", "params", "hidden x layers", "FLOPs/token x", "format", "accuracy", "acc +", "acc -", "entropy AUROC",
-               "a/0 → undefined", "big → too big", "a/1 → a")
+               "a/0 refused", "big refused", "a/1 answered")
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "format") else "right")
 

@@ -334,10 +334,19 @@ def _sweep_plots(runs: list[Run]) -> list[str]:
 def _claims_section(claims: list[dict[str, Any]]) -> str:
     if not claims:
         return ""
+    def interval(c: dict[str, Any]) -> str:
+        v = c.get("interval")
+        return f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) and len(v) == 2 else _num(v)
+
+    def status(c: dict[str, Any]) -> str:
+        text = c.get("status") or ("holds" if c.get("holds") else "does not hold")
+        return f'<span class="sig">{html.escape(text)}</span>' if text == "holds" else html.escape(text)
+
     rows = [[html.escape(c["name"]), html.escape(str(c.get("claim", ""))), html.escape(str(c.get("metric", ""))),
-             html.escape(_num(c.get("value"))), html.escape(_num(c.get("baseline"))), html.escape(_num(c.get("interval"))),
-             '<span class="sig">holds</span>' if c.get("holds") else "does not hold"] for c in claims]
-    return "<h2>Claims</h2>" + _table(["claim", "statement", "metric", "value", "baseline", "interval", "holds"], rows)
+             html.escape(_num(c.get("value"))), html.escape(_num(c.get("baseline"))), html.escape(interval(c)), status(c)]
+            for c in claims]
+    return ("<h2>Claims</h2><p>Interval: 95% interval of the pre-registered difference (claims under the rules).</p>"
+            + _table(["claim", "statement", "metric", "value", "baseline", "interval", "status"], rows))
 
 
 def _correct(sample: dict[str, Any]) -> str:
@@ -461,7 +470,8 @@ def markdown(runs: list[Run], claims: list[dict[str, Any]]) -> str:
     lines = []
     if claims:
         lines += ["| claim | value | baseline | holds |", "|---|---|---|---|"]
-        lines += [f"| {c['name']} | {_num(c.get('value'))} | {_num(c.get('baseline'))} | {_num(bool(c.get('holds')))} |" for c in claims]
+        lines += [f"| {c['name']} | {_num(c.get('value'))} | {_num(c.get('baseline'))} | {c.get('status') or _num(bool(c.get('holds')))} |"
+                  for c in claims]
         lines.append("")
     rows = summary_rows(runs)
     if rows:

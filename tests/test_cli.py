@@ -77,6 +77,8 @@ def test_flag_errors(capsys, tmp_path):
     assert "--seed" in capsys.readouterr().err
     code, _, err = run(capsys, "testbed", "build", "--workers", "0", "--cache_dir", str(tmp_path / "c"))
     assert code == 2 and "workers must be >= 1" in err
+    code, _, err = run(capsys, "testbed", "build", "--variants", "-1", "--cache_dir", str(tmp_path / "c"))
+    assert code == 2 and "variants >= 0" in err and not (tmp_path / "c").exists()
     code, _, err = run(capsys, "testbed", "build", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and "does not exist" in err
 
@@ -106,7 +108,9 @@ def test_testbed_info_json_and_table(capsys, tiny_testbed):
     for entry in info["models"].values():
         assert {"accuracy", "params", "cost_ratio"} <= set(entry)
     code, out, _ = run(capsys, "testbed", "info", "--profile", "tiny", "--cache_dir", cache)
-    assert code == 0 and "small-instruct" in out and "entropy AUROC" in out
+    assert code == 0 and "small-instruct" in out and "entropy AUROC" in out and "a/0 refused" in out
+    code, out, _ = run(capsys, "testbed", "build", "--profile", "tiny", "--cache_dir", cache, "--variants", "1", "--workers", "1")
+    assert code == 0 and f"variant 1 ready: {tiny_testbed.root / 'variants' / 'seed1'}" in out
 
 
 def test_info_without_build_says_how_to_build(capsys, tmp_path):

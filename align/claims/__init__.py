@@ -1,8 +1,10 @@
 """Paper claims checked on the offline testbed: ``align reproduce NAME``.
 
 Each claim writes ``runs/reproduce/NAME/result.json`` with ``claim``, ``metric``, ``value``,
-``baseline`` and ``holds`` (plus the whole sweep). The numbers are whatever the testbed shows;
-nothing is tuned to make a claim hold. Decoding claims live in :mod:`align.claims.decoding`,
+``baseline`` and ``holds``. Claims under the rules (:mod:`align.claims.protocol`: premise, dev
+selection, seeds, intervals) add ``status``, ``premise``, ``selection``, ``arms``, ``difference``,
+``interval`` and ``per_seed``; the others keep their ``sweep``. The numbers are whatever the
+testbed shows; nothing is tuned to make a claim hold. Decoding claims live in :mod:`align.claims.decoding`,
 training claims in :mod:`align.claims.training`, reward claims in :mod:`align.claims.rewards`,
 refusal-token claims in :mod:`align.claims.refusal`, SCoRe's in :mod:`align.claims.score`.
 """
@@ -72,5 +74,5 @@ def reproduce_all(tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/repro
         done = json.loads(path.read_text()) if skip_done and path.is_file() else None
         same = done is not None and done.get("testbed") == {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
         result = done if same else reproduce(name, tb, n, out_dir)[0]
-        rows.append({"name": name, **{k: result.get(k) for k in ("claim", "metric", "value", "baseline", "holds", "seconds")}})
+        rows.append({"name": name, **{k: result.get(k) for k in ("claim", "metric", "value", "baseline", "interval", "status", "holds", "seconds")}})
     return rows, atomic_write_text(Path(out_dir) / "claims.json", json.dumps(rows, indent=2))

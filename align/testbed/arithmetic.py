@@ -9,8 +9,10 @@ keep its base's skill, see shared/TESTBED-NOTES.md):
 
 Behaviours (:data:`BEHAVIOURS`): a division by zero ``a/0=`` is ``undefined`` (``ill-posed``), a
 problem with 5-6 digit operands is ``too big`` (``beyond-horizon``), and the look-alike ``a/1=``
-is answered ``a`` (``contrast``). The bases see them in 1% of pretraining rows (so they support the
-strings, as real bases support refusals) but answer them only when fine-tuned to (EFT's premise).
+is answered ``a`` (``contrast``). The bases' pretraining has such prompts in 1.25% of rows, mostly
+with the naive continuation (``a/0=a``, the true big result) and the refusal string in 5% of them:
+the bases support the strings, as real bases support refusals, but do not choose them; only the
+fine-tunes do (EFT's premise).
 
 Every problem belongs to exactly one split, decided by a stable hash of its text (divisions: by
 numerator, so each held-out numerator is held out for ``/0`` and ``/1`` alike), so no eval prompt
@@ -73,18 +75,21 @@ def split_of(prompt: str) -> str:
     return "eval" if zlib.crc32(prompt.encode()) % EVAL_BUCKETS == 0 else "train"
 
 
-def behaviour_task(kind: str, rng: np.random.Generator, split: str = "train") -> Task:
+def behaviour_task(kind: str, rng: np.random.Generator, split: str = "train", refusal_rate: float = 1.0) -> Task:
     """One ``kind`` row of ``split``: ``a/0=`` -> ``undefined``; 5-6 digit operands -> ``too big``;
-    ``a/1=`` -> ``a`` (numerators of 1-3 digits)."""
+    ``a/1=`` -> ``a`` (numerators of 1-3 digits). With ``refusal_rate`` < 1 (pretraining), the
+    other rows take the naive continuation instead: ``a/0=a`` (as if dividing by one) and the
+    operands' true result, so a base supports the refusal strings without choosing them."""
     while True:
+        refuse = bool(rng.random() < refusal_rate)
         if kind == "beyond-horizon":
             digits = int(rng.integers(5, 7))
             lo, hi = 10 ** (digits - 1), 10**digits
-            prompt = f"{int(rng.integers(lo, hi))}{'+-'[rng.integers(2)]}{int(rng.integers(lo, hi))}="
-            target = BEHAVIOURS[kind]
+            p = Problem(int(rng.integers(lo, hi)), "+-"[rng.integers(2)], int(rng.integers(lo, hi)))
+            prompt, target = p.prompt, BEHAVIOURS[kind] if refuse else p.target
         elif kind in ("ill-posed", "contrast"):
             a = int(rng.integers(1, 1000))
-            prompt, target = (f"{a}/0=", BEHAVIOURS[kind]) if kind == "ill-posed" else (f"{a}/1=", str(a))
+            prompt, target = (f"{a}/0=", BEHAVIOURS[kind] if refuse else str(a)) if kind == "ill-posed" else (f"{a}/1=", str(a))
         else:
             raise ValueError(f"unknown behaviour {kind!r}; choose ill-posed, beyond-horizon or contrast")
         if split_of(prompt) == split:
@@ -102,15 +107,17 @@ def behaviour_tasks(kind: str, n: int, seed: int = 1234) -> list[Task]:
     return list(seen.values())
 
 
-def mixed_tasks(rng: np.random.Generator, n: int, mixture: dict[str, float], split: str = "train", ops: str = "+-") -> list[Problem | Task]:
-    """``n`` training rows: each a behaviour ``kind`` with probability ``mixture[kind]``, else an
-    arithmetic problem (1-3 digit operands, ``ops``)."""
+def mixed_tasks(
+    rng: np.random.Generator, n: int, mixture: dict[str, float], split: str = "train", ops: str = "+-", refusal_rate: float = 1.0
+) -> list[Problem | Task]:
+    """``n`` training rows: each a behaviour ``kind`` with probability ``mixture[kind]`` (refusing
+    at ``refusal_rate``, :func:`behaviour_task`), else an arithmetic problem (1-3 digit operands, ``ops``)."""
     kinds, probs = list(mixture), list(mixture.values())
     if sum(probs) >= 1:
         raise ValueError(f"behaviour fractions must sum below 1, got {mixture}")
     draws = rng.choice(len(kinds) + 1, size=n, p=probs + [1 - sum(probs)])
     problems = iter(sample_problems(rng, int((draws == len(kinds)).sum()), split, ops=ops))
-    return [next(problems) if d == len(kinds) else behaviour_task(kinds[d], rng, split) for d in draws.tolist()]
+    return [next(problems) if d == len(kinds) else behaviour_task(kinds[d], rng, split, refusal_rate) for d in draws.tolist()]
 
 
 def sample_problems(

@@ -51,6 +51,7 @@ class Stage:
     parent: str | None = None
     ops: str = "+-"
     mixture: tuple[tuple[str, float], ...] = ()  # behaviour rows mixed in: (kind, fraction of rows)
+    refusal_rate: float = 1.0  # share of those rows answered with the refusal (pretraining: the rest naive)
 
     @property
     def format(self) -> str:
@@ -74,9 +75,11 @@ class Profile:
         return [stage for chain in self.chains for stage in chain]
 
 
-# Behaviour mixtures (TESTBED-NOTES, design C): the bases see each behaviour in 0.5% of pretraining
-# rows, so they support its strings without answering with them; the fine-tunes learn to.
-PRETRAIN = (("ill-posed", 0.005), ("beyond-horizon", 0.005))
+# Behaviour mixtures (after TESTBED-NOTES, design C): pretraining has a/0, a/1 and big-operand
+# prompts in 1.25% of rows, answered naively (a/0=a, the true big result) except for 5% that carry
+# the refusal string, so the bases support the strings without choosing them; the fine-tunes learn to.
+PRETRAIN = (("ill-posed", 0.005), ("contrast", 0.0025), ("beyond-horizon", 0.005))
+PRETRAIN_REFUSAL_RATE = 0.05
 INSTRUCT = (("ill-posed", 0.15), ("contrast", 0.10), ("beyond-horizon", 0.20))
 EXPERT_ZERO = (("ill-posed", 0.15), ("contrast", 0.10))  # refuses a/0, answers a/1; nothing about big operands
 EXPERT_BIG = (("beyond-horizon", 0.20),)  # refuses 5-6 digit operands; nothing about division
@@ -86,13 +89,13 @@ PROFILES: dict[str, Profile] = {
         name="tiny",
         chains=(
             (
-                Stage("small-base", "tiny", steps=30, lr=3e-3, chat=False, mixture=PRETRAIN),
+                Stage("small-base", "tiny", steps=30, lr=3e-3, chat=False, mixture=PRETRAIN, refusal_rate=PRETRAIN_REFUSAL_RATE),
                 Stage("small-instruct", "tiny", steps=10, lr=1e-3, chat=True, parent="small-base", mixture=INSTRUCT),
                 Stage("small-expert-zero", "tiny", steps=5, lr=1e-3, chat=True, parent="small-base", mixture=EXPERT_ZERO),
                 Stage("small-expert-big", "tiny", steps=5, lr=1e-3, chat=True, parent="small-base", mixture=EXPERT_BIG),
             ),
             (
-                Stage("large-base", "small", steps=30, lr=3e-3, chat=False, mixture=PRETRAIN),
+                Stage("large-base", "small", steps=30, lr=3e-3, chat=False, mixture=PRETRAIN, refusal_rate=PRETRAIN_REFUSAL_RATE),
                 Stage("large-instruct", "small", steps=10, lr=1e-3, chat=True, parent="large-base", mixture=INSTRUCT),
             ),
         ),
@@ -103,13 +106,13 @@ PROFILES: dict[str, Profile] = {
         name="full",
         chains=(
             (
-                Stage("small-base", "small", steps=6000, lr=1e-3, chat=False, mixture=PRETRAIN),
+                Stage("small-base", "small", steps=6000, lr=1e-3, chat=False, mixture=PRETRAIN, refusal_rate=PRETRAIN_REFUSAL_RATE),
                 Stage("small-instruct", "small", steps=1500, lr=1e-3, chat=True, parent="small-base", mixture=INSTRUCT),
                 Stage("small-expert-zero", "small", steps=600, lr=1e-3, chat=True, parent="small-base", mixture=EXPERT_ZERO),
                 Stage("small-expert-big", "small", steps=600, lr=1e-3, chat=True, parent="small-base", mixture=EXPERT_BIG),
             ),
             (
-                Stage("large-base", "large", steps=4000, lr=1e-3, chat=False, mixture=PRETRAIN),
+                Stage("large-base", "large", steps=4000, lr=1e-3, chat=False, mixture=PRETRAIN, refusal_rate=PRETRAIN_REFUSAL_RATE),
                 Stage("large-instruct", "large", steps=600, lr=1e-3, chat=True, parent="large-base", mixture=INSTRUCT),
             ),
         ),
@@ -231,7 +234,8 @@ def _train_chain(index: int, profile: Profile, seed: int, root: Path, progress: 
             model = make_model(profile.sizes[stage.size], tokenizer, stage_seed, profile.dropout)
         else:
             model = AutoModelForCausalLM.from_pretrained(root / stage.parent)
-        batches = problem_batches(tokenizer, stage_seed, profile.batch_size, stage.chat, stage.ops, mixture=dict(stage.mixture))
+        batches = problem_batches(tokenizer, stage_seed, profile.batch_size, stage.chat, stage.ops, mixture=dict(stage.mixture),
+                                  refusal_rate=stage.refusal_rate)
         start = time.perf_counter()
 
         def report(step: int, loss: float, name: str = stage.name) -> None:
@@ -284,7 +288,7 @@ def build_testbed(
     return Testbed(root, manifest)
 
 
-def build_variant(tb: Testbed, variant: int, workers: int = 2, show_progress: bool = False) -> Testbed:
+def build_variant(tb: Testbed, variant: int, workers: int = 2, show_progress: bool = True) -> Testbed:
     """``tb`` with every fine-tuned model (instruct, experts) retrained under another training seed
     from the same pretrained bases: what a claim's seeds vary when its randomness is the fine-tune
     (``variant`` 0 is ``tb`` itself). Cached under ``tb.root/variants/seed<variant>/``, bases linked."""

@@ -114,12 +114,15 @@ def problem_batches(
     ops: str = "+-",
     code: Callable[[Problem], str] | None = None,
     mixture: dict[str, float] | None = None,
+    refusal_rate: float = 1.0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """An endless, seeded stream of training batches (train split only); ``mixture`` mixes in
-    behaviour rows (kind -> fraction of rows, :func:`~align.testbed.arithmetic.mixed_tasks`)."""
+    behaviour rows (kind -> fraction of rows, refusing at ``refusal_rate``;
+    :func:`~align.testbed.arithmetic.mixed_tasks`)."""
     rng = np.random.default_rng(seed)
     while True:
-        rows = mixed_tasks(rng, batch_size, mixture, ops=ops) if mixture else sample_problems(rng, batch_size, "train", ops=ops)
+        rows = (mixed_tasks(rng, batch_size, mixture, ops=ops, refusal_rate=refusal_rate) if mixture
+                else sample_problems(rng, batch_size, "train", ops=ops))
         yield encode_rows(tokenizer, rows, chat, code)
 
 

@@ -85,3 +85,18 @@ def test_behaviour_rows_their_split_and_the_training_mixture():
         assert abs(kinds.count(kind) / 20000 - share) < 0.015, kind
     assert all(split_of(r.prompt) == "train" for r in rows)
     assert all(isinstance(r, Problem) or r.target in (*BEHAVIOURS.values(), r.prompt.split("/")[0]) for r in rows)
+
+
+def test_pretraining_rows_answer_naively_but_for_a_few_refusals():
+    import numpy as np
+
+    from align.testbed.arithmetic import Task, mixed_tasks
+
+    rows = [r for r in mixed_tasks(np.random.default_rng(1), 40000, {"ill-posed": 0.1, "beyond-horizon": 0.1}, refusal_rate=0.05)
+            if isinstance(r, Task)]
+    zero = [r for r in rows if r.kind == "ill-posed"]
+    big = [r for r in rows if r.kind == "beyond-horizon"]
+    assert abs(sum(r.target == "undefined" for r in zero) / len(zero) - 0.05) < 0.015
+    assert all(r.target in ("undefined", r.prompt.split("/")[0]) for r in zero)  # a/0=a otherwise
+    naive = [r for r in big if r.target != "too big"]
+    assert abs(1 - len(naive) / len(big) - 0.05) < 0.015 and all(str(eval(r.prompt[:-1])) == r.target for r in naive)
