@@ -265,7 +265,7 @@ def _print_table(manifest: dict) -> None:
     columns = ("model", "params", "hidden x layers", "FLOPs/token x", "format", "accuracy", "acc +", "acc -", "entropy AUROC",
                "a/0 refused", "big refused", "a/1 answered")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "format") else "right")
+        table.add_column(column, justify="left" if column in ("model", "format") else "right", no_wrap=column == "model")
 
     def pct(m: dict, key: str) -> str:
         return f"{m[key]:.3f}" if key in m else "-"
@@ -277,7 +277,7 @@ def _print_table(manifest: dict) -> None:
             pct(m, "accuracy"), pct(m, "accuracy_add"), pct(m, "accuracy_sub"), pct(m, "entropy_auroc"),
             pct(m, "refuse_ill_posed"), pct(m, "refuse_beyond_horizon"), pct(m, "contrast_answered"),
         )
-    console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs and pipes
+    console = Console(width=None if sys.stdout.isatty() else 200)  # no wrapping in logs and pipes
     console.print(table)
     for row in manifest.get("checks", []):
         mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"
