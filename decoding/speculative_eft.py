@@ -153,5 +153,7 @@ def speculative_eft_generate(
     ids = ids[:, : start + max_new_tokens]
     if stops is not None and finished.all():  # drop the columns that are padding in every row
         is_eos = torch.isin(ids[:, start:], stops)
-        ids = ids[:, : start + int((is_eos.long().argmax(1) + 1).max())]
+        # a row whose EOS fell past max_new_tokens (a bonus token) keeps every column
+        ends = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, torch.full_like(is_eos[:, 0], is_eos.shape[1], dtype=torch.long))
+        ids = ids[:, : start + int(ends.max())]
     return SpeculativeOutput(ids, drafted, accepted, rounds)

@@ -47,6 +47,19 @@ def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
     assert out.drafted >= out.accepted >= 0 and out.rounds >= 1
 
 
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_a_limit_that_cuts_before_eos_keeps_every_token(tiny_testbed, models, prompt):
+    """max_new_tokens below the answer's length: the output is the first max_new_tokens tokens of
+    the full answer, also when the round that reaches the limit drew EOS past it (a bonus token
+    once made the row 'finished' and the trim cut it to one token)."""
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    n = len(tok(prompt)["input_ids"])
+    full = spec(tok, models, prompt, k=3, max_new_tokens=12).sequences[0, n:].tolist()
+    for limit in range(1, len(full)):
+        out = spec(tok, models, prompt, k=3, max_new_tokens=limit).sequences[0, n:].tolist()
+        assert out == full[:limit], limit
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k):
     """Three left-padded rows advancing together (each by the fewest accepted drafts) decode
@@ -87,7 +100,11 @@ def exact_two_token_distribution(tok, models, prompt, weight):
 
     first = eft(torch.zeros(1, 0, dtype=torch.long))[0].exp()  # [V]
     second = eft(torch.arange(V)[:, None]).exp()  # [V, V]: row x1
-    return first[:, None] * second
+    joint = first[:, None] * second
+    for eos in eos_token_ids(models["large-base"], tok):  # generation stops at EOS: (eos, anything) is one outcome
+        joint[eos] = 0.0
+        joint[eos, eos] = first[eos]
+    return joint
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -109,10 +126,12 @@ def test_sampling_matches_eft_distribution(tiny_testbed, models, rows):
     lookup = {int(i): c for c, i in enumerate(top)}
     g = torch.Generator().manual_seed(0)
     n_prompt = len(tok(prompt)["input_ids"])
+    eos_ids = set(eos_token_ids(models["large-base"], tok))
     for _ in range(n_samples // rows):
         out = spec(tok, models, [prompt] * rows, weight=weight, k=2, max_new_tokens=2, do_sample=True, generator=g)
         for row in out.sequences[:, n_prompt:].tolist():
             x1, x2 = (row + [tok.eos_token_id] * 2)[:2]
+            x2 = x1 if x1 in eos_ids else x2  # after EOS the row is padding
             counts[lookup.get(x1 * len(tok) + x2, m - 1)] += 1
     result = tv_test(counts, cells, false_alarm=1e-3)
     assert result["eps"] == pytest.approx(eps)

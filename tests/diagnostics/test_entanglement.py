@@ -9,9 +9,10 @@ from align.trainers.losses import dpo_loss
 
 
 def test_first_order_prediction_matches_a_real_sgd_step(tiny_testbed):
-    """One tiny SGD step on the DPO loss of a single pair moves logp_w and logp_l as predicted."""
+    """One tiny SGD step on the DPO loss of a single pair moves logp_w and logp_l as predicted
+    (in float64: the moves are ~1e-6, a few float32 ulps of a log-prob)."""
     tok = tiny_testbed.tokenizer()
-    model = tiny_testbed.model("small-instruct").float()
+    model = tiny_testbed.model("small-instruct").double()
     prompt = tok.apply_chat_template([{"role": "user", "content": "37+485="}], add_generation_prompt=True)["input_ids"]
     chosen, rejected = tok("522", add_special_tokens=False)["input_ids"], tok("512", add_special_tokens=False)["input_ids"]
     stats = entanglement_stats(model, [((prompt, chosen), (prompt, rejected))])

@@ -47,7 +47,8 @@ def test_short_training_run(tiny_testbed, tmp_path, loss, extra):
     )
     result = train_dpo(args)
     # step 1: the policy is its reference (a copy, precomputed log-probs, or LoRA with B = 0)
-    assert result["log_history"][0]["rewards/chosen"] == 0 and result["log_history"][0]["rewards/margins"] == 0
+    first = result["log_history"][0]  # zero up to float rounding (precomputed log-probs come from another batch layout)
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-6) and first["rewards/margins"] == pytest.approx(0, abs=1e-6)
     log = result["last_log"]
     assert {"loss", "rewards/chosen", "rewards/accuracies", "logps/chosen"} <= set(log) and log["rewards/chosen"] != 0
     assert ("nll_loss" in log) == (loss == "rpo")

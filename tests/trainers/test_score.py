@@ -87,10 +87,11 @@ def test_first_loss_equals_a_naive_recomputation(testbed, tmp_path, monkeypatch)
     assert ep["x2"][0][: len(ep["x1"][0])] == ep["x1"][0]
     _, rows1 = pack_episodes(ep["x1"], ep["y1"], ep["x2"], ep["y2"])
     shared = [i for i, row in enumerate(rows1) if row == i]
+    # a row is shared exactly when the second prompt starts with the attempt's own ids
+    starts = [i for i, (x1, y1, x2) in enumerate(zip(ep["x1"], ep["y1"], ep["x2"])) if x2[: len(x1) + len(y1)] == x1 + y1]
+    assert shared == starts
     if testbed.manifest["profile"] == "tiny":
         assert shared and shared == [i for i, f in enumerate(ep["finished"][0]) if f]
-    else:
-        assert not shared
 
 
 def test_greedy_evaluation_reports_self_correction_metrics(testbed, tmp_path):
