@@ -16,8 +16,9 @@ def test_vllm_rollouts_follow_the_updated_policy(testbed, tmp_path):
     from align.testbed.datasets import self_correction
     from align.trainers.score import ScoreArgs, ScoreTrainer, vllm_engine
 
+    # a large rate, so one Adam step surely changes the greedy rollouts (3e-2 left the tiny BPE model's unchanged)
     args = ScoreArgs(dataset="unused", stage1_steps=1, stage2_steps=0, per_device_train_batch_size=2, num_generations=2,
-                     max_new_tokens=8, learning_rate=3e-2, output_dir=str(tmp_path), report_to=[], save_strategy="no",
+                     max_new_tokens=8, learning_rate=0.3, output_dir=str(tmp_path), report_to=[], save_strategy="no",
                      disable_tqdm=True, rollout_backend="vllm", vllm_kv_cache_gib=0.25)
     data = self_correction(8, 8, seed=0, conversational=True)
     path = str(testbed.path("small-instruct"))
