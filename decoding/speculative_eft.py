@@ -154,6 +154,6 @@ def speculative_eft_generate(
     if stops is not None and finished.all():  # drop the columns that are padding in every row
         is_eos = torch.isin(ids[:, start:], stops)
         # a row whose EOS fell past max_new_tokens (a bonus token) keeps every column
-        ends = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, torch.full_like(is_eos[:, 0], is_eos.shape[1], dtype=torch.long))
+        ends = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, is_eos.shape[1])
         ids = ids[:, : start + int(ends.max())]
     return SpeculativeOutput(ids, drafted, accepted, rounds)

@@ -183,15 +183,17 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resul
         own_gaps.append([np.mean(run(rows_of(0, "ill-posed"), "small-expert-zero")) - large_own["ill-posed"],
                          np.mean(run(rows_of(0, "beyond-horizon"), "small-expert-big")) - large_own["beyond-horizon"]])
         record = {"seed": seed}
+        large_test = run(rows_of(1), "large-base")
         for setting, experts in settings.items():
             dev = {a: np.mean(run(rows_of(0), "fixed", experts, a)) for a in ALPHAS}
             chosen = select_on_dev(list(ALPHAS), dev.__getitem__)["chosen"]
             test = rows_of(1)
             arms[setting]["dlf"].append(run(test, "dlf", experts))
-            arms[setting]["fixed alpha (chosen on dev)"].append(run(test, "fixed", experts, chosen))
             for a in ALPHAS:
                 arms[setting][f"fixed alpha {a}"].append(run(test, "fixed", experts, a))
-            for m in ("large-base", *experts):
+            arms[setting]["fixed alpha (chosen on dev)"].append(arms[setting][f"fixed alpha {chosen}"][-1])
+            arms[setting]["large-base"].append(large_test)  # greedy: the same in both settings
+            for m in experts:
                 arms[setting][m].append(run(test, m))
             record[setting] = {"alpha": chosen, "dev": {str(a): round(float(v), 4) for a, v in dev.items()}}
         per_seed.append(record)
@@ -328,7 +330,7 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resul
     from align.testbed import build_variant, eval_problems, gold_reward
     from decoding import AuxiliaryModel, entropy_adaptive_generate
     from decoding.auxiliary import encode_prompts
-    from decoding.generate import decode_completions, generate_with
+    from decoding.generate import decode_completions, eos_token_ids, generate_with, pad_token_id
 
     from .protocol import check, dev_test_split, judge, premise, select_on_dev
 
@@ -340,6 +342,8 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resul
         variant = build_variant(tb, seed)
         tok = variant.tokenizer()
         small, large = variant.model("small-instruct"), variant.model("large-instruct")
+        eos = eos_token_ids(small, tok)  # every EOS id, and a pad id where the tokenizer has none
+        pad = pad_token_id(tok, eos)
 
         def correct(texts: list[tuple[str, bool]], rows: list[int]) -> np.ndarray:
             return np.array([gold_reward(t, problems[i].answer, done) for (t, done), i in zip(texts, rows)])
@@ -351,12 +355,12 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resul
             chat = _chat([problems[i].prompt for i in rows])
             ids = encode_prompts(tok, chat)
             width = max(map(len, ids))
-            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
             out = entropy_adaptive_generate(
                 AuxiliaryModel(small, tok, chat, "small"), AuxiliaryModel(large, tok, chat, "large"), input_ids,
-                tau, window, min_tokens, max_new_tokens=8, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                tau, window, min_tokens, max_new_tokens=8, eos_token_id=eos, pad_token_id=pad,
             )
-            return correct(decode_completions(tok, out.sequences[:, width:].tolist()), rows), out.large_fraction
+            return correct(decode_completions(tok, out.sequences[:, width:].tolist(), eos), rows), out.large_fraction
 
         dev_runs = {tau: ead(dev, tau) for tau in TAUS}
         selection = select_on_dev(list(TAUS), lambda t: dev_runs[t][0].mean(), feasible=lambda t: dev_runs[t][1] <= 0.5, n_dev=len(dev))
