@@ -27,6 +27,8 @@ class SpeculativeOutput:
     drafted: int  # tokens proposed (summed over rows)
     accepted: int  # drafted tokens that passed the test (summed over rows)
     rounds: int
+    bonus_rounds: int = 0  # rounds in which every live row accepted every draft: a bonus token from p
+    residual_draws: int = 0  # row-rounds whose token came from norm(max(0, p - q)) after a rejection
 
     @property
     def acceptance_rate(self) -> float:
@@ -98,7 +100,7 @@ def speculative_eft_generate(
     ids = input_ids
     stops = eos_tensor(eos_token_id, input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    drafted = accepted = rounds = 0
+    drafted = accepted = rounds = bonus_rounds = residual_draws = 0
     q_next = tuned(ids)  # [B, V]: the drafter's distribution for the next token
     while ids.shape[1] - start < max_new_tokens and not finished.all():
         rounds += 1
@@ -129,6 +131,7 @@ def speculative_eft_generate(
         reference.rollback(budget - keep)
         tuned.rollback(max(0, budget - 1 - keep))
         if keep == budget:  # every live row accepted everything: a bonus token from p after the drafts
+            bonus_rounds += 1
             q_last = tuned(proposal)
             last = _pick(torch.log_softmax(base_lp[:, budget] + weight * (q_last - ref_lp[:, budget]), dim=-1), do_sample, generator)
         else:  # the token at position `keep`: an accepted draft, or a sample of norm(max(0, p - q))
@@ -140,6 +143,7 @@ def speculative_eft_generate(
             else:
                 fix = p_k.argmax(-1)
             last = torch.where(n_ok > keep, draft[:, keep], fix)
+            residual_draws += int(((n_ok == keep) & ~finished).sum())
         new = torch.cat([draft[:, :keep], last[:, None]], dim=1)
         new = new.to(ids.device)
         is_eos = torch.isin(new, stops) if stops is not None else None
@@ -156,4 +160,4 @@ def speculative_eft_generate(
         # a row whose EOS fell past max_new_tokens (a bonus token) keeps every column
         ends = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, is_eos.shape[1])
         ids = ids[:, : start + int(ends.max())]
-    return SpeculativeOutput(ids, drafted, accepted, rounds)
+    return SpeculativeOutput(ids, drafted, accepted, rounds, bonus_rounds, residual_draws)

@@ -31,8 +31,9 @@ def build_sign_guide(tb: Testbed, steps: int | None = None, seed: int = 0) -> Pa
 
     Args:
         steps: training steps (default 600 on the full profile, 20 on tiny).
+        seed: the training seed (data order and dropout); each seed is cached on its own.
     """
-    dest = tb.root / GUIDE
+    dest = tb.root / (GUIDE if seed == 0 else f"{GUIDE}-seed{seed}")
     if (dest / "model.safetensors").is_file():
         return dest
     steps = steps if steps is not None else (600 if tb.manifest["profile"] == "full" else 20)
@@ -51,6 +52,24 @@ def build_sign_guide(tb: Testbed, steps: int | None = None, seed: int = 0) -> Pa
     finally:
         torch.set_num_threads(previous)
     return dest
+
+
+def sign_auroc(guide: "torch.nn.Module", tokenizer, problems: list[Problem]) -> float:
+    """How well the guide's class posterior separates negative from non-negative results: the
+    AUROC of ``log p(eq | n:) - log p(eq | p:)`` over the written equations ``a-b=c`` (true ``c``)."""
+    from align.metrics import auroc
+
+    def logp(code: str) -> torch.Tensor:
+        ids = tokenizer([code + p.prompt + str(p.answer) for p in problems], return_tensors="pt", padding=True)
+        prefix = len(tokenizer(code)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(guide(**ids).logits[:, :-1].float(), -1).gather(-1, ids["input_ids"][:, 1:, None])[..., 0]
+        mask = ids["attention_mask"][:, 1:].clone()
+        mask[:, : prefix - 1] = 0  # the equation's tokens only, not the code's
+        return (lp * mask).sum(-1)
+
+    labels = torch.tensor([p.answer < 0 for p in problems])
+    return auroc(logp(CODES["negative"]) - logp(CODES["non-negative"]), labels)
 
 
 def negative_fraction(prompts: list[str], completions: list[str]) -> dict[str, float]:
