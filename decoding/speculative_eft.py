@@ -29,6 +29,7 @@ class SpeculativeOutput:
     rounds: int
     bonus_rounds: int = 0  # rounds in which every live row accepted every draft: a bonus token from p
     residual_draws: int = 0  # row-rounds whose token came from norm(max(0, p - q)) after a rejection
+    partial_rounds: int = 0  # row-rounds that accepted some drafts, then rejected one
 
     @property
     def acceptance_rate(self) -> float:
@@ -100,7 +101,7 @@ def speculative_eft_generate(
     ids = input_ids
     stops = eos_tensor(eos_token_id, input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    drafted = accepted = rounds = bonus_rounds = residual_draws = 0
+    drafted = accepted = rounds = bonus_rounds = residual_draws = partial_rounds = 0
     q_next = tuned(ids)  # [B, V]: the drafter's distribution for the next token
     while ids.shape[1] - start < max_new_tokens and not finished.all():
         rounds += 1
@@ -125,6 +126,7 @@ def speculative_eft_generate(
         n_ok = ok.long().cumprod(1).sum(1)  # leading accepted drafts per row
         live = n_ok if not finished.any() else n_ok[~finished]
         drafted += budget * len(live)
+        partial_rounds += int(((live > 0) & (live < budget)).sum())
         accepted += int(live.sum())
         keep = int(live.min())  # every live row keeps this many drafts, then one more token
         base.rollback(budget - keep)
@@ -160,4 +162,4 @@ def speculative_eft_generate(
         # a row whose EOS fell past max_new_tokens (a bonus token) keeps every column
         ends = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, is_eos.shape[1])
         ids = ids[:, : start + int(ends.max())]
-    return SpeculativeOutput(ids, drafted, accepted, rounds, bonus_rounds, residual_draws)
+    return SpeculativeOutput(ids, drafted, accepted, rounds, bonus_rounds, residual_draws, partial_rounds)

@@ -1,16 +1,19 @@
-"""Training claims checked on the testbed (``align reproduce NAME``; registered in :mod:`align.reproduce`).
+"""Training claims checked on the testbed (``align reproduce NAME``), under the rules of
+:mod:`align.claims.protocol`.
 
-All start from small-instruct and train with one recipe (``RECIPE``, the values of
-``configs/dpo-testbed.yaml``) on verifier-labelled arithmetic data. Accuracy is measured two ways
-on held-out chat prompts: greedy (as every decoding claim) and sampled (T=1, ``SAMPLES`` per
-prompt: the expected verifier reward of the policy, which is what preference training optimises).
-A difference counts only beyond twice its paired standard error over prompts.
+All start from small-instruct and train on verifier-labelled arithmetic data (``RECIPE``, the values
+of ``configs/dpo-testbed.yaml``; the learning rate and step count are chosen per method and seed
+from ``GRID`` on dev problems). Accuracy is sampled (T=1, ``SAMPLES`` per prompt: the expected
+verifier reward of the policy, which is what preference training optimises) on held-out chat
+problems split into dev (selection) and test (the reported numbers); greedy accuracy is reported
+beside it. Seeds (``SEEDS``) set the training data, the training order and the sampling.
 """
 
 from __future__ import annotations
 
 import random
 import tempfile
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,6 +23,21 @@ RECIPE = {"beta": 0.1, "learning_rate": 5e-5, "max_steps": 50, "per_device_train
           "gradient_checkpointing": False, "save_strategy": "no"}
 N_PAIRS = 512
 SAMPLES = 4
+SEEDS = (0, 1, 2)
+GRID = tuple({"learning_rate": lr, "max_steps": steps} for lr in (5e-5, 2e-4, 1e-3) for steps in (50, 200))
+TINY_GRID = ({"learning_rate": 5e-5, "max_steps": 2}, {"learning_rate": 1e-3, "max_steps": 2})  # plumbing only
+
+
+def _grid(tb: "Testbed") -> tuple[dict, ...]:
+    return GRID if tb.manifest["profile"] == "full" else TINY_GRID
+
+
+def _steps(tb: "Testbed", steps: int) -> int:
+    return steps if tb.manifest["profile"] == "full" else 2
+
+
+def _n_pairs(tb: "Testbed") -> int:
+    return N_PAIRS if tb.manifest["profile"] == "full" else 32
 
 
 def policy_accuracy(model: Any, tok: Any, problems: list, samples: int = SAMPLES, seed: int = 0) -> dict[str, Any]:
@@ -44,41 +62,20 @@ def policy_accuracy(model: Any, tok: Any, problems: list, samples: int = SAMPLES
     }
 
 
-def paired_gain(after: dict, before: dict) -> dict[str, float]:
-    """Mean sampled-accuracy gain over prompts and its standard error."""
-    d = [a - b for a, b in zip(after["per_prompt"], before["per_prompt"])]
-    mean = sum(d) / len(d)
-    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
-    return {"gain": round(mean, 4), "se": round(se, 4)}
-
-
-def chosen_logp(model: Any, tok: Any, rows: list[dict]) -> float:
-    """Mean summed log π(chosen | prompt) over preference rows (the likelihood displacement probe)."""
+def chosen_logps(model: Any, tok: Any, rows: list[dict]) -> list[float]:
+    """Summed log π(chosen | prompt) of each preference row (the likelihood displacement probe)."""
     import torch
 
     from align.diagnostics.entanglement import probe_pairs, sequence_logp
 
     with torch.no_grad():
-        values = [float(sequence_logp(model, prompt, chosen)) for (prompt, chosen), _ in probe_pairs(tok, rows)]
+        return [float(sequence_logp(model, prompt, chosen)) for (prompt, chosen), _ in probe_pairs(tok, rows)]
+
+
+def chosen_logp(model: Any, tok: Any, rows: list[dict]) -> float:
+    """Mean summed log π(chosen | prompt) over preference rows."""
+    values = chosen_logps(model, tok, rows)
     return round(sum(values) / len(values), 4)
-
-
-def _gain_claim(claim: str, n: int, treated: dict, control: dict, sweep: dict) -> dict:
-    """A claim that ``treated`` beats ``control`` on sampled accuracy by more than 2 paired SE."""
-    gain = paired_gain(treated, control)
-    return {
-        "claim": claim,
-        "metric": f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {n} held-out chat prompts; "
-        "holds if the gain exceeds 2 paired SE",
-        "value": treated["sampled"],
-        "baseline": control["sampled"],
-        "holds": gain["gain"] > 2 * gain["se"],
-        "sweep": {**sweep, "gain": gain},
-    }
-
-
-def _summary(acc: dict) -> dict:
-    return {k: v for k, v in acc.items() if k != "per_prompt"}
 
 
 def _train(kind: str, tb: "Testbed", dataset: Any, out: str, **overrides: Any) -> tuple[Any, dict]:
@@ -106,78 +103,227 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
     return [dict(r) for r in preference_pairs(n, 8, seed=seed, conversational=True)["train"]]
 
 
+def on_policy_pairs(model: Any, tok: Any, n: int, seed: int = 0, samples: int = 8) -> list[dict]:
+    """Up to ``n`` preference pairs sampled from ``model`` itself, as DPO's data is (y ~ π_SFT,
+    labelled by the gold reward): for each training problem, ``samples`` finished completions at
+    T=1; a right one is chosen and a wrong one rejected (problems with only one kind are skipped)."""
+    import numpy as np
+    import torch
+
+    from decoding.generate import generate_with
+
+    from align.testbed import gold_reward, sample_problems
+
+    rng = np.random.default_rng(10_000 + seed)
+    problems = sample_problems(rng, 2 * n, "train", digits=(2, 3))
+    chat = [[{"role": "user", "content": p.prompt}] for p in problems for _ in range(samples)]
+    torch.manual_seed(seed)
+    out = generate_with(model, tok, chat, do_sample=True, temperature=1.0, top_k=None, max_new_tokens=8)
+    pairs = []
+    for i, p in enumerate(problems):
+        done = [t for t, finished in out[i * samples : (i + 1) * samples] if finished and t.strip()]
+        right = [t for t in done if gold_reward(t, p.answer, True) == 1.0]
+        wrong = [t for t in done if gold_reward(t, p.answer, True) == 0.0]
+        if right and wrong:
+            pairs.append({"prompt": [{"role": "user", "content": p.prompt}], "chosen": [{"role": "assistant", "content": right[0]}],
+                          "rejected": [{"role": "assistant", "content": wrong[int(rng.integers(len(wrong)))]}]})
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def _policy_pairs(tb: "Testbed", seed: int) -> tuple[list[dict], int]:
+    """``N_PAIRS`` pairs: on-policy ones, topped up with synthetic pairs when the policy rarely
+    gets both a right and a wrong answer (the count of on-policy pairs goes into the premise)."""
+    n = _n_pairs(tb)
+    pairs = on_policy_pairs(tb.model("small-instruct"), tb.tokenizer(), n, seed)
+    return pairs + (_pairs(n - len(pairs), seed) if len(pairs) < n else []), len(pairs)
+
+
 def _curve(result: dict, key: str = "logps/chosen") -> list[list[float]]:
     return [[h["step"], round(h[key], 4)] for h in result["log_history"] if key in h]
 
 
-def dpo_gold(tb: "Testbed", n: int) -> dict:
-    """DPO 2305.18290 on verifier-labelled pairs raises small-instruct's verifier accuracy."""
+def _point(p: dict) -> str:
+    return f"lr={p['learning_rate']:g} steps={p['max_steps']}"
+
+
+def _problems(n: int) -> tuple[list, list]:
     from align.testbed import eval_problems
 
-    tok, problems = tb.tokenizer(), eval_problems(n)
-    before = policy_accuracy(tb.model("small-instruct"), tok, problems)
+    from .protocol import dev_test_split
+
+    problems = eval_problems(n)
+    dev, test = dev_test_split(len(problems), 0.3, seed=0)
+    return [problems[i] for i in dev], [problems[i] for i in test]
+
+
+def _grid_runs(kind: str, tb: "Testbed", rows: list[dict], seed: int, dev: list, test: list, **overrides: Any) -> dict[str, Any]:
+    """Train ``kind`` at every ``GRID`` point (training seed ``seed``), score dev and test, and keep
+    the point chosen on dev alone. Returns the selection record and the chosen point's scores."""
+    from .protocol import select_on_dev
+
+    tok, runs = tb.tokenizer(), {}
     with tempfile.TemporaryDirectory() as out:
-        model, result = _train("dpo", tb, _pairs(N_PAIRS), out)
-        after = policy_accuracy(model, tok, problems)
-    return _gain_claim(
-        "DPO on verifier-labelled pairs raises small-instruct's verifier accuracy", n, after, before,
-        {"before": _summary(before), "after": _summary(after), "greedy_change": round(after["greedy"] - before["greedy"], 4),
-         "recipe": {**RECIPE, "pairs": N_PAIRS}, "logps/chosen": _curve(result)},
+        for i, point in enumerate(_grid(tb)):
+            model, result = _train(kind, tb, rows, f"{out}/{i}", seed=seed, data_seed=seed, **point, **overrides)
+            runs[_point(point)] = (policy_accuracy(model, tok, dev, seed=seed), policy_accuracy(model, tok, test, seed=seed), result)
+    selection = select_on_dev(list(runs), lambda p: runs[p][0]["sampled"], n_dev=len(dev))
+    chosen = runs[selection["chosen"]]
+    return {"selection": selection, "dev": chosen[0], "test": chosen[1], "result": chosen[2]}
+
+
+def _untrained(tb: "Testbed", dev: list, test: list, seed: int) -> tuple[dict, dict]:
+    model = tb.model("small-instruct")
+    return policy_accuracy(model, tb.tokenizer(), dev, seed=seed), policy_accuracy(model, tb.tokenizer(), test, seed=seed)
+
+
+def _selection(tb: "Testbed", per_seed: list[dict], key: str, n_dev: int) -> dict[str, Any]:
+    return {"split": "dev", "n_dev": n_dev, "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",
+            "chosen": {str(r["seed"]): r[key] for r in per_seed}}
+
+
+def _found(tb: "Testbed", counts: list[int]) -> dict:
+    from .protocol import check
+
+    n = _n_pairs(tb)
+    return check(f"on-policy pairs found, of {n} (min over seeds; synthetic ones fill the rest)", min(counts), ">=", n // 2)
+
+
+def _room(before_dev: list[float]) -> dict:
+    from .protocol import check
+
+    return check("untrained sampled accuracy on dev (mean over seeds) leaves room: <= 0.9", sum(before_dev) / len(before_dev), "<=", 0.9)
+
+
+def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
+    """DPO 2305.18290 on verifier-labelled pairs raises small-instruct's verifier accuracy.
+
+    The data is DPO's: pairs sampled from the policy being trained (y ~ π_SFT) and labelled by
+    the gold reward (:func:`on_policy_pairs`). Also reported: DPO on the testbed's synthetic
+    pairs (gold answer vs a plausible slip the policy may never make), which the paper does not
+    assume. Premise: the untrained policy leaves room (dev sampled accuracy <= 0.9) and its own
+    log-probs do not already rank the pairs (chosen above rejected on <= 0.95 of the training
+    pairs). Selection: learning rate and steps from ``GRID`` on dev, per seed and data. Holds when
+    DPO's test sampled accuracy minus the untrained policy's is above 0 over the whole interval."""
+    import numpy as np
+
+    from .protocol import check, judge, premise
+
+    dev, test = _problems(n)
+    arms: dict[str, list] = {"dpo": [], "small-instruct (untrained)": [], "dpo on synthetic pairs": []}
+    per_seed, before_dev, ranked, found = [], [], [], []
+    model0, tok = tb.model("small-instruct"), tb.tokenizer()
+    for seed in seeds:
+        pairs, on_policy = _policy_pairs(tb, seed)
+        found.append(on_policy)
+        b_dev, b_test = _untrained(tb, dev, test, seed)
+        before_dev.append(b_dev["sampled"])
+        margin = np.array(chosen_logps(model0, tok, pairs)) - np.array(chosen_logps(model0, tok, [{**r, "chosen": r["rejected"]} for r in pairs]))
+        ranked.append(float((margin > 0).mean()))
+        run, synthetic = _grid_runs("dpo", tb, pairs, seed, dev, test), _grid_runs("dpo", tb, _pairs(_n_pairs(tb), seed), seed, dev, test)
+        arms["dpo"].append(run["test"]["per_prompt"])
+        arms["small-instruct (untrained)"].append(b_test["per_prompt"])
+        arms["dpo on synthetic pairs"].append(synthetic["test"]["per_prompt"])
+        per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "point": run["selection"]["chosen"], "dev": run["selection"]["dev_values"],
+                         "synthetic": {"point": synthetic["selection"]["chosen"], "dev": synthetic["selection"]["dev_values"]},
+                         "greedy": {"dpo": run["test"]["greedy"], "untrained": b_test["greedy"], "dpo on synthetic pairs": synthetic["test"]["greedy"]}})
+    return judge(
+        claim="DPO on verifier-labelled pairs sampled from the policy raises small-instruct's verifier accuracy",
+        metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        premise=premise(_room(before_dev), _found(tb, found), check("untrained policy ranks chosen above rejected (on-policy training pairs, max over seeds)", max(ranked), "<=", 0.95)),
+        arms=arms, treated="dpo", control="small-instruct (untrained)",
+        selection=_selection(tb, per_seed, "point", len(dev)), seeds=list(seeds), per_seed=per_seed,
+        recipe={**RECIPE, "pairs": _n_pairs(tb), "grid": [_point(p) for p in _grid(tb)], "data": "on-policy: 8 samples per training problem, T=1"},
     )
 
 
-def rpo_displacement(tb: "Testbed", n: int) -> dict:
-    """RPO 2405.16436: DPO lowers the chosen log-probability over training; RPO's NLL largely stops it."""
+def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 200) -> dict:
+    """RPO 2405.16436: DPO lowers the chosen log-probability over training (likelihood
+    displacement); RPO's NLL term largely stops it.
+
+    The recipe is fixed beforehand (β 0.1, lr 5e-5, 200 steps, η 1, token_mean): nothing is
+    chosen from results. Premise, on dev held-out pairs: DPO does displace (its mean drop of log
+    π(chosen) > 0 at every seed). Arms: per held-out test pair, the change of log π(chosen) after
+    training. Holds when RPO's change minus DPO's is above 0 over the whole interval and RPO's
+    mean drop is below half of DPO's."""
+    import numpy as np
+
     from align.testbed.datasets import preference_pairs
 
+    from .protocol import check, dev_test_split, judge, premise
+
+    steps = _steps(tb, steps)
     held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
+    dev_i, test_i = dev_test_split(len(held_out), 0.3, seed=0)
     tok = tb.tokenizer()
-    start = chosen_logp(tb.model("small-instruct"), tok, held_out)
-    ends, curves = {}, {}
+    start = np.array(chosen_logps(tb.model("small-instruct"), tok, held_out))
+    arms: dict[str, list] = {"rpo": [], "dpo": []}
+    per_seed, dev_drops, curves = [], [], {}
     with tempfile.TemporaryDirectory() as out:
-        for kind in ("dpo", "rpo"):
-            model, result = _train(kind, tb, _pairs(N_PAIRS), f"{out}/{kind}", max_steps=200)
-            ends[kind] = chosen_logp(model, tok, held_out)
-            curves[kind] = _curve(result)
-    drop = {k: round(start - v, 4) for k, v in ends.items()}
-    return {
-        "claim": "DPO lowers log π(chosen) over training; RPO largely stops that",
-        "metric": "mean summed log π(chosen) on 200 held-out pairs, before and after 200 steps; holds if DPO's drop > 0 and RPO's is < half of it",
-        "value": ends["rpo"],
-        "baseline": ends["dpo"],
-        "holds": drop["dpo"] > 0 and drop["rpo"] < 0.5 * drop["dpo"],
-        "sweep": {"start": start, "end": ends, "drop": drop, "train_logps/chosen": curves,
-                  "recipe": {**RECIPE, "max_steps": 200, "pairs": N_PAIRS, "rpo": "token_mean, eta 1"}},
-    }
+        for seed in seeds:
+            record = {"seed": seed}
+            for kind in ("dpo", "rpo"):
+                model, result = _train(kind, tb, _pairs(_n_pairs(tb), seed), f"{out}/{kind}{seed}", max_steps=steps, seed=seed, data_seed=seed)
+                change = np.array(chosen_logps(model, tok, held_out)) - start
+                arms[kind].append(change[test_i])
+                record[kind] = {"dev_change": round(float(change[dev_i].mean()), 4), "test_change": round(float(change[test_i].mean()), 4)}
+                curves[f"{kind} seed {seed}"] = _curve(result)
+            dev_drops.append(-record["dpo"]["dev_change"])
+            per_seed.append(record)
+    drop = {k: -float(np.mean(v)) for k, v in arms.items()}
+    return judge(
+        claim="DPO lowers log π(chosen) over training; RPO largely stops that",
+        metric=f"change of summed log π(chosen) on {len(test_i)} held-out test pairs after {steps} steps (higher = less displacement)",
+        premise=premise(check("DPO's mean drop of log π(chosen) on dev pairs (min over seeds)", min(dev_drops), ">", 0)),
+        arms=arms, treated="rpo", control="dpo",
+        conditions=[check("RPO's mean drop / DPO's (test)", drop["rpo"] / drop["dpo"] if drop["dpo"] > 0 else float("inf"), "<", 0.5)],
+        selection={"split": None, "rule": "nothing chosen from results: the recipe is fixed beforehand",
+                   "chosen": {**RECIPE, "max_steps": steps, "rpo": "token_mean, eta 1"}},
+        seeds=list(seeds), per_seed=per_seed, start=round(float(start[test_i].mean()), 4), train_logps_chosen=curves,
+    )
 
 
-def bco_vs_dpo(tb: "Testbed", n: int, margin: float = 0.03) -> dict:
-    """BCO 2404.04656: on the same pairs split into unpaired halves, BCO is about as good as DPO."""
-    from trl.data_utils import unpair_preference_dataset
+def bco_vs_dpo(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, margin: float = 0.03) -> dict:
+    """BCO 2404.04656: on the same pairs split into unpaired thumbs-up/down rows, BCO is as good as
+    DPO: an equivalence test (the interval of BCO - DPO sampled accuracy inside ±0.03). The pairs
+    are sampled from the policy and labelled by the verifier, as in ``dpo-gold``.
+
+    Premise: both beat the untrained policy first (each gain's interval above 0), or agreeing
+    with a DPO run that learned nothing would prove nothing. Each method's learning rate and steps
+    are chosen on dev from the same ``GRID``, per seed; a pair is two unpaired rows, so BCO takes
+    twice the rows per step (equal sequences per step)."""
     from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
 
-    from align.testbed import eval_problems
+    from .protocol import check, judge, premise
 
-    tok, problems = tb.tokenizer(), eval_problems(n)
-    pairs = _pairs(N_PAIRS)
-    unpaired = list(unpair_preference_dataset(Dataset.from_list(pairs)))
-    before = policy_accuracy(tb.model("small-instruct"), tok, problems)
-    with tempfile.TemporaryDirectory() as out:
-        dpo, _ = _train("dpo", tb, pairs, f"{out}/dpo")
-        dpo_acc = policy_accuracy(dpo, tok, problems)
-        # one pair = two unpaired rows: twice the rows per step keeps the sequences per step equal
-        bco, result = _train("bco", tb, unpaired, f"{out}/bco", per_device_train_batch_size=2 * RECIPE["per_device_train_batch_size"])
-        bco_acc = policy_accuracy(bco, tok, problems)
-    diff = paired_gain(bco_acc, dpo_acc)
-    return {
-        "claim": f"BCO on the pairs split into unpaired thumbs-up/down rows is within {margin:.0%} (sampled accuracy) of DPO",
-        "metric": f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {n} held-out chat prompts",
-        "value": bco_acc["sampled"],
-        "baseline": dpo_acc["sampled"],
-        "holds": abs(bco_acc["sampled"] - dpo_acc["sampled"]) <= margin,
-        "sweep": {"before": _summary(before), "dpo": _summary(dpo_acc), "bco": _summary(bco_acc), "bco_minus_dpo": diff,
-                  "bco_delta_end": result["delta"], "rows": len(unpaired), "recipe": {**RECIPE, "pairs": N_PAIRS}},
-    }
+    dev, test = _problems(n)
+    arms: dict[str, list] = {"bco": [], "dpo": [], "small-instruct (untrained)": []}
+    per_seed, found = [], []
+    for seed in seeds:
+        pairs, on_policy = _policy_pairs(tb, seed)
+        found.append(on_policy)
+        unpaired = list(unpair_preference_dataset(Dataset.from_list(pairs)))
+        b_test = _untrained(tb, dev, test, seed)[1]
+        dpo = _grid_runs("dpo", tb, pairs, seed, dev, test)
+        bco = _grid_runs("bco", tb, unpaired, seed, dev, test, per_device_train_batch_size=2 * RECIPE["per_device_train_batch_size"])
+        for name, scores in (("bco", bco["test"]), ("dpo", dpo["test"]), ("small-instruct (untrained)", b_test)):
+            arms[name].append(scores["per_prompt"])
+        per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "bco": bco["selection"]["chosen"],
+                         "dev": {"dpo": dpo["selection"]["dev_values"], "bco": bco["selection"]["dev_values"]},
+                         "bco_delta_end": bco["result"]["delta"]})
+    gains = {k: judge(claim="", metric="", premise=premise(), arms=arms, treated=k, control="small-instruct (untrained)")["difference"]
+             for k in ("dpo", "bco")}
+    return judge(
+        claim=f"BCO on the pairs split into unpaired thumbs-up/down rows is equivalent to DPO (within ±{margin})",
+        metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        premise=premise(_found(tb, found), *(check(f"{k} - untrained, interval low", g["low"], ">", 0) for k, g in gains.items())),
+        arms=arms, treated="bco", control="dpo", equivalence=True, margin=margin,
+        selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",
+                   "chosen": {str(r["seed"]): {"dpo": r["dpo"], "bco": r["bco"]} for r in per_seed}},
+        seeds=list(seeds), per_seed=per_seed, gains_over_untrained=gains, recipe={**RECIPE, "pairs": _n_pairs(tb)},
+    )
 
 
 def _shifted_feedback(n: int, seed: int = 0, majority: float = 0.8) -> list[dict]:
@@ -199,58 +345,94 @@ def _shifted_feedback(n: int, seed: int = 0, majority: float = 0.8) -> list[dict
     return rows
 
 
-def bco_udm(tb: "Testbed", n: int) -> dict:
-    """BCO's UDM: when thumbs-up and thumbs-down prompts differ in distribution, reweighting the
-    thumbs-down rows by the prompt density ratio improves over plain BCO."""
-    from align.testbed import eval_problems
+def bco_udm(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
+    """BCO's UDM (2404.04656): when thumbs-up and thumbs-down prompts differ in distribution
+    (thumbs-up mostly ``+``, thumbs-down mostly ``-``, 80/20), reweighting the thumbs-down rows by
+    the prompt density ratio improves over plain BCO.
 
-    tok, problems = tb.tokenizer(), eval_problems(n)
-    rows = _shifted_feedback(2 * N_PAIRS)
-    before = policy_accuracy(tb.model("small-instruct"), tok, problems)
-    with tempfile.TemporaryDirectory() as out:
-        plain, _ = _train("bco", tb, rows, f"{out}/plain", per_device_train_batch_size=16)
-        plain_acc = policy_accuracy(plain, tok, problems)
-        udm, result = _train("bco", tb, rows, f"{out}/udm", per_device_train_batch_size=16, udm=True)
-        udm_acc = policy_accuracy(udm, tok, problems)
-    return _gain_claim(
-        "with thumbs-up prompts mostly '+' and thumbs-down mostly '-' (80/20), BCO+UDM beats BCO", n, udm_acc, plain_acc,
-        {"before": _summary(before), "bco": _summary(plain_acc), "bco_udm": _summary(udm_acc),
-         "udm_classifier": {k: result.get(k) for k in ("n_desirable", "n_undesirable", "train_accuracy")},
-         "udm_weight_mean_last": result["last_log"].get("udm/weight_mean"), "rows": len(rows)},
+    Premise: the shift is visible to the density-ratio classifier (train accuracy >= 0.6 at every
+    seed). Each arm's learning rate and steps are chosen on dev from ``GRID``, per seed. Holds when
+    UDM's test sampled accuracy minus plain BCO's is above 0 over the whole interval."""
+    from .protocol import check, judge, premise
+
+    dev, test = _problems(n)
+    arms: dict[str, list] = {"bco+udm": [], "bco": [], "small-instruct (untrained)": []}
+    per_seed, accuracy = [], []
+    for seed in seeds:
+        rows = _shifted_feedback(2 * _n_pairs(tb), seed)
+        b_test = _untrained(tb, dev, test, seed)[1]
+        plain = _grid_runs("bco", tb, rows, seed, dev, test, per_device_train_batch_size=16)
+        udm = _grid_runs("bco", tb, rows, seed, dev, test, per_device_train_batch_size=16, udm=True)
+        for name, scores in (("bco+udm", udm["test"]), ("bco", plain["test"]), ("small-instruct (untrained)", b_test)):
+            arms[name].append(scores["per_prompt"])
+        accuracy.append(udm["result"].get("train_accuracy", 0.0))
+        per_seed.append({"seed": seed, "bco": plain["selection"]["chosen"], "bco+udm": udm["selection"]["chosen"],
+                         "dev": {"bco": plain["selection"]["dev_values"], "bco+udm": udm["selection"]["dev_values"]},
+                         "udm_classifier": {k: udm["result"].get(k) for k in ("n_desirable", "n_undesirable", "train_accuracy")},
+                         "udm_weight_mean_last": udm["result"]["last_log"].get("udm/weight_mean")})
+    return judge(
+        claim="with thumbs-up prompts mostly '+' and thumbs-down mostly '-' (80/20), BCO+UDM beats BCO",
+        metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        premise=premise(check("UDM classifier train accuracy (min over seeds)", min(accuracy), ">=", 0.6)),
+        arms=arms, treated="bco+udm", control="bco",
+        selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",
+                   "chosen": {str(r["seed"]): {"bco": r["bco"], "bco+udm": r["bco+udm"]} for r in per_seed}},
+        seeds=list(seeds), per_seed=per_seed, rows=2 * _n_pairs(tb),
     )
 
 
-def ches_filter(tb: "Testbed", n: int) -> dict:
-    """CHES 2410.08847: DPO on the lowest-(LN-)CHES half displaces the chosen likelihood less than
-    DPO on a random half of the same size."""
+def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 100) -> dict:
+    """CHES 2410.08847: DPO on the lowest-(LN-)CHES half of the pairs displaces the chosen
+    likelihood less than DPO on a random half of the same size.
+
+    Every arm is measured on the same pairs: the change of log π(chosen) on held-out test pairs
+    (each arm's drop on its own training pairs is reported too). Seeds: the pairs, the random
+    half and the training order. The recipe is fixed beforehand (100 steps). Premise: DPO on a
+    random half displaces on dev held-out pairs (mean drop > 0 at every seed). Holds when the
+    lowest-LN-CHES arm's change minus the random arm's is above 0 over the whole interval."""
+    import numpy as np
     from datasets import Dataset
 
     from align.diagnostics.ches import ches_scores
+    from align.testbed.datasets import preference_pairs
 
-    tok = tb.tokenizer()
-    pairs = _pairs(2 * N_PAIRS)
-    model0 = tb.model("small-instruct")
-    scored = [dict(r) for r in ches_scores(Dataset.from_list(pairs), model0, tok)]
-    half = len(pairs) // 2
+    from .protocol import check, dev_test_split, judge, premise
 
-    def by(score: str, riskiest: bool = False) -> list[dict]:
-        ranked = sorted(scored, key=lambda r: r[score], reverse=riskiest)[:half]
-        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in ranked]
-
-    subsets = {"ln_ches_lowest": by("ln_ches"), "random": random.Random(0).sample(pairs, half),
-               "ln_ches_highest": by("ln_ches", riskiest=True), "ches_lowest": by("ches")}
-    drops = {}
+    tok, model0 = tb.tokenizer(), tb.model("small-instruct")
+    steps = _steps(tb, steps)
+    held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
+    dev_i, test_i = dev_test_split(len(held_out), 0.3, seed=0)
+    start = np.array(chosen_logps(model0, tok, held_out))
+    arms: dict[str, list] = defaultdict(list)
+    per_seed, dev_drops = [], []
     with tempfile.TemporaryDirectory() as out:
-        for name, subset in subsets.items():
-            start = chosen_logp(model0, tok, subset)
-            model, _ = _train("dpo", tb, subset, f"{out}/{name}", max_steps=100)
-            end = chosen_logp(model, tok, subset)
-            drops[name] = {"start": start, "end": end, "drop": round(start - end, 4)}
-    return {
-        "claim": "training on the LN-CHES-filtered (lowest) half shows less likelihood displacement than on a random half",
-        "metric": "drop of mean summed log π(chosen) over each run's own training pairs after 100 DPO steps",
-        "value": drops["ln_ches_lowest"]["drop"],
-        "baseline": drops["random"]["drop"],
-        "holds": drops["ln_ches_lowest"]["drop"] < drops["random"]["drop"],
-        "sweep": {**drops, "pairs_per_subset": half, "recipe": {**RECIPE, "max_steps": 100}},
-    }
+        for seed in seeds:
+            pairs = _pairs(2 * _n_pairs(tb), seed)
+            scored = [dict(r) for r in ches_scores(Dataset.from_list(pairs), model0, tok)]
+            half = len(pairs) // 2
+
+            def by(score: str, riskiest: bool = False) -> list[dict]:
+                ranked = sorted(scored, key=lambda r: r[score], reverse=riskiest)[:half]
+                return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in ranked]
+
+            subsets = {"ln_ches_lowest": by("ln_ches"), "random": random.Random(seed).sample(pairs, half),
+                       "ln_ches_highest": by("ln_ches", riskiest=True), "ches_lowest": by("ches")}
+            record = {"seed": seed}
+            for name, subset in subsets.items():
+                own_start = chosen_logp(model0, tok, subset)
+                model, _ = _train("dpo", tb, subset, f"{out}/{name}{seed}", max_steps=steps, seed=seed, data_seed=seed)
+                change = np.array(chosen_logps(model, tok, held_out)) - start
+                arms[name].append(change[test_i])
+                record[name] = {"held_out_dev_change": round(float(change[dev_i].mean()), 4),
+                                "own_pairs_drop": round(own_start - chosen_logp(model, tok, subset), 4)}
+            dev_drops.append(-record["random"]["held_out_dev_change"])
+            per_seed.append(record)
+    return judge(
+        claim="training on the LN-CHES-filtered (lowest) half shows less likelihood displacement than on a random half",
+        metric=f"change of summed log π(chosen) on {len(test_i)} held-out test pairs, the same for every arm, after {steps} DPO steps",
+        premise=premise(check("random-half DPO's mean drop on dev held-out pairs (min over seeds)", min(dev_drops), ">", 0)),
+        arms=arms, treated="ln_ches_lowest", control="random",
+        selection={"split": None, "rule": "nothing chosen from results: the recipe and the half size are fixed beforehand",
+                   "chosen": {**RECIPE, "max_steps": steps, "pairs_per_subset": _n_pairs(tb)}},
+        seeds=list(seeds), per_seed=per_seed,
+    )

@@ -1,8 +1,9 @@
 """``align train reward``: an ensemble of Bradley–Terry reward models on TRL's ``RewardTrainer``.
 
-Members differ only by seed: the new score head's initialisation and the data order (and, with
+Members differ by seed: the new score head's initialisation and the data order (and, with
 ``label_noise``, which pairs get their labels flipped: Coste et al. 2310.02743 train proxies on
-25%-noisy labels). Each member is a ``num_labels=1`` sequence-classification model in
+25%-noisy labels). With ``member_data: disjoint`` member ``i`` trains on its own slice of the
+pairs (rows ``i, i+k, i+2k, ...``), so members also differ in what they saw. Each member is a ``num_labels=1`` sequence-classification model in
 ``output_dir/member-<i>``; ``output_dir/ensemble.json`` lists them, and
 :func:`rewards.load_ensemble` loads the whole ensemble. With ``resume: true`` finished members are
 kept and an interrupted one continues from its last checkpoint.
@@ -39,6 +40,7 @@ class RewardArgs(AlignFields, RewardConfig):
     n_train: int = field(default=2000, metadata={"help": "testbed:preference: training pairs"})
     ensemble_size: int = field(default=1, metadata={"help": "members, seeds seed, seed+1, ..."})
     label_noise: float = field(default=0.0, metadata={"help": "per member, flip each pair's label with this probability"})
+    member_data: str = field(default="shared", metadata={"help": "shared: every member trains on every pair; disjoint: member i on rows i::k"})
     output_dir: str = field(default="runs/train/reward", metadata={"help": "member-<i>/ directories and ensemble.json"})
 
     def __post_init__(self) -> None:
@@ -47,6 +49,8 @@ class RewardArgs(AlignFields, RewardConfig):
             raise ConfigError(f"ensemble_size and n_train must be >= 1, got {self.ensemble_size}, {self.n_train}")
         if not 0.0 <= self.label_noise < 0.5:
             raise ConfigError(f"label_noise must be in [0, 0.5), got {self.label_noise}")
+        if self.member_data not in ("shared", "disjoint"):
+            raise ConfigError(f"member_data must be shared or disjoint, got {self.member_data!r}")
         from ..models import torch_dtype
 
         # RewardTrainer builds the sequence classifier itself, from these
@@ -85,14 +89,17 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
     if test is not None:
         test, _ = select_valid_preferences(test)
     rows = [dict(r) for r in train]
+    if args.member_data == "disjoint" and len(rows) < args.ensemble_size:
+        raise ConfigError(f"member_data: disjoint leaves member {len(rows)} no pairs ({len(rows)} pairs, {args.ensemble_size} members)")
     path = args.resolve(args.model)
     tok = load_tokenizer(path, args.trust_remote_code)
     root = Path(args.output_dir)
     members = []
     for i in range(args.ensemble_size):
         seed, member_dir = args.seed + i, root / f"member-{i}"
-        data, flipped = flip_labels(rows, args.label_noise, seed)
-        info = {"dir": member_dir.name, "seed": seed, "label_noise": args.label_noise, "flipped": flipped}
+        own = rows[i :: args.ensemble_size] if args.member_data == "disjoint" else rows
+        data, flipped = flip_labels(own, args.label_noise, seed)
+        info = {"dir": member_dir.name, "seed": seed, "label_noise": args.label_noise, "flipped": flipped, "pairs": len(own)}
         if args.resume and (member_dir / "member.json").is_file():  # written last, after the weights
             members.append({**info, **json.loads((member_dir / "member.json").read_text())})
             continue

@@ -11,102 +11,32 @@ from decoding.generate import generate_with
 def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     # the refusal claims only read first-token probabilities: 64 prompts give every category test rows
     result, path = reproduce(name, tiny_testbed, n=64 if name.startswith("refusal") else 8, out_dir=tmp_path)
+    if name == "overoptimization":
+        assert (tmp_path / name / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path == tmp_path / name / "result.json"
     saved = json.loads(path.read_text())
     assert saved == result
-    if "status" in saved:  # a claim under the rules (align.claims.protocol)
-        _check_rules(name, saved)
-        return
-    assert {"claim", "metric", "value", "baseline", "holds", "sweep"} <= set(saved)
-    sweep = saved["sweep"]
-    if name not in ("rpo-displacement", "ches-filter", "score-selfcorrection"):  # log-probs; Δ can be negative
-        assert 0 <= saved["value"] <= 1 and 0 <= saved["baseline"] <= 1
-    if name in ("dpo-gold", "bco-udm"):
-        gain = sweep["gain"]
-        assert gain["gain"] == pytest.approx(saved["value"] - saved["baseline"], abs=1e-3)
-        assert saved["holds"] == (gain["gain"] > 2 * gain["se"])
-    elif name == "bco-vs-dpo":
-        assert saved["holds"] == (abs(saved["value"] - saved["baseline"]) <= 0.03)
-    elif name == "rpo-displacement":
-        drop = sweep["drop"]
-        assert drop["dpo"] == pytest.approx(sweep["start"] - saved["baseline"], abs=1e-3)
-        assert saved["holds"] == (drop["dpo"] > 0 and drop["rpo"] < 0.5 * drop["dpo"])
-        assert len(sweep["train_logps/chosen"]["rpo"]) == 20  # a point every 10 of 200 steps
-    elif name == "ches-filter":
-        assert saved["value"] == sweep["ln_ches_lowest"]["drop"] and saved["baseline"] == sweep["random"]["drop"]
-        assert saved["holds"] == (saved["value"] < saved["baseline"])
-    elif name == "overoptimization":
-        curves, ns = sweep["curves"], sweep["n"]
-        assert ns[0] == 1 and set(curves) == {"single proxy", "mean", "WCO (min)", "UWO (λ=0.5)"}
-        assert all(len(c["gold"]) == len(c["proxy"]) == len(ns) for c in curves.values())
-        # n = 1 is one random sample whatever the reward: every aggregator starts at the sample accuracy
-        assert all(c["gold"][0] == pytest.approx(sweep["samples_correct"], abs=1e-3) for c in curves.values())
-        single = curves["single proxy"]["gold"]
-        falls = max(single) - single[-1] >= 0.01 and single.index(max(single)) < len(ns) - 1
-        assert saved["holds"] == (falls and saved["value"] > saved["baseline"])
-        assert (tmp_path / name / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    elif name == "steer-diversity":  # also needs lower self-BLEU and matched coherence
-        steered = saved["sweep"]["steer (gamma=0.2, eta=0.6, top_k=10)"]
-        plain = saved["sweep"]["plain sampling"]
-        assert saved["value"] == steered["distinct_4"] and saved["baseline"] == plain["distinct_4"]
-        assert saved["holds"] == (
-            steered["distinct_4"] > plain["distinct_4"]
-            and steered["self_bleu"] < plain["self_bleu"]
-            and steered["correct"] >= plain["correct"] - 0.05
-        )
-    elif name == "refusal-threshold":
-        curve = sweep["curve (test)"]
-        cats = ["ill-posed", "beyond-horizon", "forbidden"]
-        rates = [[curve[t][c]["rate"] for t in curve] for c in cats if c in curve["0.5"] and curve["0.5"][c]["n"]]
-        assert sweep["monotone"] == all(a >= b for r in rates for a, b in zip(r, r[1:]))
-        assert sweep["monotone"]  # refuse iff p >= t: non-increasing in t by construction
-        best = curve[str(sweep["threshold (chosen on dev)"])]
-        over = best["contrast"]["rate"] if "contrast" in best and best["contrast"]["n"] else 0.0
-        assert saved["value"] == (best["all refusal categories"]["rate"] or 0.0) and saved["baseline"] == over
-        assert saved["holds"] == (saved["value"] >= 0.8 and over <= 0.2)
-        if best["all refusal categories"]["n"]:
-            low, high = best["all refusal categories"]["ci95"]
-            assert low <= saved["value"] <= high
-        assert set(sweep["seeds"]) == {"training", "data", "testbed"} and "auroc_dev" in sweep["premise"]
-    elif name == "refusal-categories":
-        others = sweep["other_moves"]
-        assert saved["value"] == pytest.approx(sweep["after"]["ill-posed"]["rate"] - sweep["before"]["ill-posed"]["rate"], abs=1e-4)
-        assert saved["value"] >= 0  # a lower threshold can only add refusals of that category
-        assert saved["holds"] == (saved["value"] > 0 and max(others.values()) < saved["value"] / 3)
-        assert "contrast" in others and "auroc_dev" in sweep["premise"]
-    elif name == "score-selfcorrection":
-        models = sweep["models"]
-        assert set(models) == {"base", "SFT on traces", "SCoRe"}
-        for m in models.values():  # E4: fractions of the whole eval set
-            assert m["delta"] == pytest.approx(m["acc_t2"] - m["acc_t1"], abs=1e-3)
-            assert m["delta"] == pytest.approx(m["delta_i_to_c"] - m["delta_c_to_i"], abs=1e-3)
-        assert saved["value"] == models["SCoRe"]["delta"]
-        vs = sweep["score_minus"]
-        assert vs["base"]["diff"] == pytest.approx(models["SCoRe"]["delta"] - models["base"]["delta"], abs=1e-3)
-        assert saved["holds"] == (saved["value"] > 0 and all(v["diff"] > 2 * v["se"] for v in vs.values()))
-        assert all(v["ci95"][0] <= v["diff"] <= v["ci95"][1] for v in vs.values())
-        assert sweep["premise"]["base_acc_t1"] == models["base"]["acc_t1"] and set(sweep["seeds"]) == {"training", "data", "testbed"}
-    elif name == "spec-eft-equivalence":
-        assert saved["holds"] == (
-            saved["sweep"]["identical_greedy_outputs"] == "8/8" and saved["sweep"]["tv_test"]["passed"]
-        )
-    else:
-        assert saved["holds"] == (saved["value"] > saved["baseline"])
+    _check_rules(name, saved)  # every claim follows the rules (align.claims.protocol)
 
 
 def _check_rules(name, saved):
     """What every rule-following result carries, and its status follows from its own numbers."""
     assert {"claim", "metric", "status", "premise", "selection", "arms", "difference", "interval", "seeds", "conditions"} <= set(saved)
-    d = saved["difference"]
+    d, test = saved["difference"], saved["test"]
     assert d["seeds"] == len(saved["seeds"]) >= 3 and len(d["per_seed"]) == d["seeds"]
     assert d["low"] <= d["mean"] <= d["high"] and saved["interval"] == [d["low"], d["high"]]
+    arms = saved["arms"]
+    assert d["mean"] == pytest.approx(arms[test["treated"]]["mean"] - arms[test["control"]]["mean"], abs=1e-3)
+    if test["equivalence"]:
+        inside = -test["margin"] < d["low"] and d["high"] < test["margin"]
+    else:
+        inside = d["low"] > test["margin"] if test["op"] == ">" else d["high"] < -test["margin"]
     expected = ("untestable" if not all(c["passed"] for c in saved["premise"]["checks"])
-                else "holds" if d["low"] > 0 and all(c["passed"] for c in saved["conditions"]) else "does not hold")
+                else "holds" if inside and all(c["passed"] for c in saved["conditions"]) else "does not hold")
     assert saved["status"] == expected and saved["holds"] == (expected == "holds")
+    selection = saved["selection"]
     if name == "ead-tradeoff":
-        arms = saved["arms"]
         assert arms["0.9 x large-instruct"]["mean"] == pytest.approx(0.9 * arms["large-instruct"]["mean"], abs=1e-3)
-        assert d["mean"] == pytest.approx(arms["ead"]["mean"] - arms["0.9 x large-instruct"]["mean"], abs=1e-3)
         for point in saved["per_seed"]:  # tau chosen from dev numbers only: the best feasible dev point
             dev = point["dev"]
             feasible = [t for t, v in dev.items() if v["large_share"] <= 0.5] or list(dev)
@@ -121,12 +51,67 @@ def _check_rules(name, saved):
             assert (dev[str(point["w"])]["accuracy"] + dev[str(point["w"])]["compliance"]
                     == max(v["accuracy"] + v["compliance"] for v in dev.values()))
     elif name == "dlf-vs-fixed":  # the compared fixed alpha is, seed by seed, the dev choice
-        arms = saved["arms"]
         for k, point in enumerate(saved["per_seed"]):
             chosen = point["multi-task"]["alpha"]
             assert point["multi-task"]["dev"][str(chosen)] == max(point["multi-task"]["dev"].values())
             assert arms["fixed alpha (chosen on dev)"]["per_seed"][k] == arms[f"fixed alpha {chosen}"]["per_seed"][k]
         assert saved["single_task"]["status"] in ("holds", "does not hold")
+    elif name == "spec-eft-equivalence":  # an equivalence test; every sampling path counted
+        assert test["equivalence"] and saved["identical_greedy_outputs"] == "8/8"
+        assert saved["conditions"][0]["value"] == 1.0 and saved["conditions"][1]["value"] == saved["tv_test"]["tv"]
+        paths = saved["paths"]
+        assert paths["accepted"] <= paths["drafted"] and paths["bonus_rounds"] + paths["residual_draws"] >= paths["rounds"]
+        assert all(-10 < arms[k]["mean"] < 0 for k in arms)  # log-probability per token
+    elif name == "gedi-steering":  # omega: the best dev point among the coherent ones
+        for point in saved["per_seed"]:
+            dev = point["dev"]
+            assert str(point["omega"]) in dev and dev[str(point["omega"])]["negative"] <= max(v["negative"] for v in dev.values())
+        assert saved["large_base_accuracy_on_negative_results"]["problems"] > 0
+    elif name == "steer-diversity":  # each frontier's point chosen from dev numbers only
+        frontier, chosen = saved["frontier"], selection["chosen"]
+        for kind, prefix in (("steer", "steer"), ("plain", "T=")):
+            points = [c for c in frontier if c.startswith(prefix)]
+            matched = frontier["T=1.0"]["dev_coherence"] - 0.05
+            feasible = [c for c in points if frontier[c]["dev_coherence"] >= matched] or points
+            key = "dev_group_1_minus_self_bleu"
+            assert frontier[chosen[kind]][key] == max(frontier[c][key] for c in feasible)
+        assert arms["STEER (chosen on dev)"] == arms[chosen["steer"]]
+    elif name in ("dpo-gold", "bco-vs-dpo", "bco-udm"):  # learning rate and steps: the dev argmax
+        for point in saved["per_seed"]:
+            dev = {"dpo": point["dev"]} if name == "dpo-gold" else point["dev"]
+            chosen = {"dpo": point["point"]} if name == "dpo-gold" else point
+            assert all(values[chosen[method]] == max(values.values()) for method, values in dev.items())
+        if name == "bco-vs-dpo":
+            assert test["equivalence"] and test["margin"] == 0.03
+            assert [c["name"].split(" ")[0] for c in saved["premise"]["checks"][1:]] == ["dpo", "bco"]
+    elif name in ("rpo-displacement", "ches-filter"):  # every arm on the same held-out pairs
+        assert len({a["prompts"] for a in arms.values()}) == 1
+        if name == "rpo-displacement":
+            ratio = arms["rpo"]["mean"] / arms["dpo"]["mean"] if arms["dpo"]["mean"] < 0 else float("inf")
+            assert saved["conditions"][0]["value"] == pytest.approx(ratio, abs=1e-2) or arms["dpo"]["mean"] >= 0
+    elif name == "refusal-threshold":  # per seed, the best dev threshold among those over-refusing <= 20% on dev
+        for point in saved["per_seed"]:
+            dev, over = point["dev"], point["dev_over_refusal"]
+            feasible = [t for t in dev if over[t] <= 0.2] or list(dev)
+            assert dev[str(point["threshold"])] == max(dev[t] for t in feasible)
+        assert saved["arms"]["target 0.8"]["mean"] == pytest.approx(0.8)
+        assert saved["conditions"][0]["value"] == saved["over_refusal"]["high"]
+    elif name == "refusal-categories":  # a lower threshold can only add refusals of that category
+        assert d["low"] >= 0 and all(v >= 0 for v in saved["other_moves"].values())
+        assert saved["conditions"][0]["bound"] == pytest.approx(d["mean"] / 3, abs=1e-3)
+    elif name == "score-selfcorrection":  # E4 metrics per seed: fractions of the whole eval set
+        for point in saved["per_seed"]:
+            assert set(point["models"]) == {"base", "SFT on traces", "SCoRe"}
+            for m in point["models"].values():
+                assert m["delta"] == pytest.approx(m["acc_t2"] - m["acc_t1"], abs=1e-3)
+                assert m["delta"] == pytest.approx(m["delta_i_to_c"] - m["delta_c_to_i"], abs=1e-3)
+        deltas = [p["models"]["SCoRe"]["delta"] for p in saved["per_seed"]]
+        assert arms["SCoRe"]["mean"] == pytest.approx(sum(deltas) / len(deltas), abs=1e-3) and arms["zero"]["mean"] == 0
+    elif name == "overoptimization":  # "single proxy" = every member alone, averaged
+        members = [arms[f"member {j}"]["mean"] for j in range(5)]
+        assert arms["single proxy"]["mean"] == pytest.approx(sum(members) / 5, abs=1e-3)
+        assert set(saved["curves"]) >= {"single proxy", "mean", "WCO (min)", "UWO (λ chosen on dev)"}
+        assert all(len(c["gold"]) == len(saved["n"]) for c in saved["curves"].values())
 
 
 def test_cli_reproduce(tiny_testbed, tmp_path, capsys):

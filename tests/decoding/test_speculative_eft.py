@@ -26,8 +26,7 @@ def spec(tok, models, prompt, weight=1.0, **kw):
         AuxiliaryModel(models["small-base"], tok, prompts, "ref"),
         tok(prompts, return_tensors="pt", padding=True)["input_ids"],
         weight=weight,
-        eos_token_id=eos_token_ids(models["large-base"], tok),
-        **kw,
+        **{"eos_token_id": eos_token_ids(models["large-base"], tok), **kw},
     )
 
 
@@ -45,6 +44,24 @@ def test_greedy_identical_to_plain_eft(tiny_testbed, models, prompt, k):
     n = len(tok(prompt)["input_ids"])
     assert out.sequences[0, n:].tolist() == expected
     assert out.drafted >= out.accepted >= 0 and out.rounds >= 1
+
+
+def test_path_counts_add_up(tiny_testbed, models):
+    """Batch 1: every round ends in a bonus token or in a rejection's replacement; a partial round
+    accepted some drafts first. With the drafter as the target (tuned = reference = base) every
+    draft is accepted: bonus rounds only."""
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    g = torch.Generator().manual_seed(0)
+    totals = {"rounds": 0, "bonus_rounds": 0, "residual_draws": 0, "partial_rounds": 0}
+    for _ in range(20):
+        out = spec(tok, models, "37+485=", k=3, max_new_tokens=8, do_sample=True, generator=g, eos_token_id=None)
+        assert out.bonus_rounds + out.residual_draws == out.rounds and out.partial_rounds <= out.residual_draws
+        for key in totals:
+            totals[key] += getattr(out, key)
+    assert totals["bonus_rounds"] > 0 and totals["residual_draws"] > 0 and totals["partial_rounds"] > 0
+    same = {"large-base": models["small-base"], "small-instruct": models["small-base"], "small-base": models["small-base"]}
+    out = spec(tok, same, "37+485=", k=3, max_new_tokens=8, do_sample=True, generator=g, eos_token_id=None)
+    assert out.accepted == out.drafted and out.bonus_rounds == out.rounds == 2 and out.residual_draws == 0  # 3+1, 3+1
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -181,6 +181,20 @@ def test_train_reward_writes_an_ensemble_and_resumes(reward_ensemble):
     assert [w.stat().st_mtime_ns for w in weights] == stamps  # finished members are not retrained
 
 
+def test_disjoint_members_train_on_their_own_slices(tiny_testbed, tmp_path):
+    from align.config import ConfigError
+    from align.trainers.reward_model import RewardArgs, train_reward
+
+    common = {"profile": "tiny", "cache_dir": str(tiny_testbed.root.parents[1]), "per_device_train_batch_size": 4}
+    args = RewardArgs(n_train=10, ensemble_size=3, member_data="disjoint", max_steps=1, output_dir=str(tmp_path), **common)
+    manifest = train_reward(args)
+    assert [m["pairs"] for m in manifest["members"]] == [4, 3, 3] and manifest["pairs"] == 10
+    with pytest.raises(ConfigError, match="member_data"):
+        RewardArgs(member_data="bootstrap", output_dir=str(tmp_path), **common)
+    with pytest.raises(ConfigError, match="member 2 no pairs"):
+        train_reward(RewardArgs(n_train=2, ensemble_size=3, member_data="disjoint", max_steps=1, output_dir=str(tmp_path / "b"), **common))
+
+
 def test_first_logged_loss_equals_a_naive_recomputation(testbed, tmp_path):
     """Learning rate 0 and one batch of every pair: the logged loss is the Bradley–Terry loss of the
     saved member, scored one sequence at a time in eval mode — on both flavours (the BPE model has
