@@ -70,7 +70,7 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resu
     from decoding import AuxiliaryModel, EFTLogitsProcessor
     from decoding.generate import generate_with
 
-    from .protocol import check, judge, premise, select_on_dev
+    from .protocol import check, judge, paired_difference, premise, seeded_interval, select_on_dev
 
     sets = held_out_sets(n)
     behaviours = ("ill-posed", "beyond-horizon", "contrast")
@@ -110,7 +110,7 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resu
         per_seed.append({"seed": seed, "w": w, "dev": {str(k): {"accuracy": round(float(np.mean(a)), 4), "compliance": round(float(np.mean(c)), 4)}
                                                          for k, (a, c) in dev.items()}})
     gaps = np.array(premise_rows)
-    behaviour = judge(claim="", metric="", premise=premise(), arms={k: v for k, v in comply.items()}, treated="eft", control="large-base")
+    behaviour = {"arms": {k: seeded_interval(v) for k, v in comply.items()}, "difference": paired_difference(comply["eft"], comply["large-base"])}
     n_test = len(sets["answer"][1])
     return judge(
         claim="up-scaling (large base + w x small fine-tune delta) beats small-instruct on accuracy and the large base on the fine-tuned behaviour",

@@ -96,6 +96,14 @@ def seeded_interval(values: Any, n_resamples: int = 2000, seed: int = 0, confide
             "per_seed": [round(float(v), 4) for v in x.mean(axis=1)], "seeds": s, "prompts": p}
 
 
+def paired_difference(treated: Any, control: Any, n_resamples: int = 2000) -> dict[str, Any]:
+    """:func:`seeded_interval` of ``treated - control`` (two ``[seeds, prompts]`` arms on the same prompts)."""
+    a, b = np.asarray(treated, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired arms need one shape, got {a.shape} and {b.shape}")
+    return seeded_interval(a - b, n_resamples)
+
+
 def judge(
     *,
     claim: str,
@@ -124,9 +132,7 @@ def judge(
     for k in (treated, control):
         if k not in arrays:
             raise KeyError(f"arm {k!r} not among {list(arrays)}")
-    if arrays[treated].shape != arrays[control].shape:
-        raise ValueError(f"paired arms need one shape, got {arrays[treated].shape} and {arrays[control].shape}")
-    diff = seeded_interval(arrays[treated] - arrays[control], n_resamples)
+    diff = paired_difference(arrays[treated], arrays[control], n_resamples)
     if equivalence:
         passed = -margin < diff["low"] and diff["high"] < margin
         bound = f"difference inside (-{margin}, {margin})"

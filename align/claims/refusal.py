@@ -106,14 +106,14 @@ def _split(n: int) -> tuple[list[int], list[int]]:
     return list(range(0, n, 2)), list(range(1, n, 2))
 
 
-def _auroc(probs: Any, token: int, categories: list[str], rows: list[int]) -> float:
-    """The paper's premise: after refusal-token SFT, p[token] at step 0 separates the prompts to
-    refuse from the rest (AUROC on ``rows``; 0.5 when one side is empty)."""
+def _auroc(probs: Any, token: int, categories: list[str], rows: list[int], positive: list[str] = CATEGORIES) -> float:
+    """The paper's premise: after refusal-token SFT, p[token] at step 0 separates the prompts of
+    the ``positive`` categories from the rest (AUROC on ``rows``; 0.5 when one side is empty)."""
     import torch
 
     from align.metrics import auroc
 
-    labels = torch.tensor([categories[i] in CATEGORIES for i in rows])
+    labels = torch.tensor([categories[i] in positive for i in rows])
     return 0.5 if labels.all() or not labels.any() else auroc(probs[rows, token], labels)
 
 
@@ -190,7 +190,7 @@ def refusal_categories(tb: "Testbed", n: int, lowered: str = "ill-posed", seeds:
             probs = first_token_probs(model, tok, prompts)
         ids = tok.convert_tokens_to_ids([f"[{c}]" for c in CATEGORIES])
         respond = tok.convert_tokens_to_ids("[respond]")
-        aurocs.append(_auroc(probs, ids[CATEGORIES.index(lowered)], cats, dev))
+        aurocs.append(_auroc(probs, ids[CATEGORIES.index(lowered)], cats, dev, [lowered]))
 
         def decided(thresholds: dict[str, float]) -> Any:
             # every category has a threshold (all are in S), so each row is forced: a category or [respond]
@@ -210,7 +210,7 @@ def refusal_categories(tb: "Testbed", n: int, lowered: str = "ill-posed", seeds:
     return judge(
         claim=f"lowering [{lowered}]'s threshold raises its refusal rate while every other category moves by less than a third as much",
         metric=f"refusal rate of {len(rows)} [{lowered}] test prompts, threshold 0.9 -> 0.1 (others stay at 0.9; thresholds fixed in advance)",
-        premise=premise(check(f"AUROC of p[{lowered}] for refusal vs other prompts (dev, min over seeds)", min(aurocs), ">", 0.5)),
+        premise=premise(check(f"AUROC of p[{lowered}] for {lowered} vs other prompts (dev, min over seeds)", min(aurocs), ">", 0.5)),
         arms=arms, treated=f"[{lowered}] refused, its threshold 0.1", control=f"[{lowered}] refused, threshold 0.9",
         conditions=[check("largest other category's mean move, below a third of the lowered one's", max(other_moves.values(), default=0.0),
                           "<", round(d / 3, 4))],

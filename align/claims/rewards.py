@@ -2,7 +2,8 @@
 
 Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743. Gold is
 the testbed verifier. Per seed, five proxy reward models (small-instruct backbone) are trained on
-verifier-labelled pairs with 25% of the labels flipped, each on its own disjoint fifth of the
+pairs sampled from small-instruct itself and labelled by the verifier (as the paper's preference
+data comes from the policy), with 25% of the labels flipped, each on its own disjoint fifth of the
 pairs. From small-instruct we draw N samples per held-out prompt, score them with every proxy, and
 estimate best-of-n for n = 1, 2, 4, ..., N/2 with the unbiased estimator
 (:func:`rewards.unbiased_best_of_n`), for every member alone and the ensemble aggregated by mean,
@@ -36,12 +37,18 @@ def _proxies_and_samples(tb: "Testbed", problems: list, seed: int, recipe: dict,
     from align.testbed import gold_reward
     from align.trainers.reward_model import RewardArgs, train_reward
 
+    from datasets import Dataset
+
+    from .training import on_policy_pairs
+
     tok = tb.tokenizer()
     prompts = [[{"role": "user", "content": p.prompt}] for p in problems]
     with tempfile.TemporaryDirectory() as tmp:
-        train_reward(RewardArgs(model=str(tb.path("small-instruct")), ensemble_size=PROXIES, label_noise=LABEL_NOISE, seed=PROXIES * seed,
-                                output_dir=tmp, logging_steps=10**6, **recipe))
-        ensemble = load_ensemble(tmp)
+        pairs = on_policy_pairs(tb.model("small-instruct"), tok, recipe["n_train"], seed=100 + seed)
+        Dataset.from_list(pairs).save_to_disk(f"{tmp}/pairs")
+        train_reward(RewardArgs(model=str(tb.path("small-instruct")), dataset=f"{tmp}/pairs", ensemble_size=PROXIES, label_noise=LABEL_NOISE,
+                                seed=PROXIES * seed, output_dir=f"{tmp}/rm", logging_steps=10**6, **recipe))
+        ensemble = load_ensemble(f"{tmp}/rm")
         torch.manual_seed(seed)
         drawn = hf_sampler(tb.model("small-instruct"), tok, batch_size=512, max_new_tokens=8)(prompts, n_samples)
         samples = [[s.completion for s in row] for row in drawn]
@@ -82,7 +89,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
     from align.metrics import auroc
     from align.testbed import eval_problems
 
-    from .protocol import check, dev_test_split, judge, premise, select_on_dev
+    from .protocol import check, dev_test_split, judge, paired_difference, premise, select_on_dev
 
     tiny = tb.manifest["profile"] == "tiny"  # plumbing only: a handful of steps and samples
     recipe = {**RM_RECIPE, "max_steps": 2, "n_train": 64, "per_device_train_batch_size": 8} if tiny else RM_RECIPE
@@ -124,7 +131,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
                          "best_of_all_kinds": {k: _kinds([texts[i][int(j)] for i, j in zip(test, v[test].argmax(1))], [problems[i] for i in test])
                                                for k, v in proxies.items() if not k.startswith("member")}})
     curves = {k: {m: [round(float(x), 4) for x in np.mean(v[m], axis=0)] for m in ("gold", "proxy")} for k, v in curves.items()}
-    uwo_vs_single = judge(claim="", metric="", premise=premise(), arms=arms, treated="UWO (λ chosen on dev)", control="single proxy")
+    uwo_vs_single = paired_difference(arms["UWO (λ chosen on dev)"], arms["single proxy"])
     kl = [round(kl_best_of_n(k), 4) for k in ns]
     result = judge(
         claim="WCO ensembles of proxy reward models mitigate best-of-n over-optimisation: more gold than a single proxy at large n (UWO too)",
@@ -133,10 +140,10 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
                         check("members' mean pairwise score correlation (dev, max over seeds)", max(corrs), "<=", 0.95),
                         check("single proxies over-optimise: peak gold - gold at the largest n (dev, min over seeds)", min(falls), ">=", 0.01)),
         arms=arms, treated="WCO (min)", control="single proxy",
-        conditions=[check("UWO - single proxy, interval low", uwo_vs_single["difference"]["low"], ">", 0)],
+        conditions=[check("UWO - single proxy, interval low", uwo_vs_single["low"], ">", 0)],
         selection={"split": "dev", "n_dev": len(dev), "grid": [str(x) for x in LAMBDAS], "rule": "UWO λ: max dev gold at the largest n, per seed",
                    "chosen": {str(p["seed"]): p["lambda"] for p in per_seed}},
-        seeds=list(seeds), per_seed=per_seed, n=ns, kl_bon=kl, curves=curves, uwo_minus_single=uwo_vs_single["difference"],
+        seeds=list(seeds), per_seed=per_seed, n=ns, kl_bon=kl, curves=curves, uwo_minus_single=uwo_vs_single,
         recipe={**recipe, "proxies": PROXIES, "label_noise": LABEL_NOISE},
     )
     if out_dir is not None:

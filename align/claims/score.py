@@ -38,7 +38,7 @@ TINY = {**RECIPE, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "n
 def score_selfcorrection(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     from align.metrics import self_correction_metrics
 
-    from .protocol import check, judge, premise
+    from .protocol import check, judge, paired_difference, premise
 
     arms: dict[str, list] = {"SCoRe": [], "base": [], "SFT on traces": [], "zero": []}
     per_seed, base_t1, base_delta, traces = [], [], [], []
@@ -52,8 +52,7 @@ def score_selfcorrection(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 
         base_delta.append(metrics["base"]["delta"])
         traces.append(info["traces"])
         per_seed.append({"seed": seed, "models": metrics, "sft": info})
-    score_vs = {k: judge(claim="", metric="", premise=premise(), arms=arms, treated="SCoRe", control=k)["difference"]
-                for k in ("zero", "SFT on traces")}
+    score_vs = {k: paired_difference(arms["SCoRe"], arms[k]) for k in ("zero", "SFT on traces")}
     return judge(
         claim="after Stage II, SCoRe's self-correction Δ(t1, t2) is positive and above the base model's and the SFT-on-traces baseline's",
         metric=f"per-problem Δ_i = c2_i - c1_i, greedy two-turn episodes on {len(arms['base'][0])} held-out problems (verifier)",

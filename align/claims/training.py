@@ -296,7 +296,7 @@ def bco_vs_dpo(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, margin: fl
     from datasets import Dataset
     from trl.data_utils import unpair_preference_dataset
 
-    from .protocol import check, judge, premise
+    from .protocol import check, judge, paired_difference, premise
 
     dev, test = _problems(n)
     arms: dict[str, list] = {"bco": [], "dpo": [], "small-instruct (untrained)": []}
@@ -313,8 +313,7 @@ def bco_vs_dpo(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, margin: fl
         per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "bco": bco["selection"]["chosen"],
                          "dev": {"dpo": dpo["selection"]["dev_values"], "bco": bco["selection"]["dev_values"]},
                          "bco_delta_end": bco["result"]["delta"]})
-    gains = {k: judge(claim="", metric="", premise=premise(), arms=arms, treated=k, control="small-instruct (untrained)")["difference"]
-             for k in ("dpo", "bco")}
+    gains = {k: paired_difference(arms[k], arms["small-instruct (untrained)"]) for k in ("dpo", "bco")}
     return judge(
         claim=f"BCO on the pairs split into unpaired thumbs-up/down rows is equivalent to DPO (within ±{margin})",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",

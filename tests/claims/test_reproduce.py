@@ -165,3 +165,17 @@ def test_reproduce_all_reuses_finished_results_and_reports_one_table(tiny_testbe
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "claims.html")]) == 0
     page = (tmp_path / "claims.html").read_text()
     assert all(f"<td>{name}</td>" in page for name in CLAIMS)
+
+
+def test_category_premise_scores_the_lowered_category_against_every_other_prompt():
+    """p[ill-posed] must separate ill-posed prompts from the rest, not every refusal category
+    (a model that keeps p[ill-posed] low on beyond-horizon prompts is doing its job)."""
+    import torch
+
+    from align.claims.refusal import _auroc
+
+    probs = torch.zeros(4, 2)
+    probs[:, 0] = torch.tensor([0.9, 0.1, 0.2, 0.05])
+    cats = ["ill-posed", "beyond-horizon", "contrast", "forbidden"]
+    assert _auroc(probs, 0, cats, [0, 1, 2, 3], ["ill-posed"]) == 1.0
+    assert _auroc(probs, 0, cats, [0, 1, 2, 3]) == pytest.approx(1 / 3)  # any refusal category vs the contrast prompt
