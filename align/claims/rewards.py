@@ -3,7 +3,7 @@
 Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743. Gold is
 the testbed verifier. Per seed, five proxy reward models (small-instruct backbone) are trained on
 pairs sampled from small-instruct itself and labelled by the verifier (as the paper's preference
-data comes from the policy), with 25% of the labels flipped, each on its own disjoint fifth of the
+data comes from the policy; topped up with synthetic pairs where the policy yields too few), with 25% of the labels flipped, each on its own disjoint fifth of the
 pairs. From small-instruct we draw N samples per held-out prompt, score them with every proxy, and
 estimate best-of-n for n = 1, 2, 4, ..., N/2 with the unbiased estimator
 (:func:`rewards.unbiased_best_of_n`), for every member alone and the ensemble aggregated by mean,
@@ -27,9 +27,10 @@ RM_RECIPE = {"learning_rate": 3e-4, "max_steps": 600, "per_device_train_batch_si
              "gradient_checkpointing": False, "save_strategy": "no", "member_data": "disjoint"}
 
 
-def _proxies_and_samples(tb: "Testbed", problems: list, seed: int, recipe: dict, n_samples: int) -> tuple[Any, Any, list]:
+def _proxies_and_samples(tb: "Testbed", problems: list, seed: int, recipe: dict, n_samples: int) -> tuple[Any, Any, list, dict]:
     """Train one seed's ensemble, draw ``n_samples`` per prompt from small-instruct; return the
-    standardised member scores ``[k, P, N]``, gold ``[P, N]`` and the sample texts."""
+    standardised member scores ``[k, P, N]``, gold ``[P, N]``, the sample texts and facts about
+    the proxies (held-out pair accuracy, how many training pairs were on-policy)."""
     import torch
 
     from rewards import hf_sampler, load_ensemble
@@ -39,12 +40,12 @@ def _proxies_and_samples(tb: "Testbed", problems: list, seed: int, recipe: dict,
 
     from datasets import Dataset
 
-    from .training import on_policy_pairs
+    from .training import policy_pairs
 
     tok = tb.tokenizer()
     prompts = [[{"role": "user", "content": p.prompt}] for p in problems]
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = on_policy_pairs(tb.model("small-instruct"), tok, recipe["n_train"], seed=100 + seed)
+        pairs, on_policy = policy_pairs(tb, 100 + seed, recipe["n_train"])
         Dataset.from_list(pairs).save_to_disk(f"{tmp}/pairs")
         train_reward(RewardArgs(model=str(tb.path("small-instruct")), dataset=f"{tmp}/pairs", ensemble_size=PROXIES, label_noise=LABEL_NOISE,
                                 seed=PROXIES * seed, output_dir=f"{tmp}/rm", logging_steps=10**6, **recipe))
@@ -57,7 +58,8 @@ def _proxies_and_samples(tb: "Testbed", problems: list, seed: int, recipe: dict,
     members = ((raw - raw.mean(1, keepdim=True)) / raw.std(1, keepdim=True)).view(PROXIES, len(prompts), n_samples)
     gold = torch.tensor([gold_reward(c[-1]["content"], p.answer) for p, s in zip(problems, samples) for c in s],
                         dtype=torch.float64).view(len(prompts), n_samples)
-    return members.double(), gold, [[c[-1]["content"] for c in s] for s in samples], held_out
+    facts = {"member_heldout_pair_accuracy": held_out, "on_policy_pairs": on_policy}
+    return members.double(), gold, [[c[-1]["content"] for c in s] for s in samples], facts
 
 
 def _best_of(proxy: Any, target: Any, rows: list[int], ns: list[int]) -> Any:
@@ -101,7 +103,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
     curves: dict[str, dict[str, list]] = {}
     per_seed, aurocs, corrs, falls = [], [], [], []
     for seed in seeds:
-        members, gold, texts, held_out = _proxies_and_samples(tb, problems, seed, recipe, big_n)
+        members, gold, texts, facts = _proxies_and_samples(tb, problems, seed, recipe, big_n)
         flat = members[:, dev].reshape(PROXIES, -1)
         right = gold[dev].reshape(-1) > 0.5
         # no right (or no wrong) sample: no ranking to check, counted as chance
@@ -125,7 +127,7 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
             curves.setdefault(k, {"gold": [], "proxy": []})
             curves[k]["gold"].append(v.mean(1))
             curves[k]["proxy"].append(proxy_curves[k].mean(1))
-        per_seed.append({"seed": seed, "lambda": selection["chosen"], "dev": selection["dev_values"], "member_heldout_pair_accuracy": held_out,
+        per_seed.append({"seed": seed, "lambda": selection["chosen"], "dev": selection["dev_values"], **facts,
                          "member_auroc_dev_min": round(aurocs[-1], 4), "member_corr_dev": round(corrs[-1], 4),
                          "single_fall_dev": round(falls[-1], 4), "samples_correct": round(float(gold.mean()), 4),
                          "best_of_all_kinds": {k: _kinds([texts[i][int(j)] for i, j in zip(test, v[test].argmax(1))], [problems[i] for i in test])

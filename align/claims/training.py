@@ -132,10 +132,11 @@ def on_policy_pairs(model: Any, tok: Any, n: int, seed: int = 0, samples: int = 
     return pairs
 
 
-def _policy_pairs(tb: "Testbed", seed: int) -> tuple[list[dict], int]:
-    """``N_PAIRS`` pairs: on-policy ones, topped up with synthetic pairs when the policy rarely
-    gets both a right and a wrong answer (the count of on-policy pairs goes into the premise)."""
-    n = _n_pairs(tb)
+def policy_pairs(tb: "Testbed", seed: int, n: int | None = None) -> tuple[list[dict], int]:
+    """``n`` (default ``N_PAIRS``) pairs from small-instruct: on-policy ones, topped up with synthetic
+    pairs when the policy rarely gets both a right and a wrong answer (the tiny testbed's does); the
+    count of on-policy pairs is returned so the premise can report it."""
+    n = _n_pairs(tb) if n is None else n
     pairs = on_policy_pairs(tb.model("small-instruct"), tb.tokenizer(), n, seed)
     return pairs + (_pairs(n - len(pairs), seed) if len(pairs) < n else []), len(pairs)
 
@@ -215,7 +216,7 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     per_seed, before_dev, ranked, found = [], [], [], []
     model0, tok = tb.model("small-instruct"), tb.tokenizer()
     for seed in seeds:
-        pairs, on_policy = _policy_pairs(tb, seed)
+        pairs, on_policy = policy_pairs(tb, seed)
         found.append(on_policy)
         b_dev, b_test = _untrained(tb, dev, test, seed)
         before_dev.append(b_dev["sampled"])
@@ -302,7 +303,7 @@ def bco_vs_dpo(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, margin: fl
     arms: dict[str, list] = {"bco": [], "dpo": [], "small-instruct (untrained)": []}
     per_seed, found = [], []
     for seed in seeds:
-        pairs, on_policy = _policy_pairs(tb, seed)
+        pairs, on_policy = policy_pairs(tb, seed)
         found.append(on_policy)
         unpaired = list(unpair_preference_dataset(Dataset.from_list(pairs)))
         b_test = _untrained(tb, dev, test, seed)[1]

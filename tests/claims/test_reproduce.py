@@ -88,7 +88,8 @@ def _check_rules(name, saved):
         assert len({a["prompts"] for a in arms.values()}) == 1
         if name == "rpo-displacement":
             ratio = arms["rpo"]["mean"] / arms["dpo"]["mean"] if arms["dpo"]["mean"] < 0 else float("inf")
-            assert saved["conditions"][0]["value"] == pytest.approx(ratio, abs=1e-2) or arms["dpo"]["mean"] >= 0
+            # the arms' means are rounded to 1e-4; a drop that small moves the ratio by a few percent
+            assert saved["conditions"][0]["value"] == pytest.approx(ratio, rel=0.05, abs=1e-2) or arms["dpo"]["mean"] >= 0
     elif name == "refusal-threshold":  # per seed, the best dev threshold among those over-refusing <= 20% on dev
         for point in saved["per_seed"]:
             dev, over = point["dev"], point["dev_over_refusal"]
