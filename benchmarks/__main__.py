@@ -11,25 +11,14 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from . import best_seconds
+
 RESULTS = Path(__file__).resolve().parent / "results"
 NEW_TOKENS = 64
-REPEATS = 3
-
-
-def best_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """Minimum wall time over ``repeats`` runs after one warm-up (the least-disturbed run)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _decode(model, enc, tok, processors=()):
@@ -43,8 +32,9 @@ def _decode(model, enc, tok, processors=()):
     )
 
 
-def testbed(profile: str) -> dict:
+def testbed(args: argparse.Namespace) -> dict:
     """Per-token decoding cost of each testbed model relative to small-base (KV cache, greedy)."""
+    profile = args.profile
     from align.testbed import build_testbed
 
     tb = build_testbed(profile)
@@ -59,8 +49,9 @@ def testbed(profile: str) -> dict:
     return out
 
 
-def decoding(profile: str) -> dict:
+def decoding(args: argparse.Namespace) -> dict:
     """Multi-model decoding overhead: EFT vs its three models run alone, DLF vs EFT, naive vs EFT."""
+    profile = args.profile
     from align.testbed import build_testbed
     from decoding import AuxiliaryModel, DLFLogitsProcessor, EFTLogitsProcessor
 
@@ -122,8 +113,9 @@ def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
     return generated
 
 
-def switching(profile: str) -> dict:
+def switching(args: argparse.Namespace) -> dict:
     """Speculative EFT speed-up, EAD wall-clock vs its cost formula, and vLLM throughput ratios."""
+    profile = args.profile
     from align.testbed import build_testbed, eval_problems
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
     from decoding.generate import generate_with
@@ -216,67 +208,43 @@ def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> d
 
 def _vllm_ratios(tb, tok) -> dict:
     """vLLM tokens/s with the refusal processor / without, and vLLM / transformers at batch 64."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return {"vllm_proc_throughput_ratio": None, "vllm_over_hf_b64": None, "vllm": "not installed: run in the vLLM venv"}
-    import os
-    import tempfile
+    from .vllm_throughput import refusal_processor_ratios
 
-    from vllm import LLM, SamplingParams
-
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    model = tb.model("large-base")
-    tokens = ["[refuse]", "[respond]"]
-    path = tempfile.mkdtemp(prefix="alignkit-bench-")
-    with_tokens = tb.tokenizer()
-    with_tokens.add_special_tokens({"additional_special_tokens": tokens})
-    model.resize_token_embeddings(len(with_tokens), pad_to_multiple_of=32)
-    model.save_pretrained(path)
-    with_tokens.save_pretrained(path)
-    prompts = [f"{12 + i}+{345 - i}=" for i in range(64)]
-    new = 32
-
-    def tokens_per_second(llm, extra) -> float:
-        params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True, extra_args=extra)
-        return len(prompts) * new / best_seconds(lambda: llm.generate(prompts, params, use_tqdm=False))
-
-    common = dict(model=path, dtype="float32", max_model_len=128, seed=0, kv_cache_memory_bytes=512 * 2**20)
-    plain_llm = LLM(**common)
-    plain = tokens_per_second(plain_llm, None)
-    del plain_llm
-    proc_llm = LLM(**common, logits_processors=["decoding.vllm_refusal:RefusalTokenVLLMProcessor"])
-    with_proc = tokens_per_second(proc_llm, {"refusal": {"threshold": 0.5}})
-    del proc_llm
-    enc = with_tokens(prompts, return_tensors="pt", padding=True)
-    hf = len(prompts) * new / best_seconds(
-        lambda: model.generate(**enc, do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=tok.pad_token_id)
-    )
-    return {"vllm_proc_throughput_ratio": round(with_proc / plain, 3), "vllm_over_hf_b64": round(plain / hf, 3)}
+    return refusal_processor_ratios(tb.model("large-base"), tb.tokenizer(), [f"{12 + i}+{345 - i}=" for i in range(64)])
 
 
-def training(profile: str) -> dict:
+def training(args: argparse.Namespace) -> dict:
     """Trainer step time vs TRL's DPOTrainer; LoRA-reference memory (see benchmarks/training.py)."""
+    profile = args.profile
     from .training import training as run
 
-    return run(profile)
+    return run(profile, args.shape)
 
 
-def rewards(profile: str) -> dict:
+def rewards(args: argparse.Namespace) -> dict:
     """Scoring with a 5-member reward ensemble vs one member (see benchmarks/reward_scoring.py)."""
+    profile = args.profile
     from .reward_scoring import reward_scoring
 
     return reward_scoring(profile)
 
 
-def evaluation(profile: str) -> dict:
+def evaluation(args: argparse.Namespace) -> dict:
+    profile = args.profile
     from .eval_report import run
 
     return run(profile)
 
 
+def shapes(args: argparse.Namespace) -> dict:
+    """Multi-model decoding at real shapes (random-init Qwen2.5-0.5B-like models; see benchmarks/shapes.py)."""
+    from .shapes import shapes as run
+
+    return run(args)
+
+
 BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards,
-              "eval": evaluation}
+              "eval": evaluation, "shapes": shapes}
 
 
 def main() -> None:
@@ -284,6 +252,12 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS))
     parser.add_argument("--profile", default="full", choices=["full", "tiny"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
+    parser.add_argument("--build", action="store_true", help="shapes: build the random-init checkpoints first (once)")
+    parser.add_argument("--device", default="cpu", help="shapes: cpu, or cuda (bf16)")
+    parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
+                        help="training: the testbed's small model, or random init at a real vocabulary and width")
+    parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm)")
+    parser.add_argument("--rounds", type=int, default=2, help="shapes: timed rounds per contender after a warm-up")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {
@@ -291,7 +265,7 @@ def main() -> None:
         "profile": args.profile,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-        "results": BENCHMARKS[args.name](args.profile),
+        "results": BENCHMARKS[args.name](args),
     }
     RESULTS.mkdir(exist_ok=True)
     from rewards.io import atomic_write_text
@@ -324,6 +298,11 @@ def record_row(args: argparse.Namespace, results: dict) -> None:
     if HISTORY not in text:
         text = text.rstrip("\n") + f"\n\n{HISTORY}\n\n| date | command | results |\n|---|---|---|\n"
     command = f"python -m benchmarks {args.name} --profile {args.profile} --threads {args.threads}"
+    if args.name == "training" and args.shape != "testbed":
+        command += f" --shape {args.shape}"
+    if args.name == "shapes":
+        command = f"python -m benchmarks shapes --device {args.device} --rounds {args.rounds}"
+        command += f" --only {args.only}" if args.only else ""
     row = f"| {time.strftime('%Y-%m-%d')} | `{command}` | {', '.join(_flatten(results))} |\n"
     atomic_write_text(RESULTS_MD, text.rstrip("\n") + "\n" + row)
 

@@ -19,23 +19,56 @@ import time
 from typing import Any
 
 WARMUP, TIMED, PAIRS_PER_STEP = 10, 200, 8
+# ``--shape small-real``: random init at a real vocabulary and width (Qwen2.5's 151,936 logit rows,
+# hidden 896, GQA 14/2) with 2 layers, so a step stays short while the vocabulary-sized logits and
+# log-softmax that dominate preference losses at real scale are all there
+SMALL_REAL = dict(vocab_size=151_936, hidden_size=896, num_hidden_layers=2, num_attention_heads=14, num_key_value_heads=2,
+                  intermediate_size=4864, tie_word_embeddings=True)
+SMALL_REAL_TOKENIZER = 151_665
+SMALL_REAL_STEPS = (2, 10)  # warm-up, timed
 
 
-def training(profile: str) -> dict[str, Any]:
+def shape_loaders(profile: str, shape: str):
+    """``(tokenizer(), model())`` factories: the testbed's small-instruct, or a random-init model of
+    the ``small-real`` shape with the testbed's tokenization padded to the real vocabulary size."""
+    if shape == "testbed":
+        from align.testbed import build_testbed
+
+        tb = build_testbed(profile)
+        return tb.tokenizer, lambda: tb.model("small-instruct")
+    if shape != "small-real":
+        raise ValueError(f"unknown shape {shape!r}: testbed or small-real")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from align.testbed.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(SMALL_REAL_TOKENIZER)
+
+    def model():
+        torch.manual_seed(0)  # every call the same weights, like loading one checkpoint
+        config = LlamaConfig(**SMALL_REAL, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        return LlamaForCausalLM(config).eval()
+
+    return lambda: build_tokenizer(SMALL_REAL_TOKENIZER), model
+
+
+def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
     from datasets import Dataset
     from transformers import TrainingArguments
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import unpair_preference_dataset
 
     from align.data import tokenize_prompt_completion
-    from align.testbed import build_testbed
     from align.testbed.datasets import preference_pairs
     from align.trainers.bco import BCOTrainer, collate
     from align.trainers.dpo import DPOArgs, rpo_trainer_class
 
-    tb = build_testbed(profile)
-    tok = tb.tokenizer()
-    steps = WARMUP + TIMED
+    load_tokenizer, load_model = shape_loaders(profile, shape)
+    tok = load_tokenizer()
+    warmup, timed = (WARMUP, TIMED) if shape == "testbed" else SMALL_REAL_STEPS
+    steps = warmup + timed
     pairs = preference_pairs(steps * PAIRS_PER_STEP, 8, seed=0, conversational=True)["train"]
     unpaired = unpair_preference_dataset(pairs)
     encoded = Dataset.from_list([
@@ -50,7 +83,7 @@ def training(profile: str) -> dict[str, Any]:
     ours = DPOArgs(**common, dataset="testbed:preference", per_device_train_batch_size=PAIRS_PER_STEP)
 
     def models():
-        return tb.model("small-instruct"), tb.model("small-instruct").requires_grad_(False)
+        return load_model(), load_model().requires_grad_(False)
 
     def trl(loss_type: list[str], weights: list[float] | None = None):
         def make():
@@ -76,15 +109,18 @@ def training(profile: str) -> dict[str, Any]:
     contenders = {"trl_sigmoid": trl(["sigmoid"]), "trl_sigmoid_sft": trl(["sigmoid", "sft"], [1.0, 1.0]),
                   "dpo": ours_dpo(False), "rpo": ours_dpo(True), "bco": ours_bco}
     trainers = {name: make() for name, make in contenders.items()}
-    best = _alternate(trainers, WARMUP, TIMED)
+    best = _alternate(trainers, warmup, timed)
     result = {
+        "shape": shape,
         "dpo_over_trl": round(best["dpo"] / best["trl_sigmoid"], 3),
         "rpo_over_trl": round(best["rpo"] / best["trl_sigmoid_sft"], 3),
         "bco_over_trl": round(best["bco"] / best["trl_sigmoid"], 3),
         "step_ms": {k: round(v * 1e3, 2) for k, v in best.items()},
     }
-    result.update(_refusal_and_score(tb))
-    result.update(_lora_memory())
+    result["reward_over_trl"] = 1.0  # `align train reward` runs TRL's RewardTrainer itself: nothing of ours in its step
+    result.update(_refusal_and_score(load_tokenizer, load_model, shape == "testbed"))
+    if shape == "testbed":
+        result.update(_lora_memory())
     return result
 
 
@@ -106,7 +142,7 @@ def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> dict[str, f
     return {name: statistics.median(t[warmup:]) for name, t in times.items()}
 
 
-def _refusal_and_score(tb: Any) -> dict[str, Any]:
+def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) -> dict[str, Any]:
     """Refusal-token SFT vs TRL's SFTTrainer on the same tagged rows; one SCoRe step (two-turn
     rollouts, rewards, loss, backward) vs one TRL GRPOTrainer step generating as many tokens (twice
     the prompts, one turn; EOS held off so every completion is the full length; β > 0 so GRPO also
@@ -126,26 +162,26 @@ def _refusal_and_score(tb: Any) -> dict[str, Any]:
     sft = {}
     for name, cls, config in (("trl_sft", SFTTrainer, SFTConfig(**base, per_device_train_batch_size=16)),
                               ("refusal", RefusalSFTTrainer, RefusalArgs(**base, dataset="x", per_device_train_batch_size=16))):
-        tok, model = tb.tokenizer(), tb.model("small-instruct")
+        tok, model = load_tokenizer(), load_model()
         add_control_tokens(tok, model, ["[refuse]", "[respond]"])
         sft[name] = cls(model=model, args=config, train_dataset=data, processing_class=tok)
-    sft_times = _alternate(sft, 5, 30)
+    sft_times = _alternate(sft, 5, 30) if full else _alternate(sft, *SMALL_REAL_STEPS)
 
     problems, g, tokens = 4, 4, 16
     prompts = self_correction(64, 2, seed=0, conversational=True)["train"]
     fixed = {"min_new_tokens": tokens}
-    tok = tb.tokenizer()
+    tok = load_tokenizer()
     score = ScoreTrainer(
-        model=tb.model("small-instruct"), processing_class=tok, train_dataset=prompts, data_collator=lambda r: {"rows": r},
-        ref_model=tb.model("small-instruct"), reward_fn=verifier_reward,
+        model=load_model(), processing_class=tok, train_dataset=prompts, data_collator=lambda r: {"rows": r},
+        ref_model=load_model(), reward_fn=verifier_reward,
         args=ScoreArgs(**base, dataset="x", per_device_train_batch_size=problems, num_generations=g, max_new_tokens=tokens,
                        generation_kwargs=fixed, stage1_steps=0, stage2_steps=100))
     grpo = GRPOTrainer(
-        model=tb.model("small-instruct"), processing_class=tb.tokenizer(), train_dataset=prompts, reward_funcs=verifier_reward,
+        model=load_model(), processing_class=load_tokenizer(), train_dataset=prompts, reward_funcs=verifier_reward,
         args=GRPOConfig(**base, per_device_train_batch_size=2 * problems * g, num_generations=g, max_completion_length=tokens,
                         generation_kwargs=fixed, beta=0.04, temperature=1.0))
     rl = {"score": score, "trl_grpo": grpo}
-    rl_times = _alternate(rl, 2, 10)
+    rl_times = _alternate(rl, 2, 10) if full else _alternate(rl, 1, 4)
     return {
         "refusal_sft_over_trl_sft": round(sft_times["refusal"] / sft_times["trl_sft"], 3),
         "score_step_over_trl_grpo": round(rl_times["score"] / rl_times["trl_grpo"], 3),

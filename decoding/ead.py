@@ -84,6 +84,7 @@ def entropy_adaptive_generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     costs: tuple[float, float] | None = None,
+    schedule: Sequence[bool] | torch.Tensor | None = None,
 ) -> EADOutput:
     """EAD as a plain function over two auxiliary models.
 
@@ -95,6 +96,9 @@ def entropy_adaptive_generate(
         logits_processor: applied to the chosen model's log-probs before picking (e.g. the
             temperature/top-k warpers ``generate`` builds); entropy is taken before it.
         costs: per-token costs ``(c_S, c_L)``; default: forward FLOPs per token.
+        schedule: force the model of every step (``True`` = large) for all rows instead of
+            switching on entropy, e.g. to time a given large fraction or to ablate the rule;
+            one entry per new token.
 
     Example::
 
@@ -109,11 +113,17 @@ def entropy_adaptive_generate(
 
     batch, device = input_ids.shape[0], input_ids.device
     processors = logits_processor or LogitsProcessorList()
+    if schedule is not None:
+        schedule = torch.as_tensor(schedule, dtype=torch.bool, device=input_ids.device)
+        if schedule.shape != (max_new_tokens,):
+            raise ValueError(f"schedule needs one entry per new token ({max_new_tokens}), got shape {tuple(schedule.shape)}")
     for aux in (small, large):
         aux.bind(input_ids)
     stops = eos_tensor(eos_token_id, device)
     # all state lives on the input's device: no per-token host round trips
     on_large = torch.zeros(batch, dtype=torch.bool, device=device)
+    if schedule is not None:
+        on_large |= schedule[0]
     run_length = torch.zeros(batch, dtype=torch.long, device=device)  # tokens emitted on the current model
     history = torch.full((batch, window), float("nan"), device=device)  # circular window of emitted-token entropies
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
@@ -145,6 +155,8 @@ def entropy_adaptive_generate(
         run_length += 1
         eligible = run_length >= min_tokens
         switch = eligible & ((~on_large & (mean >= tau)) | (on_large & (mean <= tau)))
+        if schedule is not None:
+            switch = on_large != schedule[min(step + 1, max_new_tokens - 1)]
         on_large ^= switch
         run_length[switch] = 0
         switches += (switch & unfinished).long()

@@ -40,8 +40,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(size: int | None = None) -> PreTrainedTokenizerFast:
     """Build the testbed tokenizer (about 90 ids: specials, role tokens, printable ASCII).
+
+    ``size`` pads the vocabulary with ids no text maps to (``<unused0>``, ...) up to ``size``:
+    the same tokenization at a real model's vocabulary size, for benchmarks.
 
     Example:
         >>> tok = build_tokenizer()
@@ -54,6 +57,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for ch in CHARACTERS:
         vocab.setdefault(ch, len(vocab))
+    for i in range((size or 0) - len(vocab)):
+        vocab[f"<unused{i}>"] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     # Oniguruma rejects "(?s)."; "[\s\S]" isolates every character including newlines.
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")

@@ -123,3 +123,20 @@ def test_sampling_runs_and_bad_arguments(tiny_testbed, models):
     with pytest.raises(ValueError, match="finite tau"):
         run_ead(tok, models, PROMPTS, tau=math.nan)
     assert entropy_bits(torch.log(torch.full((1, 8), 1 / 8))).item() == pytest.approx(3.0)
+
+
+def test_forced_schedule_follows_the_given_models(tiny_testbed, models):
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    schedule = [False, True, True, False, True, False]
+    out, width = run_ead(tok, models, PROMPTS[1:2], tau=0.0, max_new_tokens=6, schedule=schedule)  # tau 0 would go large
+    ids = tok.apply_chat_template(chat(PROMPTS[1:2])[0], add_generation_prompt=True)["input_ids"]
+    generated = []
+    for on_large in schedule:  # no cache: each step's model reads the prompt and everything emitted so far
+        lp = full_logprobs(models["large-instruct" if on_large else "small-instruct"], ids + generated, len(tok))
+        generated.append(int(lp.argmax()))
+        if generated[-1] in eos_token_ids(models["small-instruct"], tok):
+            break
+    assert out.sequences[0, width:].tolist()[: len(generated)] == generated
+    assert out.model_per_token[0].tolist() == [int(s) for s in schedule][: len(generated)]
+    with pytest.raises(ValueError, match="one entry per new token"):
+        run_ead(tok, models, PROMPTS[1:2], tau=1.0, max_new_tokens=6, schedule=[True])
