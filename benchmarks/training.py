@@ -25,7 +25,7 @@ WARMUP, TIMED, PAIRS_PER_STEP = 10, 200, 8
 SMALL_REAL = dict(vocab_size=151_936, hidden_size=896, num_hidden_layers=2, num_attention_heads=14, num_key_value_heads=2,
                   intermediate_size=4864, tie_word_embeddings=True)
 SMALL_REAL_TOKENIZER = 151_665
-SMALL_REAL_STEPS = (2, 10)  # warm-up, timed
+SMALL_REAL_STEPS = (2, 6)  # warm-up, timed
 
 
 def shape_loaders(profile: str, shape: str):
@@ -39,19 +39,19 @@ def shape_loaders(profile: str, shape: str):
     if shape != "small-real":
         raise ValueError(f"unknown shape {shape!r}: testbed or small-real")
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from align.testbed.tokenizer import build_tokenizer
 
     tok = build_tokenizer(SMALL_REAL_TOKENIZER)
-
-    def model():
-        torch.manual_seed(0)  # every call the same weights, like loading one checkpoint
-        config = LlamaConfig(**SMALL_REAL, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-        return LlamaForCausalLM(config).eval()
-
-    return lambda: build_tokenizer(SMALL_REAL_TOKENIZER), model
+    torch.manual_seed(0)
+    config = LlamaConfig(**SMALL_REAL, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    # saved once, loaded like any checkpoint (TRL's GRPOTrainer loads its reference by path)
+    path = tempfile.mkdtemp(prefix="alignkit-small-real-")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return lambda: build_tokenizer(SMALL_REAL_TOKENIZER), lambda: AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
@@ -159,15 +159,17 @@ def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) 
                 logging_steps=10**6, seed=0, disable_tqdm=True, learning_rate=1e-5)
     rows = tag_rows(refusal_sft(512, 2, seed=0)["train"], RefusalArgs())
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    # at a 152k vocabulary a row's logits cost 0.6 MB per token: fewer, shorter rows keep the step in memory
+    sft_size = dict(per_device_train_batch_size=16) if full else dict(per_device_train_batch_size=4, max_length=96)
     sft = {}
-    for name, cls, config in (("trl_sft", SFTTrainer, SFTConfig(**base, per_device_train_batch_size=16)),
-                              ("refusal", RefusalSFTTrainer, RefusalArgs(**base, dataset="x", per_device_train_batch_size=16))):
+    for name, cls, config in (("trl_sft", SFTTrainer, SFTConfig(**base, **sft_size)),
+                              ("refusal", RefusalSFTTrainer, RefusalArgs(**base, dataset="x", **sft_size))):
         tok, model = load_tokenizer(), load_model()
         add_control_tokens(tok, model, ["[refuse]", "[respond]"])
         sft[name] = cls(model=model, args=config, train_dataset=data, processing_class=tok)
     sft_times = _alternate(sft, 5, 30) if full else _alternate(sft, *SMALL_REAL_STEPS)
 
-    problems, g, tokens = 4, 4, 16
+    problems, g, tokens = (4, 4, 16) if full else (2, 2, 8)  # small-real: 8 two-turn episodes a step
     prompts = self_correction(64, 2, seed=0, conversational=True)["train"]
     fixed = {"min_new_tokens": tokens}
     tok = load_tokenizer()

@@ -40,12 +40,36 @@ def gedi_posterior(
     return ell_d - torch.logaddexp(ell_d, ell_a)
 
 
-def gedi_filter(score: torch.Tensor, log_posterior: torch.Tensor, filter_p: float, target_p: float) -> torch.Tensor:
-    """Keep ``V_m ∪ V_p`` of ``score`` (others ``-inf``); see the module docstring."""
-    order = log_posterior.argsort(dim=-1, descending=True, stable=True)  # ties: lower id first, deterministic
-    mass = torch.softmax(score, dim=-1).gather(-1, order)
-    keep_sorted = (mass.cumsum(-1) - mass) < (1.0 - filter_p)  # fewest tokens reaching ρ
-    v_m = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+def gedi_filter(
+    score: torch.Tensor, log_posterior: torch.Tensor, filter_p: float, target_p: float, candidates: int = 256
+) -> torch.Tensor:
+    """Keep ``V_m ∪ V_p`` of ``score`` (others ``-inf``); see the module docstring.
+
+    ``V_m`` follows the posterior order (ties: lower id first). Sorting a 152k vocabulary per
+    step costs more than the guide's forward, so rows first look among their ``candidates``
+    highest-posterior tokens and fall back to the full sort only where those cannot decide
+    (their mass stays below ρ, or a tie group crosses the candidate boundary).
+    """
+    probs = torch.softmax(score, dim=-1)
+    rho = 1.0 - filter_p
+    k = min(candidates, score.shape[-1])
+    top_values, top_ids = log_posterior.topk(k, dim=-1)  # unordered ties: restore (value desc, id asc)
+    ids, by_id = top_ids.sort(dim=-1)
+    values = top_values.gather(-1, by_id)
+    values, by_value = values.sort(dim=-1, descending=True, stable=True)
+    order = ids.gather(-1, by_value)
+    mass = probs.gather(-1, order)
+    keep_sorted = (mass.cumsum(-1) - mass) < rho  # fewest tokens reaching ρ
+    n_keep = keep_sorted.sum(-1, keepdim=True)
+    last_kept = values.gather(-1, (n_keep - 1).clamp(min=0))
+    decided = ~keep_sorted[:, -1:] & (last_kept > values[:, -1:])  # ρ reached inside, no tie crossing k
+    v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    if not bool(decided.all()):  # the exact full sort for the rows the candidates could not decide
+        rows = ~decided[:, 0]
+        full = log_posterior[rows].argsort(dim=-1, descending=True, stable=True)
+        full_mass = probs[rows].gather(-1, full)
+        full_keep = (full_mass.cumsum(-1) - full_mass) < rho
+        v_m[rows] = torch.zeros_like(full_keep).scatter(-1, full, full_keep)
     v_p = log_posterior.exp() >= target_p
     return score.masked_fill(~(v_m | v_p), float("-inf"))
 

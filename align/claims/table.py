@@ -50,12 +50,20 @@ def render_table(results: dict[str, dict[str, Any]], notes: dict[str, str]) -> s
         if r.get("conditions"):
             result += ". Also: " + "; ".join(_check(c) for c in r["conditions"])
         premise = "<br>".join(_check(c) for c in r["premise"]["checks"]) or "–"
-        s = r.get("selection")
-        chosen = ", ".join(f"seed {k}: {v}" for k, v in s["chosen"].items()) if s and isinstance(s["chosen"], dict) else s and s["chosen"]
-        selection = f"{chosen} from {', '.join(s['grid'])} ({s['rule']})" if s else "–"
-        lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(result)} | {_cell(premise)} | {_cell(selection)} "
-                     f"| {_cell(notes.get(name, ''))} |")
+        lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(result)} | {_cell(premise)} "
+                     f"| {_cell(_selection(r.get('selection')))} | {_cell(notes.get(name, ''))} |")
     return "\n".join(lines)
+
+
+def _selection(s: dict[str, Any] | None) -> str:
+    """What dev chose (per seed when keyed by seed), from which grid, by which rule."""
+    if not s:
+        return "–"
+    chosen = s["chosen"]
+    if isinstance(chosen, dict):
+        chosen = ", ".join(f"seed {k}: {v}" if str(k).isdigit() else f"{k}={v}" for k, v in chosen.items())
+    grid = f" from {', '.join(s['grid'])}" if s.get("grid") else ""
+    return f"{chosen}{grid} ({s['rule']})"
 
 
 def readme_block(directory: str | Path) -> str:

@@ -113,11 +113,25 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     return tok, policy, ref, None
 
 
-def token_logps(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+def token_logps(model: Any, input_ids: Any, attention_mask: Any, keep: int | None = None) -> Any:
     """``log π(token t+1 | tokens <= t)`` at every position, ``[N, T-1]`` (fp32 log-softmax at the
-    labels, METHODS §0); mask it with the completion mask shifted by one."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    return logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+    labels, METHODS §0); mask it with the completion mask shifted by one.
+
+    ``keep``: only the last ``keep`` positions are scored (the output head runs on them alone, as
+    TRL's ``logits_to_keep``); earlier positions read 0. At a 152k vocabulary the head over prompt
+    positions costs more than the rest of the model, so callers pass how many positions their
+    completions span.
+    """
+    import torch
+
+    width = input_ids.shape[1] - 1
+    if keep is None or keep >= width:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+        return logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep + 1)
+    logits = logits.logits[:, :-1].float()  # predicts the last `keep` tokens
+    scored = logits.gather(-1, input_ids[:, -keep:, None])[..., 0] - logits.logsumexp(-1)
+    return torch.cat([scored.new_zeros(scored.shape[0], width - keep), scored], dim=1)
 
 
 @contextmanager

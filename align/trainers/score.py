@@ -293,17 +293,21 @@ class ScoreTrainer(Trainer):
         device = self.accelerator.device
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        logps = token_logps(model, ids, attention)
+        turns = [(rows, completion_mask([len(p) for p in x], [len(c) for c in y], width).to(device))
+                 for rows, x, y in ((torch.tensor(rows1, device=device), ep["x1"], ep["y1"]),
+                                    (torch.arange(len(ep["x2"]), device=device), ep["x2"], ep["y2"]))]
+        # score only from the first completion token on: the output head over prompt positions is wasted work
+        first = min(int(m.any(0).float().argmax()) for _, m in turns)
+        keep = width - 1 - first
+        logps = token_logps(model, ids, attention, keep)
         with torch.no_grad():
             if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
                 with self.accelerator.unwrap_model(model).disable_adapter():
-                    ref = token_logps(model, ids, attention)
+                    ref = token_logps(model, ids, attention, keep)
             else:
-                ref = token_logps(self.ref_model, ids, attention)
+                ref = token_logps(self.ref_model, ids, attention, keep)
         out = []
-        for rows, x, y in ((torch.tensor(rows1, device=device), ep["x1"], ep["y1"]),
-                           (torch.arange(len(ep["x2"]), device=device), ep["x2"], ep["y2"])):
-            mask = completion_mask([len(p) for p in x], [len(c) for c in y], width).to(device)
+        for rows, mask in turns:
             out.append(((logps[rows] * mask).sum(-1), k3_kl(logps[rows], ref[rows], mask)))
         (logp1, kl1), (logp2, kl2) = out
         return (logp1, logp2), (kl1, kl2)

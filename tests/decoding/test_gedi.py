@@ -160,3 +160,25 @@ def test_sign_guide_does_not_depend_on_the_global_generator(tiny_testbed, tmp_pa
         weights.append(load_file(str(build_sign_guide(dataclasses.replace(tiny_testbed, root=root)) / "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _full_sort_filter(score, log_post, filter_p, target_p):
+    """V_m by sorting the whole vocabulary (stable: ties keep the lower id first)."""
+    order = log_post.argsort(dim=-1, descending=True, stable=True)
+    mass = torch.softmax(score, dim=-1).gather(-1, order)
+    keep = (mass.cumsum(-1) - mass) < (1.0 - filter_p)
+    v_m = torch.zeros_like(keep).scatter(-1, order, keep)
+    return score.masked_fill(~(v_m | (log_post.exp() >= target_p)), float("-inf"))
+
+
+@pytest.mark.parametrize("filter_p", [0.8, 0.2, 0.0])
+def test_candidate_filter_equals_full_sort(filter_p):
+    gen = torch.Generator().manual_seed(0)
+    vocab = 20_000
+    log_post = torch.nn.functional.logsigmoid(3 * torch.randn(6, vocab, generator=gen))
+    log_post[1] = log_post[1].round(decimals=1)  # heavy ties, crossing every boundary
+    score = torch.log_softmax(2 * torch.randn(6, vocab, generator=gen), -1) + 30 * log_post  # as GeDi scores
+    score[2] = 0.0  # flat: rho is reached only deep in the order (the full-sort fallback)
+    for candidates in (4, 256, vocab):
+        got = gedi_filter(score, log_post, filter_p, 0.9, candidates=candidates)
+        assert torch.equal(torch.isfinite(got), torch.isfinite(_full_sort_filter(score, log_post, filter_p, 0.9)))
