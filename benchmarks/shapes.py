@@ -480,10 +480,14 @@ def shapes(args) -> dict[str, Any]:
 
 def vllm_refusal(root: Path, batch: int = 64) -> dict[str, Any]:
     """The vLLM refusal processor's throughput ratio with the real-size vocabulary, batch ``batch``."""
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .vllm_throughput import refusal_processor_ratios
 
+    if importlib.util.find_spec("vllm") is None:
+        return {"vllm_proc_throughput_ratio": None, "vllm": "not installed: .venv-vllm/bin/python -m benchmarks shapes --only vllm"}
     tok = AutoTokenizer.from_pretrained(root / "large")
     model = AutoModelForCausalLM.from_pretrained(root / "large", dtype=torch.bfloat16)
     return refusal_processor_ratios(model, tok, random_prompts(batch), dtype="bfloat16", compare_hf=False)
