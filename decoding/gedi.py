@@ -40,15 +40,45 @@ def gedi_posterior(
     return ell_d - torch.logaddexp(ell_d, ell_a)
 
 
+def _descending_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys that sort ascending as ``values`` (fp32) sort descending (IEEE bits made
+    order-preserving as signed integers, then reversed)."""
+    bits = values.float().contiguous().view(torch.int32)
+    return ~(bits ^ ((bits >> 31) & 0x7FFFFFFF))
+
+
+def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radix select, 16 bits at a time: per row the key ``k*`` of the token at which the mass of the
+    tokens in key order first reaches ``rho``, and the mass of the keys before ``k*``. Two weighted
+    histograms instead of a sort of the vocabulary."""
+    batch = keys.shape[0]
+    offsets = torch.arange(batch, device=keys.device, dtype=torch.int32)[:, None] * 65536
+    high = (keys >> 16) + 32768  # 0..65535, in key order
+    before = torch.zeros(batch, dtype=probs.dtype, device=probs.device)
+    bins = []
+    for digit, weights in ((high, probs), (keys & 0xFFFF, None)):
+        if weights is None:  # the second level counts only the tokens inside the first level's bin
+            weights = probs * (high == bins[0][:, None])
+        hist = torch.bincount((offsets + digit).flatten(), weights.flatten(), minlength=batch * 65536).view(batch, 65536)
+        cumulative = hist.cumsum(-1)
+        reached = (before[:, None] + cumulative) >= rho
+        bin_ = torch.where(reached.any(-1), reached.int().argmax(-1), torch.full_like(before, 65535, dtype=torch.long))
+        before = before + (cumulative - hist).gather(-1, bin_[:, None])[:, 0]
+        bins.append(bin_.int())
+    boundary = ((bins[0] - 32768) << 16) | bins[1]
+    return boundary, before
+
+
 def gedi_filter(
     score: torch.Tensor, log_posterior: torch.Tensor, filter_p: float, target_p: float, candidates: int = 256
 ) -> torch.Tensor:
     """Keep ``V_m ∪ V_p`` of ``score`` (others ``-inf``); see the module docstring.
 
-    ``V_m`` follows the posterior order (ties: lower id first). Sorting a 152k vocabulary per
-    step costs more than the guide's forward, so rows first look among their ``candidates``
-    highest-posterior tokens and fall back to the full sort only where those cannot decide
-    (their mass stays below ρ, or a tie group crosses the candidate boundary).
+    ``V_m`` follows the posterior order (ties: lower id first). Sorting a 152k vocabulary per step
+    costs more than the guide's forward, so rows first look among their ``candidates``
+    highest-posterior tokens; the rows those cannot decide (their mass stays below ρ, as with a
+    flat distribution, or a tie group crosses the candidate boundary) find the boundary by radix
+    select over the posterior's bits, with ties at the boundary taken in id order.
     """
     probs = torch.softmax(score, dim=-1)
     rho = 1.0 - filter_p
@@ -64,12 +94,12 @@ def gedi_filter(
     last_kept = values.gather(-1, (n_keep - 1).clamp(min=0))
     decided = ~keep_sorted[:, -1:] & (last_kept > values[:, -1:])  # ρ reached inside, no tie crossing k
     v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
-    if not bool(decided.all()):  # the exact full sort for the rows the candidates could not decide
-        rows = ~decided[:, 0]
-        full = log_posterior[rows].argsort(dim=-1, descending=True, stable=True)
-        full_mass = probs[rows].gather(-1, full)
-        full_keep = (full_mass.cumsum(-1) - full_mass) < rho
-        v_m[rows] = torch.zeros_like(full_keep).scatter(-1, full, full_keep)
+    if not bool(decided.all()):  # every row through the radix select (no row gathers), decided rows keep theirs
+        keys = _descending_keys(log_posterior)
+        boundary, before = _mass_boundary(keys, probs, rho)
+        ties = keys == boundary[:, None]
+        tie_before = before[:, None] + (probs * ties).cumsum(-1) - probs  # ties in id order
+        v_m = torch.where(decided, v_m, (keys < boundary[:, None]) | (ties & (tie_before < rho)))
     v_p = log_posterior.exp() >= target_p
     return score.masked_fill(~(v_m | v_p), float("-inf"))
 
