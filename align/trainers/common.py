@@ -113,25 +113,23 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     return tok, policy, ref, None
 
 
-def token_logps(model: Any, input_ids: Any, attention_mask: Any, keep: int | None = None) -> Any:
+def token_logps(model: Any, input_ids: Any, attention_mask: Any, positions: Any = None) -> Any:
     """``log π(token t+1 | tokens <= t)`` at every position, ``[N, T-1]`` (fp32 log-softmax at the
     labels, METHODS §0); mask it with the completion mask shifted by one.
 
-    ``keep``: only the last ``keep`` positions are scored (the output head runs on them alone, as
-    TRL's ``logits_to_keep``); earlier positions read 0. At a 152k vocabulary the head over prompt
-    positions costs more than the rest of the model, so callers pass how many positions their
-    completions span.
+    ``positions``: a sorted 1-D tensor of the positions ``t`` to score (e.g. every column some
+    completion uses); the output head runs on those alone (transformers' ``logits_to_keep`` with
+    indices) and the other columns read 0. At a 152k vocabulary the head over prompt positions
+    costs more than the rest of the model.
     """
-    import torch
-
-    width = input_ids.shape[1] - 1
-    if keep is None or keep >= width:
+    if positions is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
         return logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep + 1)
-    logits = logits.logits[:, :-1].float()  # predicts the last `keep` tokens
-    scored = logits.gather(-1, input_ids[:, -keep:, None])[..., 0] - logits.logsumexp(-1)
-    return torch.cat([scored.new_zeros(scored.shape[0], width - keep), scored], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=positions).logits.float()
+    scored = logits.gather(-1, input_ids[:, positions + 1, None])[..., 0] - logits.logsumexp(-1)
+    out = scored.new_zeros(input_ids.shape[0], input_ids.shape[1] - 1)
+    out[:, positions] = scored
+    return out
 
 
 @contextmanager

@@ -296,16 +296,17 @@ class ScoreTrainer(Trainer):
         turns = [(rows, completion_mask([len(p) for p in x], [len(c) for c in y], width).to(device))
                  for rows, x, y in ((torch.tensor(rows1, device=device), ep["x1"], ep["y1"]),
                                     (torch.arange(len(ep["x2"]), device=device), ep["x2"], ep["y2"]))]
-        # score only from the first completion token on: the output head over prompt positions is wasted work
-        first = min(int(m.any(0).float().argmax()) for _, m in turns)
-        keep = width - 1 - first
-        logps = token_logps(model, ids, attention, keep)
+        # the output head only where some completion is scored: over the prompts and the correction
+        # instruction it would be wasted work (most of it at a real vocabulary)
+        positions = (turns[0][1].any(0) | turns[1][1].any(0)).nonzero()[:, 0]
+        positions = positions if len(positions) else None
+        logps = token_logps(model, ids, attention, positions)
         with torch.no_grad():
             if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
                 with self.accelerator.unwrap_model(model).disable_adapter():
-                    ref = token_logps(model, ids, attention, keep)
+                    ref = token_logps(model, ids, attention, positions)
             else:
-                ref = token_logps(self.ref_model, ids, attention, keep)
+                ref = token_logps(self.ref_model, ids, attention, positions)
         out = []
         for rows, mask in turns:
             out.append(((logps[rows] * mask).sum(-1), k3_kl(logps[rows], ref[rows], mask)))
