@@ -184,25 +184,22 @@ def peak_memory(fn: Callable[[], Any], device: str) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
 
-    def status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
     Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current RSS
-    before = status("VmRSS")
+    before = _proc_status("VmRSS")
     fn()
-    return status("VmHWM") - before
+    return _proc_status("VmHWM") - before
+
+
+def _proc_status(key: str) -> int:
+    """A memory figure of this process from ``/proc/self/status``, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
 
 
 def resident_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.memory_allocated()
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return torch.cuda.memory_allocated() if device.startswith("cuda") else _proc_status("VmRSS")
 
 
 def overhead(s: Shapes, batch: int, rounds: int) -> dict[str, float]:

@@ -63,7 +63,7 @@ def dlf_select(
     target_rev = -dot(small.exp(), shift)  # KL(Q‖Q_t)
     p = large.exp()
     mean_p = dot(p, shift)  # E_P[s]
-    alphas = [float(a) for a in grid]
+    alphas = grid.tolist()  # the processor keeps its grid on the CPU: no device sync per step
     order = sorted(range(len(alphas)), key=alphas.__getitem__)
     first, g = alphas[order[0]], len(alphas)
     if first == 0.0:  # log Z_0 is exactly 0: an expert equal to the small base ties every α
@@ -148,7 +148,7 @@ class DLFLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         large = log_probs(scores, self.vocab_size)
         fused, expert, alpha = dlf_select(
-            large, self.small_base(input_ids), [e(input_ids) for e in self.experts], self.grid.to(large.device)
+            large, self.small_base(input_ids), [e(input_ids) for e in self.experts], self.grid
         )
         self.choices.append({"expert": expert.cpu(), "alpha": alpha.cpu()})
         return widen(fused, scores.shape[-1])

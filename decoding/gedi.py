@@ -94,7 +94,9 @@ def gedi_filter(
     last_kept = values.gather(-1, (n_keep - 1).clamp(min=0))
     decided = ~keep_sorted[:, -1:] & (last_kept > values[:, -1:])  # ρ reached inside, no tie crossing k
     v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
-    if not bool(decided.all()):  # every row through the radix select (no row gathers), decided rows keep theirs
+    # every row through the radix select (no row gathers), decided rows keep theirs; on a GPU
+    # always, so no step waits on a device-to-host sync to ask whether it is needed
+    if probs.device.type != "cpu" or not bool(decided.all()):
         keys = _descending_keys(log_posterior)
         boundary, before = _mass_boundary(keys, probs, rho)
         ties = keys == boundary[:, None]
