@@ -257,6 +257,9 @@ def main() -> None:
     parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
                         help="training: the testbed's small model, or random init at a real vocabulary and width")
     parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="shapes: leave glibc's malloc returning freed large blocks to the OS (see keep_freed_memory)")
+    parser.add_argument("--batch", default="1,8", help="shapes: comma-separated batch sizes of the overhead part")
     parser.add_argument("--rounds", type=int, default=2, help="shapes: timed rounds per contender after a warm-up")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -270,7 +273,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     from rewards.io import atomic_write_text
 
-    path = atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(result, indent=2))
+    # a partial or reshaped run gets its own file instead of overwriting the full run's
+    stem = args.name + (f"-{args.only}" if args.name == "shapes" and args.only else "")
+    stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
+    path = atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
     record_row(args, result["results"])
     print(json.dumps(result["results"], indent=2))
     print(f"written: {path} and a row in {RESULTS_MD}")
@@ -303,6 +309,8 @@ def record_row(args: argparse.Namespace, results: dict) -> None:
     if args.name == "shapes":
         command = f"python -m benchmarks shapes --device {args.device} --rounds {args.rounds}"
         command += f" --only {args.only}" if args.only else ""
+        command += f" --batch {args.batch}" if args.batch != "1,8" else ""
+        command += " --default-malloc" if args.default_malloc else ""
     row = f"| {time.strftime('%Y-%m-%d')} | `{command}` | {', '.join(_flatten(results))} |\n"
     atomic_write_text(RESULTS_MD, text.rstrip("\n") + "\n" + row)
 

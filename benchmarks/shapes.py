@@ -15,6 +15,7 @@ token over ``NEW_TOKENS`` greedy tokens (EOS suppressed by ``min_new_tokens``).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
@@ -266,7 +267,58 @@ def overhead(s: Shapes, batch: int, rounds: int) -> dict[str, float]:
     dlf_peak = peak_memory(lambda: contenders["dlf2"](16), s.device)
     out["dlf2_extra_peak_mb"] = (dlf_peak - eft_peak) / 2**20
     out["dlf2_extra_peak_over_eft2_total"] = (dlf_peak - eft_peak) / (resident + eft_peak)
+    out |= fusion_parts(batch, {name: value / NEW_TOKENS for name, value in t.items()}, s.device)
     return {k: round(v, 3) for k, v in out.items()}
+
+
+def fusion_parts(batch: int, step_s: dict[str, float], device: str, repeats: int = 15) -> dict[str, float]:
+    """The decoders' per-step math alone, timed on ``[batch, V]`` log-probs, and the ratios it implies.
+
+    DLF and EFT run the same forwards and differ only in the fusion math, so
+    ``dlf_over_eft ≈ 1 + (t_dlf_select - t_eft_logprobs) / t_eft_step``; GeDi adds its posterior and
+    filter to the large and guide forwards. Each piece is timed best-of-``repeats``, interleaved, a
+    few milliseconds apiece: on a shared machine whose memory bandwidth drifts over minutes this is
+    steadier than a race of whole decodes. GeDi's filter depends on the distribution: near-uniform
+    rows (random weights) need the radix-select fallback, peaked ones decide among the top 256.
+    """
+    from decoding import dlf_select, eft_logprobs, gedi_filter, gedi_posterior
+    from decoding.dlf import DEFAULT_GRID
+
+    gen = torch.Generator(device).manual_seed(0)
+
+    def lp(scale: float) -> torch.Tensor:
+        return torch.log_softmax(scale * torch.randn(batch, TOKENIZER_SIZE, generator=gen, device=device), -1)
+
+    large, small, tuned, tuned2 = lp(3.0), lp(3.0), lp(3.0), lp(3.0)
+    grid = torch.tensor(DEFAULT_GRID)
+    sums, length = torch.full((2, batch), -40.0, device=device), torch.full((batch,), 12.0, device=device)
+
+    def gedi(scale: float) -> Callable[[], Any]:
+        logits, lp_d, lp_a = (scale * torch.randn(batch, TOKENIZER_SIZE, generator=gen, device=device) for _ in range(3))
+        lp_d, lp_a = lp_d.log_softmax(-1), lp_a.log_softmax(-1)
+
+        def run():
+            post = gedi_posterior(lp_d, lp_a, sums[0], sums[1], length)
+            return gedi_filter(torch.log_softmax(logits, -1) + 30.0 * post, post, 0.8, 0.8)
+
+        return run
+
+    pieces = {
+        "eft": lambda: eft_logprobs(large, [tuned], small, [1.0]),
+        "eft2": lambda: eft_logprobs(large, [tuned, tuned2], small, [1.0, 1.0]),
+        "dlf": lambda: dlf_select(large, small, [tuned], grid),
+        "dlf2": lambda: dlf_select(large, small, [tuned, tuned2], grid),
+        "gedi_flat": gedi(0.02),  # random-init logits are about this flat
+        "gedi_peaked": gedi(3.0),
+    }
+    t = race(pieces, repeats, device)
+    guided = step_s["large"] + step_s["small-ref-guide"]
+    out = {f"ms.{name}": 1000 * value for name, value in t.items()}
+    out["dlf_over_eft_parts"] = 1 + (t["dlf"] - t["eft"]) / step_s["eft"]
+    out["dlf2_over_eft2_parts"] = 1 + (t["dlf2"] - t["eft2"]) / step_s["eft2"]
+    out["gedi_over_sum_parts_flat"] = 1 + t["gedi_flat"] / guided
+    out["gedi_over_sum_parts_peaked"] = 1 + t["gedi_peaked"] / guided
+    return out
 
 
 def ead_forced(s: Shapes, batch: int, rounds: int, fractions=(0.25, 0.5, 0.75), period: int = 16) -> dict[str, float]:
@@ -427,6 +479,25 @@ def speculative_testbed_check(rounds: int, k: int = 3, n_prompts: int = 16, new_
     }
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB instead of returning them to the OS.
+
+    A ``[8, 152k]`` fp32 tensor is 4.8 MB, above glibc's mmap threshold, so by default every such
+    temporary is a fresh ``mmap`` whose pages fault in one by one: GeDi's posterior (five
+    temporaries) took 10.9 ms per step at batch 8 against 2.9 ms with freed blocks reused. The
+    PyTorch CPU tuning guide's remedy is a caching allocator (jemalloc, tcmalloc, via ``LD_PRELOAD``);
+    this is the same for glibc, the equivalent of ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=1073741824``. CUDA's caching allocator does this on GPUs. False where
+    it cannot be set (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 PARTS = ("overhead", "ead", "speculative", "check", "vllm")
 
 
@@ -442,6 +513,8 @@ def shapes(args) -> dict[str, Any]:
     dtype = torch.bfloat16  # on CPU too: AMX/AVX512-bf16 halve the bytes a bandwidth-bound decode reads
     started = time.perf_counter()
     out: dict[str, Any] = {"weights": "random init: timings and memory only", "dtype": str(dtype), "device": device}
+    if not device.startswith("cuda") and not args.default_malloc:
+        out["malloc"] = "freed blocks <= 32 MiB kept" if keep_freed_memory() else "default (mallopt unavailable)"
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name()
     if {"overhead", "ead", "speculative"} & set(parts):
@@ -451,7 +524,7 @@ def shapes(args) -> dict[str, Any]:
             key = f"threads{threads}"
             out[key] = {}
             if "overhead" in parts:
-                for batch in (1, 8):
+                for batch in (int(b) for b in args.batch.split(",")):
                     out[key][f"b{batch}"] = overhead(s, batch, args.rounds)
                     print(f"{key} b{batch}: {out[key][f'b{batch}']} ({time.perf_counter() - started:.0f} s)", flush=True)
             if "ead" in parts:

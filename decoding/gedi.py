@@ -34,11 +34,18 @@ def gedi_posterior(
     scale: float = 1.0,
     biases: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
-    """``log P(d | v)`` ``[B, V]`` from each class's next-token log-probs and running sums ``L_c`` ``[B]``."""
-    ell_d = scale * (sum_desired[:, None] + lp_desired) / length[:, None] + biases[0]
-    ell_a = scale * (sum_anti[:, None] + lp_anti) / length[:, None] + biases[1]
-    return ell_d - torch.logaddexp(ell_d, ell_a)
+    """``log P(d | v)`` ``[B, V]`` from each class's next-token log-probs and running sums ``L_c`` ``[B]``.
 
+    ``ℓ_d - logsumexp(ℓ_d, ℓ_ā) = log σ(ℓ_d - ℓ_ā)``, and ``ℓ_d - ℓ_ā`` is one multiply-add per token
+    of ``lp_desired - lp_anti``: three passes over ``[B, V]`` instead of two ``ℓ`` and a ``logaddexp``.
+    """
+    per_token = (scale / length)[:, None]
+    per_row = scale * (sum_desired - sum_anti)[:, None] / length[:, None] + (biases[0] - biases[1])
+    x = torch.addcmul(per_row, lp_desired - lp_anti, per_token)
+    # log σ(x) as log(sigmoid), branch-free (a data-dependent torch.where is slow on CPU): a third
+    # of logsigmoid's time there. σ(x) stays a normal float down to x = -80; below it
+    # log σ(x) = x to within e^-80, so log σ(max(x, -80)) + min(x + 80, 0) is exact to fp32 rounding.
+    return torch.sigmoid(x.clamp(min=-80.0)).log_().add_((x + 80.0).clamp_(max=0.0))
 
 def _descending_keys(values: torch.Tensor) -> torch.Tensor:
     """int32 keys that sort ascending as ``values`` (fp32) sort descending (IEEE bits made
@@ -100,9 +107,13 @@ def gedi_filter(
         keys = _descending_keys(log_posterior)
         boundary, before = _mass_boundary(keys, probs, rho)
         ties = keys == boundary[:, None]
-        tie_before = before[:, None] + (probs * ties).cumsum(-1) - probs  # ties in id order
-        v_m = torch.where(decided, v_m, (keys < boundary[:, None]) | (ties & (tie_before < rho)))
-    v_p = log_posterior.exp() >= target_p
+        if probs.device.type == "cpu" and bool((ties.sum(-1) == 1).all()):  # boundary unique: it is kept
+            radix = keys <= boundary[:, None]
+        else:
+            tie_before = before[:, None] + (probs * ties).cumsum(-1) - probs  # ties in id order
+            radix = (keys < boundary[:, None]) | (ties & (tie_before < rho))
+        v_m = torch.where(decided, v_m, radix)
+    v_p = log_posterior >= (math.log(target_p) if target_p > 0 else -math.inf)  # P(d|v) >= τ
     return score.masked_fill(~(v_m | v_p), float("-inf"))
 
 

@@ -118,7 +118,11 @@ def dense_dlf_select(large, small, experts, grid):
     return fused[best // g, best % g, torch.arange(batch)], best // g, grid[best % g]
 
 
-@pytest.mark.parametrize("grid", [GRID, [1.7, 0.0, 0.3, 2.0, 0.5]], ids=["uniform", "unsorted"])
+@pytest.mark.parametrize(
+    "grid",
+    [GRID, [1.7, 0.0, 0.3, 2.0, 0.5], [-0.5, 0.0, 0.5, 1.0], [0.0, 1 / 3, 1.0, 2**0.5]],
+    ids=["uniform", "unsorted-lattice", "negative", "off-lattice"],
+)
 def test_streaming_search_equals_dense_search_at_a_large_vocabulary(grid):
     gen = torch.Generator().manual_seed(0)
     batch, vocab = 4, 50_000
@@ -135,3 +139,12 @@ def test_streaming_search_equals_dense_search_at_a_large_vocabulary(grid):
     if grid == GRID:  # rows choose differently: not a degenerate case
         assert len(set(zip(expert.tolist(), alpha.tolist()))) > 1
     torch.testing.assert_close(fused, want_fused, atol=1e-5, rtol=1e-5)
+
+
+def test_lattice_detection_routes_grids_to_both_moment_paths():
+    from decoding.dlf import _lattice
+
+    step, ks = _lattice([0.0, 0.3, 0.5, 1.7, 2.0])  # the "unsorted-lattice" grid above, sorted
+    assert step == pytest.approx(0.1) and ks == [0, 3, 5, 17, 20]
+    assert _lattice([0.0, 1 / 3, 1.0, 2**0.5]) is None  # "off-lattice": one exp per candidate
+    assert _lattice([0.0, 100.0, 100.5]) is None  # 201 steps: more powers than the exp path costs
