@@ -1,8 +1,9 @@
 """Benchmark entry point: ``python -m benchmarks NAME [--profile full|tiny]``.
 
 Every benchmark reports ratios measured in one run (same process, same load), never absolute
-timings compared across runs. Results go to ``benchmarks/results/NAME.json``; copy the printed
-row into ``benchmarks/RESULTS.md`` with the command.
+timings compared across runs. Results go to ``benchmarks/results/NAME.json`` (``NAME-PART.json``
+for ``shapes --only PART``, ``training-small-real.json`` for that shape); a row with the command is
+appended to the history table of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
