@@ -53,7 +53,7 @@ def dlf_select(
     Args:
         large: ``log P`` ``[B, V]``; small: ``log Q``; experts: ``log Q_t`` each ``[B, V]``.
         grid: candidate α values ``[G]``; ties go to the first (expert-major, grid order).
-        block: vocabulary ids per pass of the moment sums (default: about 64k row-ids on CPU, so a
+        block: vocabulary ids per pass of the moment sums (default: about 128k row-ids on CPU, so a
             block stays in cache; 1M on GPU). Only speed depends on it.
     """
     q_t = torch.stack(list(experts))  # [n, B, V]
@@ -106,13 +106,6 @@ def _lattice(offsets: Sequence[float], max_power: int = 64) -> tuple[float, list
     return None
 
 
-def _powers(base: torch.Tensor, count: int, out: torch.Tensor, first: torch.Tensor | float = 1.0) -> None:
-    """``out[:, j] = first * base**j`` for ``j < count``, by repeated multiplication (no ``pow``)."""
-    out[:, 0] = first
-    for j in range(1, count):
-        torch.mul(out[:, j - 1], base, out=out[:, j])
-
-
 def _tilted_moments(
     w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, offsets: Sequence[float], block: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,20 +128,28 @@ def _tilted_moments(
         n_low = math.ceil(math.sqrt(2 * (ks[-1] + 1)))
         n_high = -(-(ks[-1] + 1) // n_low)
     if block is None:  # on CPU a block's buffers (rows x (n_low + 2 n_high) floats per id) stay in cache
-        block = min(16384, max(2048, 65536 // rows)) if s.device.type == "cpu" else max(2048, (1 << 20) // rows)
+        block = min(16384, max(2048, 131072 // rows)) if s.device.type == "cpu" else max(2048, (1 << 20) // rows)
     acc = s.new_zeros(rows, 2 * n_high, n_low)
+    # one set of buffers for every block (the last one uses a prefix); low[:, 0] = r^0 = 1 once
+    high_buf, low_buf = s.new_empty(rows, 2 * n_high, block), s.new_empty(rows, n_low, block)
+    spare = s.new_empty(rows, block)
+    if lattice is not None:
+        low_buf[:, 0] = 1.0
+        scaled_top = -step * top
     for start in range(0, vocab, block):
         wb, sb = w[:, start : start + block], s[:, start : start + block]
-        centred = sb - top
-        high = s.new_empty(rows, 2 * n_high, wb.shape[1])
+        width = wb.shape[1]
+        high, low = high_buf[:, :, :width], low_buf[:, :, :width]
+        high[:, 0] = wb
         if lattice is None:
-            low = torch.exp(offset_t * centred[:, None, :])
-            high[:, 0] = wb
+            torch.exp(offset_t * torch.sub(sb, top, out=spare[:, :width])[:, None, :], out=low)
         else:
-            low = s.new_empty(rows, n_low, wb.shape[1])
-            r = torch.exp(centred.mul_(step))
-            _powers(r, n_low, low)
-            _powers(low[:, -1] * r, n_high, high, first=wb)  # w r^{m a}
+            r = torch.exp(torch.add(scaled_top, sb, alpha=step), out=low[:, 1])  # e^{step(s - top)}
+            for j in range(2, n_low):
+                torch.mul(low[:, j - 1], r, out=low[:, j])
+            r_m = torch.mul(low[:, -1], r, out=spare[:, :width])
+            for a in range(1, n_high):  # w r^{m a}
+                torch.mul(high[:, a - 1], r_m, out=high[:, a])
         torch.mul(high[:, :n_high], sb[:, None], out=high[:, n_high:])
         acc.baddbmm_(high, low.transpose(1, 2))
     moments = acc.view(rows, 2, n_high * n_low)[:, :, ks]

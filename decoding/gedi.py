@@ -54,26 +54,56 @@ def _descending_keys(values: torch.Tensor) -> torch.Tensor:
     return ~(bits ^ ((bits >> 31) & 0x7FFFFFFF))
 
 
+def _syncs_are_free(device: torch.device) -> bool:
+    """Whether reading a value back to Python costs nothing (CPU): then the filter branches on the
+    data; on accelerators it runs fixed shapes so no step waits on a device-to-host copy."""
+    return device.type == "cpu"
+
+
+def _crossing(hist: torch.Tensor, before: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the first bin at which ``before`` plus the cumulative mass reaches ``rho`` (the last
+    bin if none does), and the mass before that bin added to ``before``."""
+    cumulative = hist.cumsum(-1)
+    reached = (before[:, None] + cumulative) >= rho
+    last = torch.full_like(before, hist.shape[-1] - 1, dtype=torch.long)
+    bin_ = torch.where(reached.any(-1), reached.int().argmax(-1), last)
+    return bin_, before + (cumulative - hist).gather(-1, bin_[:, None])[:, 0]
+
+
 def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Radix select, 16 bits at a time: per row the key ``k*`` of the token at which the mass of the
-    tokens in key order first reaches ``rho``, and the mass of the keys before ``k*``. Two weighted
-    histograms instead of a sort of the vocabulary."""
-    batch = keys.shape[0]
-    offsets = torch.arange(batch, device=keys.device, dtype=torch.int32)[:, None] * 65536
-    high = (keys >> 16) + 32768  # 0..65535, in key order
-    before = torch.zeros(batch, dtype=probs.dtype, device=probs.device)
-    bins = []
-    for digit, weights in ((high, probs), (keys & 0xFFFF, None)):
-        if weights is None:  # the second level counts only the tokens inside the first level's bin
-            weights = probs * (high == bins[0][:, None])
-        hist = torch.bincount((offsets + digit).flatten(), weights.flatten(), minlength=batch * 65536).view(batch, 65536)
-        cumulative = hist.cumsum(-1)
-        reached = (before[:, None] + cumulative) >= rho
-        bin_ = torch.where(reached.any(-1), reached.int().argmax(-1), torch.full_like(before, 65535, dtype=torch.long))
-        before = before + (cumulative - hist).gather(-1, bin_[:, None])[:, 0]
-        bins.append(bin_.int())
-    boundary = ((bins[0] - 32768) << 16) | bins[1]
-    return boundary, before
+    """Radix select: per row the key ``k*`` of the token at which the mass of the tokens in key order
+    first reaches ``rho``, and the mass of the keys before ``k*``.
+
+    Weighted histograms of 2^16 bins over each row's own key range instead of a sort of the
+    vocabulary: the first over the range's top 16 bits, a second over the rest only where a range
+    is wider than 2^16 keys. A near-uniform posterior (every value within a few ulps of the others)
+    needs one.
+    """
+    batch, bins = keys.shape[0], 1 << 16
+    low = keys.amin(-1, keepdim=True).long()
+    relative = keys.long() - low  # 0 .. 2^32 - 1
+    span = keys.amax(-1).long() - low[:, 0]
+    shift = (torch.frexp(span.double())[1] - 16).clamp(min=0)[:, None]  # bits left for a second level
+    offsets = torch.arange(batch, device=keys.device)[:, None] * bins
+    digit = relative >> shift
+    hist = torch.bincount((offsets + digit).flatten(), probs.flatten(), minlength=batch * bins).view(batch, bins)
+    first, before = _crossing(hist, probs.new_zeros(batch), rho)
+    boundary = first[:, None] << shift
+    inside = digit == first[:, None]  # the second level counts only the tokens inside that bin
+    if _syncs_are_free(probs.device):  # gather them: often a few dozen
+        need = int(shift.max())
+        if need:
+            row, col = inside.nonzero(as_tuple=True)
+            rest = relative[row, col] & ((1 << shift[row, 0]) - 1)
+            hist = torch.bincount(row * (1 << need) + rest, probs[row, col], minlength=batch << need)
+            second, before = _crossing(hist.view(batch, 1 << need), before, rho)
+            boundary = boundary | second[:, None]
+    else:  # fixed shapes, no sync: every token, weighted by whether it is inside (shift 0: a no-op)
+        rest = relative & ((1 << shift) - 1)
+        hist = torch.bincount((offsets + rest).flatten(), (probs * inside).flatten(), minlength=batch * bins)
+        second, before = _crossing(hist.view(batch, bins), before, rho)
+        boundary = boundary | second[:, None]
+    return (boundary[:, 0] + low[:, 0]).int(), before
 
 
 def gedi_filter(
@@ -90,29 +120,33 @@ def gedi_filter(
     probs = torch.softmax(score, dim=-1)
     rho = 1.0 - filter_p
     k = min(candidates, score.shape[-1])
-    top_values, top_ids = log_posterior.topk(k, dim=-1)  # unordered ties: restore (value desc, id asc)
-    ids, by_id = top_ids.sort(dim=-1)
-    values = top_values.gather(-1, by_id)
-    values, by_value = values.sort(dim=-1, descending=True, stable=True)
-    order = ids.gather(-1, by_value)
-    mass = probs.gather(-1, order)
-    keep_sorted = (mass.cumsum(-1) - mass) < rho  # fewest tokens reaching ρ
-    n_keep = keep_sorted.sum(-1, keepdim=True)
-    last_kept = values.gather(-1, (n_keep - 1).clamp(min=0))
-    decided = ~keep_sorted[:, -1:] & (last_kept > values[:, -1:])  # ρ reached inside, no tie crossing k
-    v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
+    on_cpu = _syncs_are_free(probs.device)
+    if on_cpu and bool((probs.amax(-1) * k < rho).all()):  # k tokens cannot hold ρ: flat rows
+        v_m, decided = None, torch.zeros(probs.shape[0], 1, dtype=torch.bool)
+    else:
+        top_values, top_ids = log_posterior.topk(k, dim=-1)  # unordered ties: restore (value desc, id asc)
+        ids, by_id = top_ids.sort(dim=-1)
+        values = top_values.gather(-1, by_id)
+        values, by_value = values.sort(dim=-1, descending=True, stable=True)
+        order = ids.gather(-1, by_value)
+        mass = probs.gather(-1, order)
+        keep_sorted = (mass.cumsum(-1) - mass) < rho  # fewest tokens reaching ρ
+        n_keep = keep_sorted.sum(-1, keepdim=True)
+        last_kept = values.gather(-1, (n_keep - 1).clamp(min=0))
+        decided = ~keep_sorted[:, -1:] & (last_kept > values[:, -1:])  # ρ reached inside, no tie crossing k
+        v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
     # every row through the radix select (no row gathers), decided rows keep theirs; on a GPU
     # always, so no step waits on a device-to-host sync to ask whether it is needed
-    if probs.device.type != "cpu" or not bool(decided.all()):
+    if not on_cpu or not bool(decided.all()):
         keys = _descending_keys(log_posterior)
         boundary, before = _mass_boundary(keys, probs, rho)
         ties = keys == boundary[:, None]
-        if probs.device.type == "cpu" and bool((ties.sum(-1) == 1).all()):  # boundary unique: it is kept
+        if on_cpu and bool((ties.sum(-1) == 1).all()):  # boundary unique: it is kept
             radix = keys <= boundary[:, None]
         else:
             tie_before = before[:, None] + (probs * ties).cumsum(-1) - probs  # ties in id order
             radix = (keys < boundary[:, None]) | (ties & (tie_before < rho))
-        v_m = torch.where(decided, v_m, radix)
+        v_m = radix if v_m is None else torch.where(decided, v_m, radix)
     v_p = log_posterior >= (math.log(target_p) if target_p > 0 else -math.inf)  # P(d|v) >= τ
     return score.masked_fill(~(v_m | v_p), float("-inf"))
 

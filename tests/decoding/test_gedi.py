@@ -9,6 +9,7 @@ from align.testbed.arithmetic import Problem
 from align.models import load_tokenizer
 from decoding.generate import eos_token_ids
 from decoding import GeDiLogitsProcessor, gedi_filter, gedi_posterior
+from decoding import gedi as gedi_module
 from naive import assert_same_decoding, full_logprobs, naive_greedy, processor_greedy
 
 
@@ -171,8 +172,11 @@ def _full_sort_filter(score, log_post, filter_p, target_p):
     return score.masked_fill(~(v_m | (log_post.exp() >= target_p)), float("-inf"))
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-branches", "accelerator-branches"])
 @pytest.mark.parametrize("filter_p", [0.8, 0.5, 0.2])  # rho = 1 would compare float rounding of a 20k-long cumsum
-def test_candidate_filter_equals_full_sort(filter_p):
+def test_candidate_filter_equals_full_sort(filter_p, sync_free, monkeypatch):
+    if sync_free:  # the fixed-shape code a GPU runs, checked here on the CPU
+        monkeypatch.setattr(gedi_module, "_syncs_are_free", lambda device: False)
     gen = torch.Generator().manual_seed(0)
     vocab = 20_000
     log_post = torch.nn.functional.logsigmoid(3 * torch.randn(6, vocab, generator=gen))
@@ -182,3 +186,10 @@ def test_candidate_filter_equals_full_sort(filter_p):
     for candidates in (1, 4, 256, vocab):  # 1: every row goes through the radix select
         got = gedi_filter(score, log_post, filter_p, 0.9, candidates=candidates)
         assert torch.equal(torch.isfinite(got), torch.isfinite(_full_sort_filter(score, log_post, filter_p, 0.9)))
+    # every row flat, as with random weights: no row can decide among its top 256 (skipped on CPU),
+    # and the posterior spans a few thousand keys, so one histogram level finds the boundary
+    log_post = torch.nn.functional.logsigmoid(1e-4 * torch.randn(4, vocab, generator=gen))
+    score = 0.01 * torch.randn(4, vocab, generator=gen) + 30 * log_post
+    got = gedi_filter(score, log_post, filter_p, 0.9)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(_full_sort_filter(score, log_post, filter_p, 0.9)))
+    assert 0.5 * (1 - filter_p) * vocab < int(torch.isfinite(got[0]).sum()) < vocab
