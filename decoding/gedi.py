@@ -64,43 +64,45 @@ def _crossing(hist: torch.Tensor, before: torch.Tensor, rho: float) -> tuple[tor
     """Per row, the first bin at which ``before`` plus the cumulative mass reaches ``rho`` (the last
     bin if none does), and the mass before that bin added to ``before``."""
     cumulative = hist.cumsum(-1)
-    reached = (before[:, None] + cumulative) >= rho
-    last = torch.full_like(before, hist.shape[-1] - 1, dtype=torch.long)
-    bin_ = torch.where(reached.any(-1), reached.int().argmax(-1), last)
-    return bin_, before + (cumulative - hist).gather(-1, bin_[:, None])[:, 0]
+    totals = cumulative + before[:, None]  # non-decreasing: the first total >= rho by bisection
+    rho_t = torch.full_like(before[:, None], rho)
+    bin_ = torch.searchsorted(totals, rho_t).clamp_(max=hist.shape[-1] - 1)
+    return bin_[:, 0], before + (cumulative.gather(-1, bin_) - hist.gather(-1, bin_))[:, 0]
 
 
 def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Radix select: per row the key ``k*`` of the token at which the mass of the tokens in key order
     first reaches ``rho``, and the mass of the keys before ``k*``.
 
-    Weighted histograms of 2^16 bins over each row's own key range instead of a sort of the
-    vocabulary: the first over the range's top 16 bits, a second over the rest only where a range
-    is wider than 2^16 keys. A near-uniform posterior (every value within a few ulps of the others)
-    needs one.
+    Weighted histograms of 2^16 bins over each row's key range instead of a sort of the vocabulary:
+    the first over the ranges' top 16 bits, a second over the rest only where the widest range
+    spans more than 2^16 keys (a near-uniform posterior, all values within a few thousand ulps,
+    needs one level).
     """
     batch, bins = keys.shape[0], 1 << 16
     low = keys.amin(-1, keepdim=True).long()
-    relative = keys.long() - low  # 0 .. 2^32 - 1
-    span = keys.amax(-1).long() - low[:, 0]
-    shift = (torch.frexp(span.double())[1] - 16).clamp(min=0)[:, None]  # bits left for a second level
-    offsets = torch.arange(batch, device=keys.device)[:, None] * bins
-    digit = relative >> shift
-    hist = torch.bincount((offsets + digit).flatten(), probs.flatten(), minlength=batch * bins).view(batch, bins)
+    span = (keys.amax(-1, keepdim=True).long() - low).amax()  # the widest row's, up to 2^32 - 1
+    shift = (torch.frexp(span.double())[1] - 16).clamp(min=0)  # bits left for a second level
+    sync_free = _syncs_are_free(probs.device)
+    if sync_free:
+        shift = int(shift)  # a scalar shift is a vectorised one on CPU
+    rows = torch.arange(batch, device=keys.device)[:, None]
+    # (key - low) >> shift, plus the row's offset into one flat histogram, in one subtraction
+    digit = (keys - (low - (rows << 16 << shift))) >> shift
+    hist = torch.bincount(digit.flatten(), probs.flatten(), minlength=batch * bins).view(batch, bins)
     first, before = _crossing(hist, probs.new_zeros(batch), rho)
     boundary = first[:, None] << shift
-    inside = digit == first[:, None]  # the second level counts only the tokens inside that bin
-    if _syncs_are_free(probs.device):  # gather them: often a few dozen
-        need = int(shift.max())
-        if need:
+    inside = digit == first[:, None] + rows * bins  # the second level counts only that bin's tokens
+    if sync_free:  # gather them: often a few dozen
+        if shift:
             row, col = inside.nonzero(as_tuple=True)
-            rest = relative[row, col] & ((1 << shift[row, 0]) - 1)
-            hist = torch.bincount(row * (1 << need) + rest, probs[row, col], minlength=batch << need)
-            second, before = _crossing(hist.view(batch, 1 << need), before, rho)
+            rest = (keys[row, col] - low[row, 0]) & ((1 << shift) - 1)
+            hist = torch.bincount(row * (1 << shift) + rest, probs[row, col], minlength=batch << shift)
+            second, before = _crossing(hist.view(batch, 1 << shift), before, rho)
             boundary = boundary | second[:, None]
     else:  # fixed shapes, no sync: every token, weighted by whether it is inside (shift 0: a no-op)
-        rest = relative & ((1 << shift) - 1)
-        hist = torch.bincount((offsets + rest).flatten(), (probs * inside).flatten(), minlength=batch * bins)
+        rest = ((keys - low) & ((1 << shift) - 1)) + rows * bins
+        hist = torch.bincount(rest.flatten(), (probs * inside).flatten(), minlength=batch * bins)
         second, before = _crossing(hist.view(batch, bins), before, rho)
         boundary = boundary | second[:, None]
     return (boundary[:, 0] + low[:, 0]).int(), before
