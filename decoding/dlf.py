@@ -56,12 +56,14 @@ def dlf_select(
         block: vocabulary ids per pass of the moment sums (default: about 128k row-ids on CPU, so a
             block stays in cache; 1M on GPU). Only speed depends on it.
     """
-    q_t = torch.stack(list(experts))  # [n, B, V]
-    n, batch, vocab = q_t.shape
-    rows, device, dot = n * batch, large.device, torch.linalg.vecdot
-    # s; a -inf log-prob (a masked token) becomes a large finite shift, so 0 x s stays 0
-    shift = torch.nan_to_num_(q_t - small, nan=0.0, posinf=1e4, neginf=-1e4)
-    target_fwd = dot(q_t.exp(), shift)  # KL(Q_t‖Q)  [n, B]
+    experts = list(experts)
+    (batch, vocab), n = small.shape, len(experts)
+    device, dot = large.device, torch.linalg.vecdot
+    shift = small.new_empty(n, batch, vocab)  # s = log Q_t - log Q  [n, B, V]
+    for q, s in zip(experts, shift):
+        torch.sub(q, small, out=s)
+    torch.nan_to_num_(shift, nan=0.0, posinf=1e4, neginf=-1e4)  # a masked token's ±inf: 0 x s stays 0
+    target_fwd = torch.stack([dot(q.exp(), s) for q, s in zip(experts, shift)])  # KL(Q_t‖Q)  [n, B]
     target_rev = -dot(small.exp(), shift)  # KL(Q‖Q_t)
     p = large.exp()
     mean_p = dot(p, shift)  # E_P[s]
@@ -77,7 +79,7 @@ def dlf_select(
         tilted = torch.softmax(z, -1)
     top = shift.amax(-1)  # max s per row: every factor exp(o(s - max s)) <= 1, nothing overflows
     offsets = [alphas[i] - first for i in order]
-    sums, dots = _tilted_moments(tilted.reshape(rows, vocab), shift.view(rows, vocab), top.view(rows, 1), offsets, block)
+    sums, dots = _tilted_moments(tilted, shift, top[..., None], offsets, block)
     alpha_sorted = torch.tensor([alphas[i] for i in order], device=device)[:, None, None]  # [G, 1, 1]
     sums, dots = sums.T.reshape(g, n, batch), dots.T.reshape(g, n, batch)
     log_z = log_z0 + (alpha_sorted - first) * top + torch.log(sums / sums[:1])
@@ -89,7 +91,7 @@ def dlf_select(
     best = objective.permute(2, 1, 0).reshape(batch, n * g).argmin(-1)  # first minimum: expert-major, grid order
     expert, alpha_index = best // g, best % g
     alpha = grid.to(device)[alpha_index]
-    fused = torch.log_softmax(large + alpha[:, None] * shift[expert, torch.arange(batch, device=device)], dim=-1)
+    fused = torch.log_softmax(torch.addcmul(large, shift[expert, torch.arange(batch, device=device)], alpha[:, None]), -1)
     return fused, expert, alpha
 
 
@@ -111,13 +113,18 @@ def _tilted_moments(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``Σ_v w e^{o(s - top)}`` and ``Σ_v w s e^{o(s - top)}`` for every offset ``o >= 0``: ``[rows, G]`` each.
 
+    ``s`` is ``[n, B, V]`` (rows = n·B), ``top`` ``[n, B, 1]``, ``w`` the same shape as ``s`` or an
+    expanded view of one ``[B, V]`` (it is copied block by block anyway).
+
     Both are contractions ``high @ lowᵀ`` over the vocabulary, done as one batched matmul per block.
     On a lattice ``o = k·step`` with ``r = e^{step(s - top)}`` and ``k = m·a + j``, ``r^k = r^{ma} r^j``:
     ``high`` holds ``w r^{ma}`` and ``w s r^{ma}``, ``low`` holds ``r^j``, so K + 1 candidates cost about
     ``2√(2(K+1))`` multiplies per token instead of K + 1 tilts (the rest is matmul). Any other grid
     takes one ``exp`` per candidate (``low = e^{o(s - top)}``, ``high = [w, w s]``).
     """
-    rows, vocab = s.shape
+    n, batch, vocab = s.shape
+    rows = n * batch
+    s, top = s.view(rows, vocab), top.reshape(rows, 1)
     lattice = _lattice(offsets)
     if lattice is None:
         ks, n_low, n_high = list(range(len(offsets))), len(offsets), 1
@@ -137,10 +144,10 @@ def _tilted_moments(
         low_buf[:, 0] = 1.0
         scaled_top = -step * top
     for start in range(0, vocab, block):
-        wb, sb = w[:, start : start + block], s[:, start : start + block]
-        width = wb.shape[1]
+        sb = s[:, start : start + block]
+        width = sb.shape[1]
         high, low = high_buf[:, :, :width], low_buf[:, :, :width]
-        high[:, 0] = wb
+        high[:, 0].view(n, batch, width).copy_(w[..., start : start + width])
         if lattice is None:
             torch.exp(offset_t * torch.sub(sb, top, out=spare[:, :width])[:, None, :], out=low)
         else:
