@@ -23,9 +23,9 @@ and every candidate needs two sums over the vocabulary, ``Σ P̃_α₀ e^{(α-α
 same weighted by ``s`` (``α₀`` the smallest α). On the default grid ``α - α₀ = 0.1 k``, and with
 ``r = e^{0.1(s - max s)}`` and ``k = 7a + j``, ``r^k = r^{7a} r^j``: all 21 pairs of sums are one small
 matmul per vocabulary block between ``[w r^{7a}, w s r^{7a}]`` (a < 3) and ``r^j`` (j < 7), thirteen
-multiplies per token and one ``exp`` instead of 21 tilts and 42 reductions. Blocks are small enough to stay in cache on CPU; memory
-stays a few ``[n_experts, B, V]`` buffers whatever the grid, which at a 152k vocabulary is what keeps
-DLF's per-step cost near EFT's.
+multiplies per token and one ``exp`` instead of 21 tilts and 42 reductions. Blocks are small enough
+to stay in cache on CPU; memory stays a few ``[n_experts, B, V]`` buffers whatever the grid, which
+at a 152k vocabulary is what keeps DLF's per-step cost near EFT's.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def dlf_select(
     best = objective.permute(2, 1, 0).reshape(batch, n * g).argmin(-1)  # first minimum: expert-major, grid order
     expert, alpha_index = best // g, best % g
     alpha = grid.to(device)[alpha_index]
-    fused = torch.log_softmax(torch.addcmul(large, shift[expert, torch.arange(batch, device=device)], alpha[:, None]), -1)
+    chosen = shift[expert, torch.arange(batch, device=device)]
+    fused = torch.log_softmax(torch.addcmul(large, chosen, alpha[:, None]), -1)
     return fused, expert, alpha
 
 

@@ -47,6 +47,7 @@ def gedi_posterior(
     # log σ(x) = x to within e^-80, so log σ(max(x, -80)) + min(x + 80, 0) is exact to fp32 rounding.
     return torch.sigmoid(x.clamp(min=-80.0)).log_().add_((x + 80.0).clamp_(max=0.0))
 
+
 def _descending_keys(values: torch.Tensor) -> torch.Tensor:
     """int32 keys that sort ascending as ``values`` (fp32) sort descending (IEEE bits made
     order-preserving as signed integers, then reversed)."""
@@ -92,17 +93,17 @@ def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple
     hist = torch.bincount(digit.flatten(), probs.flatten(), minlength=batch * bins).view(batch, bins)
     first, before = _crossing(hist, probs.new_zeros(batch), rho)
     boundary = first[:, None] << shift
-    inside = digit == first[:, None] + rows * bins  # the second level counts only that bin's tokens
+    flat_bin = first[:, None] + rows * bins  # that bin in the flat histogram; the second level counts its tokens
     if sync_free:  # gather them: often a few dozen
         if shift:
-            row, col = inside.nonzero(as_tuple=True)
+            row, col = (digit == flat_bin).nonzero(as_tuple=True)
             rest = (keys[row, col] - low[row, 0]) & ((1 << shift) - 1)
             hist = torch.bincount(row * (1 << shift) + rest, probs[row, col], minlength=batch << shift)
             second, before = _crossing(hist.view(batch, 1 << shift), before, rho)
             boundary = boundary | second[:, None]
     else:  # fixed shapes, no sync: every token, weighted by whether it is inside (shift 0: a no-op)
         rest = ((keys - low) & ((1 << shift) - 1)) + rows * bins
-        hist = torch.bincount(rest.flatten(), (probs * inside).flatten(), minlength=batch * bins)
+        hist = torch.bincount(rest.flatten(), (probs * (digit == flat_bin)).flatten(), minlength=batch * bins)
         second, before = _crossing(hist.view(batch, bins), before, rho)
         boundary = boundary | second[:, None]
     return (boundary[:, 0] + low[:, 0]).int(), before
@@ -122,8 +123,8 @@ def gedi_filter(
     probs = torch.softmax(score, dim=-1)
     rho = 1.0 - filter_p
     k = min(candidates, score.shape[-1])
-    on_cpu = _syncs_are_free(probs.device)
-    if on_cpu and bool((probs.amax(-1) * k < rho).all()):  # k tokens cannot hold ρ: flat rows
+    sync_free = _syncs_are_free(probs.device)
+    if sync_free and bool((probs.amax(-1) * k < rho).all()):  # k tokens cannot hold ρ: flat rows
         v_m, decided = None, torch.zeros(probs.shape[0], 1, dtype=torch.bool)
     else:
         top_values, top_ids = log_posterior.topk(k, dim=-1)  # unordered ties: restore (value desc, id asc)
@@ -139,11 +140,11 @@ def gedi_filter(
         v_m = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep_sorted)
     # every row through the radix select (no row gathers), decided rows keep theirs; on a GPU
     # always, so no step waits on a device-to-host sync to ask whether it is needed
-    if not on_cpu or not bool(decided.all()):
+    if not sync_free or not bool(decided.all()):
         keys = _descending_keys(log_posterior)
         boundary, before = _mass_boundary(keys, probs, rho)
         ties = keys == boundary[:, None]
-        if on_cpu and bool((ties.sum(-1) == 1).all()):  # boundary unique: it is kept
+        if sync_free and bool((ties.sum(-1) == 1).all()):  # boundary unique: it is kept
             radix = keys <= boundary[:, None]
         else:
             tie_before = before[:, None] + (probs * ties).cumsum(-1) - probs  # ties in id order
