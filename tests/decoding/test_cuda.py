@@ -11,6 +11,7 @@ from decoding import (
     EFTLogitsProcessor,
     RefusalTokenLogitsProcessor,
     entropy_adaptive_generate,
+    gedi_filter,
     speculative_eft_generate,
 )
 from decoding.generate import eos_token_ids, generate_with
@@ -49,6 +50,11 @@ def _run(tb, device):
         AuxiliaryModel(m["small-instruct"], tok, chat(PROMPTS), "small"), AuxiliaryModel(m["large-instruct"], tok, chat(PROMPTS), "large"),
         input_ids, tau=1.0, window=1, min_tokens=0, max_new_tokens=6, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     out["ead"] = ead.sequences.cpu().tolist()
+    gen = torch.Generator().manual_seed(0)  # GeDi's filter: its fixed-shape radix select runs on the GPU
+    log_post = torch.nn.functional.logsigmoid(3 * torch.randn(4, 5000, generator=gen))
+    score = torch.log_softmax(2 * torch.randn(4, 5000, generator=gen), -1) + 30 * log_post
+    score[1] = 0.01 * torch.randn(5000, generator=gen)  # a flat row: the top candidates cannot decide it
+    out["gedi"] = torch.isfinite(gedi_filter(score.to(device), log_post.to(device), 0.8, 0.9)).cpu()
     tok.add_special_tokens({"additional_special_tokens": ["[refuse]", "[respond]"]})
     proc = RefusalTokenLogitsProcessor(tok, threshold=0.3)
     out["refusal"] = proc(torch.zeros(2, 1, dtype=torch.long, device=device), torch.zeros(2, len(tok), device=device)).cpu()
@@ -60,3 +66,4 @@ def test_cuda_equals_cpu(testbed):
     for key in ("eft", "dlf", "spec", "ead"):
         assert cpu[key] == gpu[key], key  # greedy decoding: the same tokens on both devices
     torch.testing.assert_close(cpu["refusal"], gpu["refusal"])
+    assert torch.equal(cpu["gedi"], gpu["gedi"]) and 0 < int(cpu["gedi"][1].sum()) < 5000
