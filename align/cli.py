@@ -11,12 +11,12 @@ from typing import Literal
 
 from .config import ConfigError, parse_config
 
-Profile = Literal["full", "tiny"]
+Profile = Literal["full", "tiny", "tiny-bpe", "smollm2"]
 
 
 @dataclass
 class TestbedArgs:
-    profile: Profile = field(default="full", metadata={"help": "'full' (capable models, ~20 min) or 'tiny' (seconds)"})
+    profile: Profile = field(default="full", metadata={"help": "'full' (capable models, ~20 min), 'tiny' / 'tiny-bpe' (seconds), or 'smollm2' (the real SmolLM2-135M-Instruct, converted from its wheel's GGUF)"})
     seed: int = field(default=0, metadata={"help": "seed of every weight and batch"})
     cache_dir: str | None = field(
         default=None, metadata={"help": "where testbeds live (default: $ALIGNKIT_CACHE or ~/.cache/alignkit)"}
@@ -70,7 +70,7 @@ USAGE = """usage: align <command> [options]
 commands:
   quickstart          build the full testbed (cached), train DPO and a reward ensemble, evaluate base /
                       DPO / EFT / EAD with intervals and write runs/quickstart/report.html
-  testbed build       build the offline testbed (--profile full|tiny)
+  testbed build       build the offline testbed (--profile full|tiny|tiny-bpe|smollm2)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)

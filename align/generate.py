@@ -167,7 +167,6 @@ class ModelStore:
         self.args = args
         self._models: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
-        self._testbed = None
         self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
         # positions each loaded model computed (batch x new positions per forward call, padding
         # included): the cost of multi-model decoding, model by model
@@ -190,11 +189,10 @@ class ModelStore:
 
         override = self.args.prompt_format.get(ref)
         if override is None and ref.startswith("testbed:"):
-            from .testbed import load_testbed
+            from .testbed import testbed_of
 
-            if self._testbed is None:
-                self._testbed = load_testbed(self.args.profile, self.args.seed, self.args.cache_dir)
-            override = "chat" if self._testbed.models[ref.removeprefix("testbed:")]["format"] == "chat" else "plain"
+            name = ref.removeprefix("testbed:")
+            override = "chat" if testbed_of(name, self.args.profile, self.args.seed, self.args.cache_dir).models[name]["format"] == "chat" else "plain"
         return uses_chat(self.tokenizer(ref), override)
 
     def load(self, ref: str) -> tuple[Any, Any]:

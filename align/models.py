@@ -29,9 +29,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def resolve_model(name: str, profile: str = "full", seed: int = 0, cache_dir: str | None = None) -> str:
     """``testbed:NAME`` -> that testbed model's directory; a hub id or a directory is returned as is."""
     if name.startswith("testbed:"):
-        from .testbed import load_testbed
+        from .testbed import testbed_of
 
-        return str(load_testbed(profile, seed, cache_dir).path(name.removeprefix("testbed:")))
+        bare = name.removeprefix("testbed:")
+        return str(testbed_of(bare, profile, seed, cache_dir).path(bare))
     return name
 
 
@@ -39,8 +40,13 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """``AutoTokenizer`` for ``path``; a tokenizer without a pad token pads with its EOS token (TRL's rule)."""
     from transformers import AutoTokenizer
 
+    from .testbed.real import is_gguf
+
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        if is_gguf(path):
+            tok = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(not_found(path, err)) from err
     if tok.pad_token is None:
@@ -77,7 +83,8 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     cls: Any = None,
 ) -> Any:
-    """A model from a hub id or a directory, in ``dtype``, on ``device`` (or spread by ``device_map``).
+    """A model from a hub id, a directory or a ``.gguf`` file (de-quantised), in ``dtype``, on
+    ``device`` (or spread by ``device_map``).
 
     Training passes ``dtype="float32"`` (fp32 master weights: a bf16 hub checkpoint would otherwise
     train in pure bf16); generation defaults to the checkpoint's dtype.
@@ -87,10 +94,17 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from .testbed.real import is_gguf, strip_gguf_quantizer
+
+    if is_gguf(path):
+        kwargs.update(gguf_file=Path(path).name, dtype=torch_dtype("float32" if dtype == "auto" else dtype))
+        path = Path(path).parent
     try:
         model = (cls or AutoModelForCausalLM).from_pretrained(str(path), **kwargs)
     except OSError as err:
         raise ConfigError(not_found(path, err)) from err
+    if "gguf_file" in kwargs:
+        strip_gguf_quantizer(model)
     if device is not None and device_map is None:
         model.to(device)
     return model

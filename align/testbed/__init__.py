@@ -2,7 +2,7 @@
 of tiny Llama models (small/large x base/instruct) built locally and cached."""
 
 from .arithmetic import Problem, eval_problems, gold_reward, parse_answer, sample_problems, split_of
-from .build import PROFILES, Testbed, build_testbed, build_variant, capability_checks, load_testbed, testbed_dir
+from .build import PROFILES, Testbed, build_testbed, build_variant, capability_checks, load_testbed, testbed_dir, testbed_of
 from .tokenizer import build_tokenizer, chat_text
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "sample_problems",
     "split_of",
     "testbed_dir",
+    "testbed_of",
 ]

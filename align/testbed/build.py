@@ -148,6 +148,10 @@ def fingerprint(spec: Profile, precision: str = "bf16") -> str:
 
 
 def testbed_dir(profile: str, seed: int, cache_dir: str | Path | None = None) -> Path:
+    from .real import REAL_PROFILES, real_dir
+
+    if profile in REAL_PROFILES:  # converted, not trained: no seed
+        return real_dir(profile, cache_dir)
     if profile not in PROFILES:
         raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return cache_root(cache_dir) / "testbed" / f"{profile}-seed{seed}-{fingerprint(PROFILES[profile], training_precision())}"
@@ -191,6 +195,14 @@ def load_testbed(profile: str = "full", seed: int = 0, cache_dir: str | Path | N
             f"`align testbed build --profile {profile} --seed {seed}`"
         )
     return Testbed(root, json.loads(manifest.read_text()))
+
+
+def testbed_of(name: str, profile: str = "full", seed: int = 0, cache_dir: str | Path | None = None) -> Testbed:
+    """The built testbed that model ``name`` (without ``testbed:``) belongs to: a real fixture's
+    models (``smollm2-135m-instruct``, ...) live in their own profile, every other name in ``profile``."""
+    from .real import REAL_MODELS
+
+    return load_testbed(REAL_MODELS[name], 0, cache_dir) if name in REAL_MODELS else load_testbed(profile, seed, cache_dir)
 
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, dest: Path) -> None:
@@ -275,8 +287,12 @@ def build_testbed(
         workers: parallel worker processes, one chain each; 1 = in-process. Every chain trains
             with one thread either way, so ``workers`` never changes the weights.
     """
+    from .real import REAL_PROFILES, build_real
+
+    if profile in REAL_PROFILES:
+        return build_real(profile, cache_dir, force)
     if profile not in PROFILES:
-        raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        raise ValueError(f"unknown testbed profile {profile!r}; choose one of {', '.join([*PROFILES, *REAL_PROFILES])}")
     spec = PROFILES[profile]
     root = testbed_dir(profile, seed, cache_dir)
     if force and root.exists():
