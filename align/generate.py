@@ -88,6 +88,11 @@ class GenerateArgs:
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens to generate per prompt"})
+    use_model_defaults: bool = field(
+        default=False,
+        metadata={"help": "apply the checkpoint's generation_config sampling defaults (repetition_penalty, top_k, top_p, "
+                          "min_p) to the final distribution, on either backend; off: decode exactly with these options"},
+    )
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
     backend: Literal["transformers", "vllm"] = field(
         default="transformers", metadata={"help": "vllm: single-model methods (plain, refusal) in a vLLM engine"}
@@ -214,6 +219,33 @@ class ModelStore:
             self._models[ref] = (model, self.tokenizer(ref))
         return self._models[ref]
 
+    def config_model(self, ref: str) -> Any:
+        """An object with ``ref``'s ``generation_config`` (the loaded model, or the config alone)."""
+        if ref in self._models:
+            return self._models[ref][0]
+        from types import SimpleNamespace
+
+        from transformers import GenerationConfig
+
+        from .testbed.real import is_gguf
+
+        path = self.path(ref)
+        try:
+            config = GenerationConfig() if is_gguf(path) else GenerationConfig.from_pretrained(path)
+        except OSError:
+            config = GenerationConfig()  # a checkpoint without generation_config.json
+        return SimpleNamespace(generation_config=config)
+
+    def defaults(self, ref: str) -> dict[str, Any]:
+        """``ref``'s portable sampling defaults (``use_model_defaults``); a :class:`ConfigError` naming
+        the model and setting when it sets one the backends cannot both apply."""
+        from decoding.generate import checkpoint_defaults
+
+        try:
+            return checkpoint_defaults(self.config_model(ref))
+        except ValueError as err:
+            raise ConfigError(f"model {ref}: {err}") from err
+
     def prompts_for(self, ref: str, prompts: list[Any]) -> list[Any]:
         """Prompts rendered in ``ref``'s format: chat models get messages, others plain text."""
         chat = self.reads_chat(ref)
@@ -229,9 +261,24 @@ def run_generate(args: GenerateArgs) -> Path:
     if not prompts:
         raise ConfigError(f"prompts: {args.prompts} holds no prompts")
     params = {k: v for k, v in asdict(args).items() if k not in ("prompts", "output", "prompt_field")}
-    rows = [{"prompt": p, **out, "method": args.method, "params": params}
-            for p, out in zip(prompts, generate_outputs(args, prompts))]
+    store = ModelStore(args)
+    outputs = generate_outputs(args, prompts, store)
+    settings = effective_settings(args, store)
+    rows = [{"prompt": p, **out, "method": args.method, "params": params, "generation": settings}
+            for p, out in zip(prompts, outputs)]
     return atomic_write_jsonl(args.output, rows)
+
+
+def effective_settings(args: GenerateArgs, store: "ModelStore") -> dict[str, Any]:
+    """What the main model decoded with (recorded with every run): mode, temperature, length,
+    the EOS ids that end a generation, and the checkpoint defaults applied (none unless
+    ``use_model_defaults``)."""
+    from decoding.generate import eos_token_ids
+
+    model = store.config_model(args.model)
+    return {"do_sample": args.do_sample, "temperature": args.temperature if args.do_sample else None,
+            "max_new_tokens": args.max_new_tokens, "eos_token_ids": eos_token_ids(model, store.tokenizer(args.model)),
+            "model_defaults": store.defaults(args.model) if args.use_model_defaults else {}, "backend": args.backend}
 
 
 def generate_outputs(
@@ -255,6 +302,7 @@ def generate_outputs(
         NegativePromptLogitsProcessor,
         RefusalTokenLogitsProcessor,
         SteerLogitsProcessor,
+        default_processors,
     )
     from decoding.auxiliary import encode_prompts
     from decoding.generate import SeededSampler, decode_completions, eos_token_ids, generate_ids
@@ -267,8 +315,9 @@ def generate_outputs(
     missing = [t for t in control_names(refusal) if t not in store.tokenizer(args.model).get_vocab()]
     if missing:  # before any model loads
         raise ConfigError(f"method 'refusal': model {args.model} has no control tokens {missing}; train it with `align train refusal`")
+    defaults = store.defaults(args.model) if args.use_model_defaults else {}
     if args.backend == "vllm":
-        return _generate_vllm(args, store, prompts, refusal, seeds)
+        return _generate_vllm(args, store, prompts, refusal, seeds, defaults)
     for ref in [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model, args.large) if r
     ]:
@@ -284,8 +333,13 @@ def generate_outputs(
     pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
 
     def processors(rows: slice) -> list:
-        # the sampler goes last: it draws from whatever the method's processors made of the scores
-        return method_processors(rows) + ([SeededSampler(seeds[rows], args.temperature)] if args.do_sample else [])
+        # the checkpoint's defaults (if asked for) shape the method's final distribution; the sampler
+        # goes last and draws from whatever the processors made of the scores
+        if not args.do_sample:
+            return method_processors(rows) + default_processors(defaults, None)
+        if defaults:  # the warpers apply the temperature, in transformers' order
+            return method_processors(rows) + default_processors(defaults, args.temperature) + [SeededSampler(seeds[rows])]
+        return method_processors(rows) + [SeededSampler(seeds[rows], args.temperature)]
 
     def method_processors(rows: slice) -> list:
         n = len(range(*rows.indices(len(prompts))))
@@ -382,9 +436,13 @@ def _rows(outputs: list[tuple[str, bool]], tokens: list[int], controls: list[str
 
 
 def _generate_vllm(
-    args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any], seeds: list[int]
+    args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any], seeds: list[int],
+    defaults: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Single-model generation in a vLLM engine (refusal control through its V1 logits processor)."""
+    """Single-model generation in a vLLM engine (refusal control through its logits processor).
+    Every sampling setting is explicit (``defaults`` only when ``use_model_defaults``), and the
+    engine reads no sampling defaults from the checkpoint (``generation_config="vllm"``), so both
+    backends decode with the same settings."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as err:
@@ -399,11 +457,13 @@ def _generate_vllm(
     key = ("vllm", args.model, tuple(processors))
     if key not in store.engines:  # one engine per model for all calls on this store
         store.engines[key] = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
-                                 logits_processors=processors, **engine)
+                                 logits_processors=processors, generation_config="vllm", **engine)
     llm = store.engines[key]
     extra = {"refusal": refusal} if args.method == "refusal" else None
+    portable = {"repetition_penalty": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, **defaults}
+    portable["min_p"] = portable["min_p"] or 0.0
     params = [SamplingParams(temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=seed,
-                             extra_args=extra) for seed in seeds]  # a seed per request, as on transformers
+                             extra_args=extra, **portable) for seed in seeds]  # a seed per request, as on transformers
     own = store.prompts_for(args.model, prompts)
     chat = store.reads_chat(args.model)
     outs = [o.outputs[0] for o in (llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False))]

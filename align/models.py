@@ -96,6 +96,8 @@ def load_causal_lm(
         kwargs["device_map"] = device_map
     from .testbed.real import is_gguf, strip_gguf_quantizer
 
+    if (Path(path) / "adapter_config.json").is_file():
+        return load_adapter(path, dtype, device, device_map, trust_remote_code, cls)
     if is_gguf(path):
         kwargs.update(gguf_file=Path(path).name, dtype=torch_dtype("float32" if dtype == "auto" else dtype))
         path = Path(path).parent
@@ -105,6 +107,34 @@ def load_causal_lm(
         raise ConfigError(not_found(path, err)) from err
     if "gguf_file" in kwargs:
         strip_gguf_quantizer(model)
+    if device is not None and device_map is None:
+        model.to(device)
+    return model
+
+
+def load_adapter(
+    path: str | Path, dtype: str = "auto", device: str | None = None, device_map: str | dict | None = None,
+    trust_remote_code: bool = False, cls: Any = None,
+) -> Any:
+    """A PEFT adapter directory (``align train ... --lora_r N``) merged into its base model.
+
+    The base is loaded from the adapter's ``base_model_name_or_path`` and, when the adapter was
+    trained with tokens the base lacks (``align train refusal``), its embeddings are first grown to
+    the adapter's saved tokenizer, so the saved rows fit (transformers' own adapter loading fails
+    there with a size mismatch). Merged, the result is a plain model every decoder can use.
+    """
+    import json
+
+    from peft import PeftModel
+
+    base_path = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_path:
+        raise ConfigError(f"model {path}: adapter_config.json names no base_model_name_or_path")
+    base = load_causal_lm(base_path, dtype, None, device_map, trust_remote_code, cls)
+    vocab = len(load_tokenizer(path, trust_remote_code))
+    if vocab > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(vocab, mean_resizing=False)
+    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     if device is not None and device_map is None:
         model.to(device)
     return model

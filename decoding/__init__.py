@@ -18,6 +18,7 @@ from .dlf import DLFLogitsProcessor, dlf_select
 from .gedi import GeDiLogitsProcessor, gedi_filter, gedi_posterior
 from .ead import EADOutput, ead_generate, entropy_adaptive_generate, entropy_bits
 from .eft import EFTLogitsProcessor, eft_logprobs, top_p_mask
+from .generate import checkpoint_defaults, default_processors
 from .negative_prompt import NegativePromptLogitsProcessor, guided_logprobs
 from .refusal import RefusalTokenLogitsProcessor, strip_control_tokens
 from .speculative_eft import SpeculativeOutput, speculative_eft_generate
@@ -35,6 +36,8 @@ __all__ = [
     "SpeculativeOutput",
     "SteerLogitsProcessor",
     "check_same_vocab",
+    "checkpoint_defaults",
+    "default_processors",
     "dlf_select",
     "eft_logprobs",
     "ead_generate",

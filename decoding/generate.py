@@ -1,14 +1,110 @@
-"""Batched generation with a fresh logits processor per batch (processors are stateful)."""
+"""Batched generation with a fresh logits processor per batch (processors are stateful).
+
+Generation settings policy: alignkit decodes exactly with the settings it is given. A checkpoint's
+``generation_config.json`` contributes its EOS ids (every id that ends a generation) and nothing
+else: its ``repetition_penalty``, ``top_k``, ``no_repeat_ngram_size``, ... do not apply unless the
+caller asks for them (``use_model_defaults``, see :func:`checkpoint_defaults`), in which case they
+become explicit processors applied to the method's final distribution, identically on the vLLM
+backend. ``model.generate`` would otherwise merge them into every call, so greedy would not be
+greedy and a fused method would penalise only the main model's scores.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    MinPLogitsWarper,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .auxiliary import Prompt, encode_prompts
+
+# Every setting that shapes the next-token distribution, at the value that leaves it alone. Passed
+# explicitly so that neither the checkpoint's generation config nor transformers' global defaults
+# (top_k=50 when sampling) fill them in.
+NEUTRAL = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0,
+           "eta_cutoff": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+           "min_length": 0, "min_new_tokens": None, "num_beams": 1, "length_penalty": 1.0}
+# Checkpoint defaults both backends (transformers and vLLM's SamplingParams) apply identically.
+PORTABLE_DEFAULTS = {"repetition_penalty": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None}
+# Generation-config entries that are identities or alignkit's own arguments, never a checkpoint's to set.
+NOT_DEFAULTS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
+                "_from_model_config", "use_cache", "output_attentions", "output_hidden_states", "output_scores",
+                "output_logits", "return_dict_in_generate", "max_length", "max_new_tokens", "do_sample", "temperature",
+                "cache_implementation"}
+
+
+def checkpoint_defaults(model: PreTrainedModel | None) -> dict[str, Any]:
+    """The sampling defaults ``model``'s generation config sets (what ``use_model_defaults`` applies):
+    ``repetition_penalty``, ``top_k``, ``top_p`` and ``min_p`` where they differ from neutral.
+    Decoding mode, temperature and lengths are always the caller's. Any other setting that would
+    change decoding (``no_repeat_ngram_size``, ``bad_words_ids``, ...) raises ``ValueError`` naming
+    it: vLLM cannot apply it, so the two backends would disagree.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> checkpoint_defaults(SimpleNamespace(generation_config=GenerationConfig(repetition_penalty=1.3, top_k=20)))
+        {'repetition_penalty': 1.3, 'top_k': 20}
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}
+    diff = {k: v for k, v in config.to_diff_dict().items() if k not in NOT_DEFAULTS and v is not None}
+    unsupported = sorted(k for k in diff if k not in PORTABLE_DEFAULTS)
+    if unsupported:
+        raise ValueError(f"use_model_defaults: the checkpoint's generation config sets {unsupported}, which alignkit "
+                         f"cannot apply identically on every backend (supported: {', '.join(PORTABLE_DEFAULTS)})")
+    return {k: v for k, v in diff.items() if v != PORTABLE_DEFAULTS[k]}
+
+
+def default_processors(defaults: dict[str, Any], temperature: float | None) -> list[LogitsProcessor]:
+    """``defaults`` (from :func:`checkpoint_defaults`) as processors on the final scores: the
+    repetition penalty always; with ``temperature`` (sampling), temperature then top-k, top-p and
+    min-p, transformers' order (the sampler after them then draws at temperature 1)."""
+    out: list[LogitsProcessor] = []
+    if defaults.get("repetition_penalty", 1.0) != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(defaults["repetition_penalty"]))
+    if temperature is None:
+        return out  # greedy: the warpers never move the argmax
+    out.append(TemperatureLogitsWarper(temperature))
+    if defaults.get("top_k"):
+        out.append(TopKLogitsWarper(defaults["top_k"]))
+    if defaults.get("top_p", 1.0) < 1.0:
+        out.append(TopPLogitsWarper(defaults["top_p"]))
+    if defaults.get("min_p") is not None:
+        out.append(MinPLogitsWarper(defaults["min_p"]))
+    return out
+
+
+@contextmanager
+def exact_settings(model: PreTrainedModel, eos: Sequence[int], pad: int, **settings: Any) -> Iterator[tuple[GenerationConfig, dict]]:
+    """The ``GenerationConfig`` to pass ``model.generate`` so that it decodes with ``settings`` and
+    nothing else, and the arguments of ``settings`` that are not generation settings (e.g.
+    ``custom_generate``). Inside the block ``model.generation_config`` is a bare one (token ids
+    only): ``generate`` fills every unset field from it, and a checkpoint's ``suppress_tokens`` or
+    ``bad_words_ids`` have no neutral value to pre-empt them with."""
+    # top_k is sampling-only: set under greedy it draws an "invalid flag" warning
+    config = GenerationConfig(**{k: v for k, v in NEUTRAL.items() if k != "top_k"}, eos_token_id=list(eos), pad_token_id=pad)
+    rest = config.update(**settings)
+    if config.do_sample:
+        config.top_k = NEUTRAL["top_k"]
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=list(eos), pad_token_id=pad)
+    try:
+        yield config, rest
+    finally:
+        model.generation_config = saved
 
 
 def eos_token_ids(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -96,7 +192,9 @@ def generate_ids(
 ) -> list[list[int]]:
     """Left-padded batched ``model.generate`` on token-id prompts; returns each completion's ids up
     to and including its first EOS (any of the model's EOS ids; without one it hit the length
-    limit). ``make_processors(rows)`` / ``on_batch(rows, completions)`` as in :func:`generate_with`;
+    limit). ``generate`` decodes with ``generate_kwargs`` exactly (module docstring: the checkpoint's
+    generation config contributes its EOS ids only). ``make_processors(rows)`` / ``on_batch(rows,
+    completions)`` as in :func:`generate_with`;
     ``make_kwargs(rows)`` adds per-batch ``generate`` arguments (e.g. EAD's ``custom_generate`` and
     its large model on those rows' prompts); ``on_output(rows, output)`` sees ``generate``'s raw
     return (e.g. EAD's accounting)."""
@@ -113,10 +211,9 @@ def generate_ids(
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
         processors = make_processors(rows) if make_processors is not None else []
         extra = make_kwargs(rows) if make_kwargs is not None else {}
-        output = model.generate(
-            input_ids=input_ids, attention_mask=mask, logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
-            **generate_kwargs, **extra,
-        )
+        with exact_settings(model, eos, pad, **generate_kwargs, **extra) as (config, rest):
+            output = model.generate(input_ids=input_ids, attention_mask=mask, logits_processor=processors,
+                                    generation_config=config, **rest)
         if on_output is not None:
             on_output(rows, output)
         generated = getattr(output, "sequences", output)[:, width:].tolist()

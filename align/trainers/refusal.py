@@ -11,7 +11,10 @@ refusal decision is the first response token's probability, which
 
 Each control token must be exactly one id where the chat template puts it (first completion
 token), and after a leading space too; a tokenizer or template that splits it is refused before
-training. Under LoRA the embeddings and the untied head are trained in full (``modules_to_save``).
+training. Under LoRA the embeddings and the untied head are trained in full (``modules_to_save``);
+a tied head (Qwen2.5 0.5-3B, Llama-3.2 1B/3B, Gemma, SmolLM2) stays tied to the trained copy
+(PEFT's ``ensure_weight_tying``), and the saved adapter loads with its grown vocabulary through
+:func:`align.models.load_causal_lm`.
 
 Example config (``configs/refusal-testbed.yaml``)::
 
@@ -175,6 +178,10 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
     peft_config = lora_config(args)
     if peft_config is not None:
         peft_config.modules_to_save = _embedding_module_names(model)
+        # a tied head must stay the trained embedding copy's: without this PEFT trains a copy of the
+        # embeddings while the head keeps the frozen original, and every control token's output row
+        # stays at the initial mean (identical logits for all of them)
+        peft_config.ensure_weight_tying = _tied(model)
     columns = ["prompt", "completion"]
     trainer = RefusalSFTTrainer(
         model=model, args=args, processing_class=tok, peft_config=peft_config,
@@ -194,12 +201,17 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
     return result
 
 
-def _embedding_module_names(model: Any) -> list[str]:
-    """PEFT ``modules_to_save`` names of the input embeddings and an untied output head."""
-    wanted = [model.get_input_embeddings()]
+def _tied(model: Any) -> bool:
     head = model.get_output_embeddings()
-    if head is not None and head.weight is not wanted[0].weight:
-        wanted.append(head)
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
+def _embedding_module_names(model: Any) -> list[str]:
+    """PEFT ``modules_to_save`` names of the input embeddings and an untied output head (a tied
+    head follows the embeddings through ``ensure_weight_tying``)."""
+    wanted = [model.get_input_embeddings()]
+    if not _tied(model):
+        wanted.append(model.get_output_embeddings())
     return [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if any(module is w for w in wanted)]
 
 
