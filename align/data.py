@@ -42,6 +42,18 @@ def last_text(turns: Any) -> str:
     return turns if isinstance(turns, str) else turns[-1]["content"]
 
 
+def plain_text(prompt: Any) -> str:
+    """A prompt for a model without a chat template: a string as is; messages as their contents in
+    order, one a line (system turn, history and all), so a multi-turn prompt keeps its problem.
+
+    Example:
+        >>> plain_text([{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "3"},
+        ...             {"role": "user", "content": "Check it."}])
+        '1+1=\\n3\\nCheck it.'
+    """
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
 def load_split(
     spec: str,
     split: str = "train",

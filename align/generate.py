@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ConfigError
-from .data import as_messages, last_text
+from .data import as_messages, plain_text
 from rewards.io import atomic_write_jsonl
 
 Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal", "ead"]
@@ -247,12 +247,10 @@ class ModelStore:
             raise ConfigError(f"model {ref}: {err}") from err
 
     def prompts_for(self, ref: str, prompts: list[Any]) -> list[Any]:
-        """Prompts rendered in ``ref``'s format: chat models get messages, others plain text."""
-        chat = self.reads_chat(ref)
-        out = []
-        for p in prompts:
-            out.append(as_messages(p) if chat else last_text(p))
-        return out
+        """Prompts rendered in ``ref``'s format: chat models get messages, others plain text (a
+        multi-turn prompt as its turns' contents, one a line: :func:`align.data.plain_text`)."""
+        render = as_messages if self.reads_chat(ref) else plain_text
+        return [render(p) for p in prompts]
 
 
 def run_generate(args: GenerateArgs) -> Path:
@@ -359,7 +357,7 @@ def generate_outputs(
             return [NegativePromptLogitsProcessor(tok, neg, args.guidance_scale)]
         if args.method == "gedi":
             guide, guide_tok = store.load(args.gedi_model)
-            texts = [last_text(p) for p in prompts[rows]]
+            texts = [plain_text(p) for p in prompts[rows]]
             return [GeDiLogitsProcessor(tok, guide, guide_tok, texts, args.desired_code, args.anti_code, args.omega)]
         if args.method == "refusal":
             return [RefusalTokenLogitsProcessor(tok, **refusal)]

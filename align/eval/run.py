@@ -240,16 +240,58 @@ def sample_seed(seed: int, *key: Any) -> int:
     return zlib.crc32("/".join(map(str, (seed, *key))).encode())
 
 
-def read_samples(path: Path) -> list[dict]:
-    """The samples written so far; a last line cut off by a crash is dropped (and cut from the file)."""
+def read_samples(path: Path, repair: bool = False) -> list[dict]:
+    """The samples written so far; a last line cut off by a crash (or still being written by a live
+    run) is skipped, and with ``repair`` (the run that appends next) cut from the file."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):  # a torn last line: keep only complete ones
+    if repair and end < len(data):  # a torn last line: keep only complete ones
         with path.open("r+b") as f:
             f.truncate(end)
     return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+
+
+SET_FINGERPRINT_KEYS = ("dataset", "split", "dataset_config", "prompt_field", "limit", "self_correction", "scorers")
+
+
+def fingerprints(args: EvalArgs) -> dict[str, dict[str, str]]:
+    """A hash per system (every option that decides its outputs: model, method, its options,
+    max_new_tokens, sampling) and per prompt set (its data and scorers, with the run's scorer
+    options and seed): a resumed run keeps a finished sample only when both still match."""
+    def digest(value: Any) -> str:
+        return format(zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode()), "08x")
+
+    # batch_size changes no output (per-row seeds, left padding); the rest is the system's config
+    systems = {name: digest({k: v for k, v in vars(gen).items() if k not in ("batch_size", "output")})
+               for name, gen in args.generate_args.items()}
+    sets = {s["name"]: digest({"set": {k: s.get(k) for k in SET_FINGERPRINT_KEYS}, "scorers": args.scorers, "seed": args.seed,
+                               "samples_per_prompt": args.samples_per_prompt}) for s in args.prompt_sets}
+    return {"system": systems, "set": sets}
+
+
+def current(samples: list[dict], prints: dict[str, dict[str, str]]) -> list[dict]:
+    """The samples whose system and prompt set are configured as when they were written."""
+    return [r for r in samples
+            if r.get("fingerprint") == {"system": prints["system"].get(r["system"]), "set": prints["set"].get(r["prompt_set"])}]
+
+
+def keep_current(path: Path, prints: dict[str, dict[str, str]]) -> list[dict]:
+    """:func:`current` samples of ``path``. Stale ones of a configured system and prompt set (a
+    changed model, ``max_new_tokens``, method option, dataset, ...) are named and dropped from the
+    file (rewritten atomically), so they are generated afresh; samples of systems or sets no longer
+    configured stay in the file, outside this run's summary."""
+    samples = read_samples(path, repair=True)
+    kept = current(samples, prints)
+    ids = {id(r) for r in kept}
+    stale = {id(r) for r in samples if r["system"] in prints["system"] and r["prompt_set"] in prints["set"] and id(r) not in ids}
+    if stale:
+        pairs = sorted({(r["system"], r["prompt_set"]) for r in samples if id(r) in stale})
+        print(f"eval: the configuration of {', '.join(f'{a} on {b}' for a, b in pairs)} changed since its samples "
+              "were written; regenerating them")
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples if id(r) not in stale))
+    return kept
 
 
 def append_samples(path: Path, rows: list[dict]) -> None:
@@ -304,7 +346,8 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
     judge_store = ModelStore(first)
     scorers = build_scorers(args, judge_store)
     path = out / "samples.jsonl"
-    done = {(r["system"], r["prompt_set"], r["index"], r.get("sample", 0)) for r in read_samples(path)}
+    prints = fingerprints(args)
+    done = {(r["system"], r["prompt_set"], r["index"], r.get("sample", 0)) for r in keep_current(path, prints)}
     n = args.samples_per_prompt
     total = len(args.systems) * sum(len(rows) for _, rows in sets.values()) * n
     bar = tqdm(total=total, initial=len(done), desc="eval", disable=not progress)
@@ -344,6 +387,7 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 forward = {ref: (n - forward_before.get(ref, 0)) / len(chunk) for ref, n in store.forward_tokens.items()}
                 append_samples(path, [
                     {"system": name, "prompt_set": set_name, "index": i, "sample": j, "prompt": prompts[c], **outputs[c],
+                     "fingerprint": {"system": prints["system"][name], "set": prints["set"][set_name]},
                      **({"second": second[c]} if second[c] else {}), **({"forward_tokens": forward} if forward else {}),
                      "seconds": seconds / len(chunk), "row": {k: v for k, v in rows[i].items() if k != field_name},
                      "scores": flat[c]}
@@ -352,7 +396,7 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 bar.update(len(chunk))
         del store
     bar.close()
-    samples = read_samples(path)
+    samples = current(read_samples(path), prints)
     if args.pairwise:
         judge_pairs(args, samples, judge_store, out / "pairwise.jsonl")
     summary = summarise(samples, args)
@@ -376,7 +420,7 @@ def judge_pairs(args: EvalArgs, samples: list[dict], store: Any, path: Path) -> 
     judge_ref = options.pop("judge")
     model, tok = store.load(judge_ref)
     judge = PairwiseJudge(model, tok, seed=args.seed, name=f"pairwise (judge {judge_ref})", **options)
-    done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path)}
+    done = {(r["system"], r["prompt_set"], r["index"]) for r in read_samples(path, repair=True)}
     by = {(s["system"], s["prompt_set"], s["index"]): s for s in samples if s.get("sample", 0) == 0}  # first sample of each
     todo = [(key, by[baseline, key[1], key[2]]) for key in by
             if key[0] != baseline and (baseline, key[1], key[2]) in by and key not in done and (sets is None or key[1] in sets)]
