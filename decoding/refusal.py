@@ -86,16 +86,9 @@ class RefusalTokenLogitsProcessor(LogitsProcessor):
         bias: Mapping[str, float] | None = None,
         temperature: float = 1.0,
     ) -> None:
-        if bias is not None and (threshold is not None or categories is not None):
-            raise ValueError("bias mode adds to logits and forces nothing: do not combine it with threshold or categories")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a positive number, got {temperature}")
-        for name, value in [("threshold", threshold), *((f"categories[{k!r}]", v) for k, v in (categories or {}).items())]:
-            if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-        for token, b in (bias or {}).items():
-            if not math.isfinite(b):
-                raise ValueError(f"bias[{token!r}] must be finite, got {b}")
+        self.check_options(refuse_token=refuse_token, respond_token=respond_token, threshold=threshold,
+                           categories=categories, bias=bias, temperature=temperature)
+
         def token_id(token: str) -> int:
             # one lookup, not get_vocab(): that builds a dict of the whole vocabulary (~0.1 s at
             # 152k ids), and vLLM builds one processor per request
@@ -115,6 +108,41 @@ class RefusalTokenLogitsProcessor(LogitsProcessor):
         self.bias = {token_id(t): float(b) for t, b in bias.items()} if bias is not None else None
         self._prompt: torch.Tensor | None = None
         self.decisions: torch.Tensor | None = None  # forced id per row at step 0 (KEEP = model's own)
+
+    @staticmethod
+    def check_options(**options: object) -> None:
+        """Raise ``ValueError`` naming the option for anything wrong that needs no tokenizer (unknown
+        options, thresholds outside [0, 1], bias combined with forcing, a non-positive temperature):
+        the vLLM processor runs it at request admission, before a request reaches the engine.
+
+        Example:
+            >>> RefusalTokenLogitsProcessor.check_options(threshold=1.5)
+            Traceback (most recent call last):
+            ...
+            ValueError: threshold must be a probability in [0, 1], got 1.5
+        """
+        known = ("refuse_token", "respond_token", "threshold", "categories", "bias", "temperature")
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown refusal options {unknown}; valid: {', '.join(known)}")
+        threshold, categories, bias = options.get("threshold"), options.get("categories"), options.get("bias")
+        temperature = options.get("temperature", 1.0)
+        for name in ("refuse_token", "respond_token"):
+            if name in options and not (isinstance(options[name], str) and options[name]):
+                raise ValueError(f"{name} must be a non-empty token string, got {options[name]!r}")
+        for name, value in (("categories", categories), ("bias", bias)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a mapping of control token to a number, got {value!r}")
+        if bias is not None and (threshold is not None or categories is not None):
+            raise ValueError("bias mode adds to logits and forces nothing: do not combine it with threshold or categories")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        for name, value in [("threshold", threshold), *((f"categories[{k!r}]", v) for k, v in (categories or {}).items())]:
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        for token, b in (bias or {}).items():
+            if not (isinstance(b, (int, float)) and math.isfinite(b)):
+                raise ValueError(f"bias[{token!r}] must be finite, got {b}")
 
     @property
     def acted(self) -> bool:
