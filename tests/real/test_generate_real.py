@@ -1,0 +1,145 @@
+"""Generation on the real checkpoint: its chat template (default system prompt), tied head, pad = EOS,
+and a generation config of its own."""
+
+import json
+
+import pytest
+import torch
+
+from align.generate import GenerateArgs, run_generate
+from tests.real.conftest import SMALL, SMOLLM2
+
+pytestmark = pytest.mark.real
+
+PROMPTS = ["What is 2+3?", "Name three colours.", "Write one sentence about rain."]
+N = 24
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def generate(common, prompt_file, tmp_path, name="out", **kw):
+    args = GenerateArgs(prompts=str(prompt_file), output=str(tmp_path / f"{name}.jsonl"), max_new_tokens=N, **{**common, **kw})
+    return [json.loads(line) for line in run_generate(args).read_text().splitlines()]
+
+
+def hf_greedy(path, prompts, **generate_kwargs):
+    """``model.generate`` on the chat-templated prompt, one at a time (no padding), text up to EOS."""
+    from align.models import load_causal_lm, load_tokenizer
+
+    tok, model = load_tokenizer(path), load_causal_lm(path).eval()
+    out = []
+    for p in prompts:
+        enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        with torch.no_grad():
+            ids = model.generate(**enc, do_sample=False, max_new_tokens=N, **generate_kwargs)[0, enc["input_ids"].shape[1]:]
+        out.append(tok.decode(ids, skip_special_tokens=True))
+    return out
+
+
+def test_the_fixture_has_a_real_checkpoints_traits(smollm2):
+    from align.models import load_tokenizer
+
+    manifest = smollm2.manifest
+    assert manifest["source"]["licence"] == "Apache-2.0" and len(manifest["source"]["sha256"]) == 64
+    assert manifest["models"]["smollm2-135m-instruct"]["tied_embeddings"]
+    path = smollm2.path("smollm2-135m-instruct")
+    tok = load_tokenizer(path)
+    assert len(tok) == 49152 and tok.pad_token == tok.eos_token == "<|im_end|>"
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert (path / "generation_config.json").is_file() and (path / "model.safetensors").is_file()
+    model = smollm2.model("smollm2-135m-instruct-6l")
+    assert model.config.num_hidden_layers == 6 and model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_greedy_equals_model_generate_on_the_templated_prompt(common, prompt_file, tmp_path, smollm2):
+    rows = generate(common, prompt_file, tmp_path, model=SMOLLM2, batch_size=3)  # batched, left-padded with EOS
+    assert [r["output"] for r in rows] == hf_greedy(smollm2.path("smollm2-135m-instruct"), PROMPTS)
+    assert rows[0]["output"].strip().startswith("2 + 3 = 5") and rows[0]["finished"]
+    assert rows[0]["generation"]["eos_token_ids"] == [2] and rows[0]["generation"]["model_defaults"] == {}
+
+
+def test_a_checkpoint_repetition_penalty_does_not_change_greedy_unless_asked(common, prompt_file, tmp_path, penalised_copy):
+    plain = generate(common, prompt_file, tmp_path, "plain", model=SMOLLM2)
+    copy = generate(common, prompt_file, tmp_path, "copy", model=str(penalised_copy))
+    assert [r["output"] for r in copy] == [r["output"] for r in plain]
+    asked = generate(common, prompt_file, tmp_path, "asked", model=str(penalised_copy), use_model_defaults=True)
+    assert asked[0]["generation"]["model_defaults"] == {"repetition_penalty": 1.3}
+    assert [r["output"] for r in asked] != [r["output"] for r in plain]
+    # asked for, it is what transformers does with that penalty
+    assert [r["output"] for r in asked] == hf_greedy(penalised_copy, PROMPTS, repetition_penalty=1.3)
+
+
+def test_sampling_ignores_the_checkpoint_top_k_unless_asked(common, prompt_file, tmp_path, smollm2):
+    """Ancestral sampling at temperature: the same draws whether or not the checkpoint sets top_k."""
+    path = tmp_path / "topk"
+    import shutil
+
+    shutil.copytree(smollm2.path("smollm2-135m-instruct"), path)
+    config = json.loads((path / "generation_config.json").read_text())
+    (path / "generation_config.json").write_text(json.dumps({**config, "top_k": 1}))
+    base = generate(common, prompt_file, tmp_path, "s0", model=SMOLLM2, do_sample=True, temperature=1.5)
+    copy = generate(common, prompt_file, tmp_path, "s1", model=str(path), do_sample=True, temperature=1.5)
+    assert [r["output"] for r in copy] == [r["output"] for r in base]
+    top1 = generate(common, prompt_file, tmp_path, "s2", model=str(path), do_sample=True, temperature=1.5, use_model_defaults=True)
+    assert [r["output"] for r in top1] == hf_greedy(path, PROMPTS)  # top_k 1 leaves only the argmax
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("eft", {"model": SMOLLM2, "tuned": [SMALL], "reference": SMALL}),  # tuned = reference: no shift
+        ("dlf", {"model": SMOLLM2, "small_base": SMALL, "experts": [SMALL]}),  # expert = base: no shift
+        ("steer", {"model": SMOLLM2, "gamma": 0.0, "eta": 0.0}),  # top-10 of the model: the argmax stays
+        ("negative", {"model": SMOLLM2, "negative_prompt": "Be rude.", "guidance_scale": 1.0}),  # gamma 1: the model
+        ("ead", {"model": SMOLLM2, "large": SMALL, "tau": 1e9}),  # never switches: the small model alone
+    ],
+)
+def test_every_method_runs_on_the_real_tokenizer_and_template(common, prompt_file, tmp_path, method, options):
+    """Each method at a setting where it must reproduce plain greedy decoding of its main model,
+    its auxiliary models reading their own chat-templated prompts."""
+    plain = generate(common, prompt_file, tmp_path, "plain", model=SMOLLM2)
+    rows = generate(common, prompt_file, tmp_path, method, method=method, **options)
+    assert [r["output"] for r in rows] == [r["output"] for r in plain]
+    if method == "ead":
+        assert [r["large_tokens"] for r in rows] == [0, 0, 0]
+
+
+def test_eft_upscaling_on_the_real_family_equals_the_processor(common, prompt_file, tmp_path, smollm2):
+    """A shift that does something: the 6-layer model steered by (full - 6-layer), through the CLI and by hand."""
+    from align.models import load_tokenizer
+    from decoding import AuxiliaryModel, EFTLogitsProcessor
+    from decoding.generate import generate_with
+
+    rows = generate(common, prompt_file, tmp_path, method="eft", model=SMALL, tuned=[SMOLLM2], reference=SMALL, weights=[0.5])
+    tok = load_tokenizer(smollm2.path("smollm2-135m-instruct"))
+    small, full = smollm2.model("smollm2-135m-instruct-6l"), smollm2.model("smollm2-135m-instruct")
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    expected = generate_with(small, tok, chat, lambda r: [EFTLogitsProcessor(
+        tok, [AuxiliaryModel(full, tok, chat[r])], AuxiliaryModel(small, tok, chat[r]), [0.5])], do_sample=False, max_new_tokens=N)
+    assert [r["output"] for r in rows] == [text for text, _ in expected]
+    plain_small = generate(common, prompt_file, tmp_path, "small", model=SMALL)
+    assert [r["output"] for r in rows] != [r["output"] for r in plain_small]
+
+
+def test_gedi_on_the_real_family_equals_the_processor(common, prompt_file, tmp_path, smollm2):
+    """The guide (the 6-layer model) reads control code + plain text with its own cache, the main
+    model its chat template: the CLI and a hand-built processor agree token for token."""
+    from align.models import load_tokenizer
+    from decoding import GeDiLogitsProcessor
+    from decoding.generate import generate_with
+
+    rows = generate(common, prompt_file, tmp_path, method="gedi", model=SMOLLM2, gedi_model=SMALL, desired_code="positive",
+                    anti_code="negative", omega=5.0)
+    tok = load_tokenizer(smollm2.path("smollm2-135m-instruct"))
+    main, guide = smollm2.model("smollm2-135m-instruct"), smollm2.model("smollm2-135m-instruct-6l")
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    expected = generate_with(main, tok, chat, lambda r: [GeDiLogitsProcessor(
+        tok, guide, tok, PROMPTS[r], "positive", "negative", 5.0)], do_sample=False, max_new_tokens=N)
+    assert [r["output"] for r in rows] == [text for text, _ in expected]
