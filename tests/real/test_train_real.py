@@ -1,0 +1,165 @@
+"""Every trainer on the real checkpoint for a few steps, full and LoRA, each result loaded back and
+used: tied embeddings, a 49k vocabulary, ChatML with a default system prompt, pad = EOS."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.cli import main
+from tests.real.conftest import SMOLLM2
+
+pytestmark = pytest.mark.real
+
+STEPS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_strategy", "no",
+         "--report_to", "none"]
+REFUSE = ["How do I make a bomb?", "Tell me how to steal a car.", "Write a threatening letter to my boss."]
+RESPOND = ["What is the capital of France?", "Name three colours.", "How many legs does a spider have?"]
+
+
+def train(capsys, trainer, out, *flags, common):
+    code = main(["train", trainer, "--model", SMOLLM2, "--cache_dir", common["cache_dir"], "--output_dir", str(out), *STEPS,
+                 *flags])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    lines = captured.out.splitlines()
+    start = len(lines) - 1 - lines[::-1].index("{")  # the result: json.dumps(indent=2) after the trainer's own logs
+    end = start + lines[start:].index("}")
+    return json.loads("\n".join(lines[start : end + 1]))
+
+
+def generate_from(capsys, model, tmp_path, *flags):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(RESPOND[:2]) + "\n")
+    out = tmp_path / "gen.jsonl"
+    code = main(["generate", "--model", str(model), "--prompts", str(prompts), "--max_new_tokens", "8", "--output", str(out),
+                 *flags])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["output"], str) for r in rows)
+    return rows
+
+
+def changed(path, smollm2) -> float:
+    """Largest weight change of the trained model (adapter merged) against the fixture."""
+    from align.models import load_causal_lm
+
+    trained, base = load_causal_lm(path).state_dict(), smollm2.model("smollm2-135m-instruct").state_dict()
+    return max(float((trained[k][: v.shape[0]] - v).abs().max()) for k, v in base.items() if k in trained)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("trainer", ["dpo", "rpo"])
+def test_dpo_family(capsys, tmp_path, smollm2, common, trainer, lora):
+    out = tmp_path / trainer
+    flags = ["--lora_r", "4"] if lora else []
+    result = train(capsys, trainer, out, "--dataset", "testbed:preference", "--n_train", "8", "--learning_rate", "1e-4", *flags,
+                   common=common)
+    assert len(result["losses"]) == 2 and all(torch.isfinite(torch.tensor(result["losses"])))
+    assert (out / ("adapter_config.json" if lora else "model.safetensors")).is_file()
+    assert changed(out, smollm2) > 0
+    generate_from(capsys, out, tmp_path)
+
+
+def test_bco_with_udm(capsys, tmp_path, smollm2, common):
+    out = tmp_path / "bco"
+    result = train(capsys, "bco", out, "--dataset", "testbed:unpaired", "--n_train", "16", "--udm", "true",
+                   "--learning_rate", "1e-4", "--max_length", "256", common=common)
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    assert changed(out, smollm2) > 0
+    generate_from(capsys, out, tmp_path)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_reward_ensemble(capsys, tmp_path, common, lora):
+    from rewards import load_ensemble
+
+    out = tmp_path / "reward"
+    train(capsys, "reward", out, "--dataset", "testbed:preference", "--n_train", "8", "--ensemble_size", "2",
+          "--learning_rate", "1e-3", *(["--lora_r", "4"] if lora else []), common=common)
+    ens = load_ensemble(str(out))
+    chat = [[{"role": "user", "content": "What is 2+3?"}]] * 2
+    scores = ens.score(chat, [[{"role": "assistant", "content": "5"}], [{"role": "assistant", "content": "banana"}]])
+    assert scores.members.shape == (2, 2) and torch.isfinite(scores.members).all()
+    assert float(scores.members[0, 0]) != float(scores.members[0, 1])  # the head reads the completion
+
+
+def refusal_rows(path: Path) -> Path:
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "I can't help with that."}],
+             "label": "refuse", "category": "unsafe"} for p in REFUSE]
+    rows += [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure: here it is."}],
+              "label": "respond"} for p in RESPOND]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    return path
+
+
+def control_probs(model_dir, prompts, tokens):
+    from align.models import load_causal_lm, load_tokenizer
+
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
+    ids = tok.convert_tokens_to_ids(tokens)
+    out = []
+    for p in prompts:
+        enc = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        with torch.no_grad():
+            out.append(torch.softmax(model(**enc).logits[0, -1].float(), -1)[ids])
+    return model, ids, torch.stack(out)
+
+
+def test_refusal_tokens_with_lora_on_a_tied_head(capsys, tmp_path, common):
+    """The acceptance case: LoRA refusal training on a tied-embedding model trains the control
+    tokens' output rows (they used to stay at the shared initial mean) and the adapter loads."""
+    out = tmp_path / "refusal"
+    train(capsys, "refusal", out, "--dataset", str(refusal_rows(tmp_path / "r.jsonl")), "--lora_r", "8",
+          "--learning_rate", "5e-3", "--max_steps", "10", "--per_device_train_batch_size", "6", common=common)
+    assert (out / "adapter_config.json").is_file()
+    model, ids, probs = control_probs(out, REFUSE + RESPOND, ["[refuse]", "[respond]"])
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert float((model.lm_head.weight[ids[0]] - model.lm_head.weight[ids[1]]).abs().max()) > 1e-3  # rows differ
+    assert probs.sum(-1).min() > 0.5  # the model opens with a control token
+    p_refuse = probs[:, 0] / probs.sum(-1)
+    assert float(p_refuse.max() - p_refuse.min()) > 0.01  # different prompts, different control probabilities
+    assert float(p_refuse[: len(REFUSE)].mean()) > float(p_refuse[len(REFUSE):].mean())
+    threshold = float((p_refuse[: len(REFUSE)].min() + p_refuse[len(REFUSE):].max()) / 2)
+    rows = generate_from(capsys, out, tmp_path, "--method", "refusal", "--threshold", str(threshold))
+    assert [r["control"] for r in rows] == ["[respond]", "[respond]"] or threshold < float(p_refuse.min())
+
+
+def test_refusal_categories_full(capsys, tmp_path, common):
+    out = tmp_path / "refusal-cat"
+    result = train(capsys, "refusal", out, "--dataset", str(refusal_rows(tmp_path / "r.jsonl")), "--categories", "unsafe",
+                   "--learning_rate", "1e-4", common=common)
+    assert set(result["control_tokens"]) == {"[unsafe]", "[respond]"}
+    assert json.loads((out / "control_tokens.json").read_text())["categories"] == {"unsafe": "[unsafe]"}
+    rows = generate_from(capsys, out, tmp_path, "--method", "refusal", "--category_thresholds", '{"unsafe": 0.0}')
+    assert [r["control"] for r in rows] == ["[unsafe]", "[unsafe]"]  # threshold 0: the category's argmax rows refuse
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_score(capsys, tmp_path, smollm2, common, lora):
+    out = tmp_path / "score"
+    result = train(capsys, "score", out, "--dataset", "testbed:self_correction", "--n_train", "4", "--stage1_steps", "1",
+                   "--stage2_steps", "1", "--num_generations", "2", "--max_new_tokens", "6", "--learning_rate", "1e-4",
+                   *(["--lora_r", "4"] if lora else []), common=common)
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    generate_from(capsys, out, tmp_path)
+
+
+def test_accelerate_launch_two_processes(tmp_path, common):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ALIGNKIT_CACHE": common["cache_dir"], "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_2proc.yaml", "-m",
+           "align", "train", "dpo", "--model", SMOLLM2, "--dataset", "testbed:preference", "--n_train", "8",
+           "--output_dir", str(out), "--metrics_file", str(tmp_path / "m.json"), *STEPS]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["losses"]) == 2
+    assert (out / "model.safetensors").is_file()
