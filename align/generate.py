@@ -433,6 +433,27 @@ def _rows(outputs: list[tuple[str, bool]], tokens: list[int], controls: list[str
     return rows
 
 
+def servable(path: str, args: GenerateArgs) -> str:
+    """A checkpoint directory vLLM can serve: ``path`` itself, or for a PEFT adapter (``align train
+    ... --lora_r N``, possibly with added control tokens) the adapter merged into its base, written
+    once to a temporary directory removed when the process exits."""
+    if not (Path(path) / "adapter_config.json").is_file():
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    from .models import load_causal_lm, load_tokenizer
+
+    merged = Path(tempfile.mkdtemp(prefix="alignkit-merged-"))
+    atexit.register(shutil.rmtree, merged, ignore_errors=True)
+    load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code).save_pretrained(merged)
+    load_tokenizer(path, args.trust_remote_code).save_pretrained(merged)
+    for extra in Path(path).glob("control_tokens.json"):
+        shutil.copy(extra, merged / extra.name)
+    return str(merged)
+
+
 def _generate_vllm(
     args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any], seeds: list[int],
     defaults: dict[str, Any],
@@ -454,7 +475,7 @@ def _generate_vllm(
         engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
     key = ("vllm", args.model, tuple(processors))
     if key not in store.engines:  # one engine per model for all calls on this store
-        store.engines[key] = LLM(model=store.path(args.model), seed=args.seed, trust_remote_code=args.trust_remote_code,
+        store.engines[key] = LLM(model=servable(store.path(args.model), args), seed=args.seed, trust_remote_code=args.trust_remote_code,
                                  logits_processors=processors, generation_config="vllm", **engine)
     llm = store.engines[key]
     extra = {"refusal": refusal} if args.method == "refusal" else None
