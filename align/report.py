@@ -2,14 +2,17 @@
 plots as inline PNG, a few lines of inline script, no network) and a Markdown summary.
 
 Reads ``align eval`` runs (``summary.json`` + ``samples.jsonl``) and ``align reproduce`` results
-(``result.json`` files, e.g. ``runs/reproduce``). Every model text is HTML-escaped and the script
-only toggles rows' visibility and reads ``textContent``: an output holding ``<script>`` shows as text.
+(``result.json`` files, e.g. ``runs/reproduce``). The sections here build data (tables of cells,
+plots); the page is the Jinja2 template ``align/templates/report.html`` with autoescape on, so
+every model text, index and label is escaped by the template engine. Its Content-Security-Policy
+allows exactly the page's own script and style (by their SHA-256 hashes) and images from data URIs:
+an output holding ``<script>`` shows as text, and an injected inline script would not run either.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import hashlib
 import io
 import json
 import time
@@ -81,21 +84,39 @@ def _interval(m: dict[str, Any]) -> str:
     return f"{m['value']:.3f}{se} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+Cell = Any  # text (escaped by the template), or {"pre": text}, {"lines": [text, ...]}, {"sig": text}
 
 
-def _png(fig: Any) -> str:
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+    cls: str = ""
+    title: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    title: str
+    notes: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    plots: list[dict[str, str]] = field(default_factory=list)
+    level: int = 2
+
+
+def _png(fig: Any) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     title = fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title() if fig.axes else "plot"
-    alt = html.escape(title, quote=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img class="plot" alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return _image(title, buf.getvalue())
+
+
+def _image(alt: str, png: bytes) -> dict[str, str]:
+    return {"alt": alt, "src": "data:image/png;base64," + base64.b64encode(png).decode()}
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -111,42 +132,31 @@ def summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
-def _summary_section(runs: list[Run]) -> str:
-    rows = summary_rows(runs)
-    cells = [[html.escape(r["run"]), html.escape(r["system"]), html.escape(r["prompt_set"]), html.escape(r["metric"]),
-              _interval(r), str(r["n"]), _num(r.get("unlabelled", 0))] for r in rows]
-    diffs = []
-    for run in runs:
-        for d in run.summary.get("differences", []):
-            mark = '<span class="sig">differs</span>' if d["significant"] else "interval holds 0"
-            diffs.append([html.escape(run.name), html.escape(f"{d['system']} − {d['baseline']}"), html.escape(d["prompt_set"]),
-                          html.escape(d["metric"]), _interval(d), mark])
-    compute = [[html.escape(run.name), html.escape(e["system"]), html.escape(e["prompt_set"]), _num(e["compute"].get("seconds")),
-                _num(e["compute"].get("generated_tokens")), _num(e["compute"].get("tokens_per_s"), 1),
-                "<br>".join(f"{html.escape(m)}: {n}" for m, n in e["compute"].get("forward_tokens", {}).items()) or "–",
+def _summary_section(runs: list[Run]) -> Section:
+    cells = [[r["run"], r["system"], r["prompt_set"], r["metric"], _interval(r), r["n"], _num(r.get("unlabelled", 0))]
+             for r in summary_rows(runs)]
+    diffs = [[run.name, f"{d['system']} − {d['baseline']}", d["prompt_set"], d["metric"], _interval(d),
+              {"sig": "differs"} if d["significant"] else "interval holds 0"]
+             for run in runs for d in run.summary.get("differences", [])]
+    compute = [[run.name, e["system"], e["prompt_set"], _num(e["compute"].get("seconds")), _num(e["compute"].get("generated_tokens")),
+                _num(e["compute"].get("tokens_per_s"), 1),
+                {"lines": [f"{m}: {n}" for m, n in e["compute"].get("forward_tokens", {}).items()]},
                 _num(e["compute"].get("large_fraction"))]
                for run in runs for e in run.summary.get("table", [])]
-    return (
-        "<h2>Summary</h2><p>Mean ± standard error [95% bootstrap interval over prompts].</p>"
-        + _table(["run", "system", "prompt set", "metric", "value", "n", "unlabelled"], cells, "summary")
-        + "<h3>Differences (paired over shared prompts)</h3><p>A difference is called one only when its interval excludes 0.</p>"
-        + _table(["run", "systems", "prompt set", "metric", "difference", "verdict"], diffs)
-        + "<h3>Compute</h3><p>Forward tokens: positions each model computed (prompt once, then one per step and row, padding "
-        "included). Large fraction: EAD's share of tokens the large model decided.</p>"
-        + _table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s", "forward tokens per model",
-                  "large fraction"], compute)
-        + _best_of_n_table(runs)
-    )
-
-
-def _best_of_n_table(runs: list[Run]) -> str:
-    rows = [[html.escape(run.name), html.escape(e["system"]), html.escape(e["prompt_set"]), html.escape(c["proxy"]),
-             html.escape(c["gold"]), "<br>".join(f"n={p['best_of']}: {_interval(p)}" for p in c["curve"])]
+    tables = [
+        Table(["run", "system", "prompt set", "metric", "value", "n", "unlabelled"], cells, "summary"),
+        Table(["run", "systems", "prompt set", "metric", "difference", "verdict"], diffs, title="Differences (paired over shared prompts)",
+              notes=["A difference is called one only when its interval excludes 0."]),
+        Table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s", "forward tokens per model", "large fraction"],
+              compute, title="Compute", notes=["Forward tokens: positions each model computed (prompt once, then one per step and "
+                                                "row, padding included). Large fraction: EAD's share of tokens the large model decided."]),
+    ]
+    best = [[run.name, e["system"], e["prompt_set"], c["proxy"], c["gold"], {"lines": [f"n={p['best_of']}: {_interval(p)}" for p in c["curve"]]}]
             for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
-    if not rows:
-        return ""
-    return ("<h3>Best-of-n</h3><p>Unbiased estimate from each prompt's samples (Coste et al.): the gold score of the "
-            "proxy's pick among n.</p>" + _table(["run", "system", "prompt set", "proxy", "gold", "curve"], rows))
+    if best:
+        tables.append(Table(["run", "system", "prompt set", "proxy", "gold", "curve"], best, title="Best-of-n",
+                            notes=["Unbiased estimate from each prompt's samples (Coste et al.): the gold score of the proxy's pick among n."]))
+    return Section("Summary", ["Mean ± standard error [95% bootstrap interval over prompts]."], tables)
 
 
 def pairwise_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -162,35 +172,35 @@ def pairwise_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return [r for r in out if r.get("n_total")]
 
 
-def _pairwise_section(runs: list[Run]) -> str:
-    rows = [[html.escape(r["run"]), html.escape(r["source"]), html.escape(r["label"]),
+def _pairwise_section(runs: list[Run]) -> list[Section]:
+    rows = [[r["run"], r["source"], r["label"],
              f"{r['win_rate']:.1f} ± {r['standard_error']:.1f}", f"{r['discrete_win_rate']:.1f}",
              f"{r['n_wins']} / {r['n_draws']} / {r['n_wins_base']}", _num(r.get("length_controlled_win_rate_minimal"), 1),
              _num(r.get("conflict_rate")), _num(r.get("bpde")), _num(r.get("no_verdict"))] for r in pairwise_rows(runs)]
     if not rows:
-        return ""
-    return ("<h2>Pairwise</h2><p>AlpacaEval's win rate (100 × mean preference − 1) ± standard error, discrete win rate, "
-            "wins / draws / losses; the minimal length-controlled win rate fits the length difference only; conflict "
-            "rate and BPDE from judging both orders (FairEval).</p>"
-            + _table(["run", "source", "system", "win rate ± se", "discrete", "W / D / L", "length-controlled (minimal)",
-                      "conflict rate", "BPDE", "no verdict"], rows))
+        return []
+    return [Section("Pairwise", ["AlpacaEval's win rate (100 × mean preference − 1) ± standard error, discrete win rate, wins / "
+                                 "draws / losses; the minimal length-controlled win rate fits the length difference only; conflict "
+                                 "rate and BPDE from judging both orders (FairEval)."],
+                    [Table(["run", "source", "system", "win rate ± se", "discrete", "W / D / L", "length-controlled (minimal)",
+                            "conflict rate", "BPDE", "no verdict"], rows)])]
 
 
-def _refusal_section(runs: list[Run]) -> str:
+def _refusal_section(runs: list[Run]) -> list[Section]:
     rows = []
     for run in runs:
         for r in run.summary.get("refusal", []):
             c = r["confusion"]
-            rows.append([html.escape(run.name), html.escape(r["system"]), html.escape(r["scorer"]),
-                         "<br>".join(f"{html.escape(k)}: {_interval(v)}" for k, v in r["rate"].items()),
+            rows.append([run.name, r["system"], r["scorer"], {"lines": [f"{k}: {_interval(v)}" for k, v in r["rate"].items()]},
                          _num(r["over_refusal"]), _num(r["f1"]), f"TP {c['tp']} FN {c['fn']} FP {c['fp']} TN {c['tn']}",
-                         str(r["unlabelled"])])
+                         r["unlabelled"]])
     if not rows:
-        return ""
-    return "<h2>Refusal</h2>" + _table(["run", "system", "scorer", "refusal rate per set", "over-refusal", "F1", "confusion", "unlabelled"], rows)
+        return []
+    return [Section("Refusal", tables=[Table(["run", "system", "scorer", "refusal rate per set", "over-refusal", "F1", "confusion",
+                                              "unlabelled"], rows)])]
 
 
-def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> str:
+def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> list[Section]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,8 +234,8 @@ def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> str:
     figures = _sweep_plots(runs) + _win_rate_plot(runs) + _transition_plots(runs) + _best_of_n_plots(runs) + figures + bars
     for claim in claims:  # claims that saved a plot beside result.json (e.g. best-of-n curves)
         for png in sorted(Path(claim["_dir"]).glob("*.png")):
-            figures.append(f'<img class="plot" alt="{html.escape(png.name)}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
-    return "<h2>Plots</h2>" + "".join(figures) if figures else ""
+            figures.append(_image(png.name, png.read_bytes()))
+    return [Section("Plots", plots=figures)] if figures else []
 
 
 def _band(ax: Any, xs: list[float], points: list[dict[str, Any]], label: str) -> None:
@@ -234,7 +244,7 @@ def _band(ax: Any, xs: list[float], points: list[dict[str, Any]], label: str) ->
     ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
 
 
-def _win_rate_plot(runs: list[Run]) -> list[str]:
+def _win_rate_plot(runs: list[Run]) -> list[dict[str, str]]:
     import matplotlib.pyplot as plt
 
     rows = pairwise_rows(runs)
@@ -251,7 +261,7 @@ def _win_rate_plot(runs: list[Run]) -> list[str]:
     return [_png(fig)]
 
 
-def _transition_plots(runs: list[Run]) -> list[str]:
+def _transition_plots(runs: list[Run]) -> list[dict[str, str]]:
     """Self-correction: how first attempts fare on the second (METHODS §E4), one stacked bar each."""
     import matplotlib.pyplot as plt
 
@@ -278,7 +288,7 @@ def _transition_plots(runs: list[Run]) -> list[str]:
     return [_png(fig)]
 
 
-def _best_of_n_plots(runs: list[Run]) -> list[str]:
+def _best_of_n_plots(runs: list[Run]) -> list[dict[str, str]]:
     import matplotlib.pyplot as plt
 
     curves = [(e, c) for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
@@ -295,7 +305,7 @@ def _best_of_n_plots(runs: list[Run]) -> list[str]:
     return [_png(fig)]
 
 
-def _sweep_plots(runs: list[Run]) -> list[str]:
+def _sweep_plots(runs: list[Run]) -> list[dict[str, str]]:
     """Each metric against the swept option of every one-option sweep (e.g. refusal rate vs
     threshold, one line per prompt set)."""
     import matplotlib.pyplot as plt
@@ -331,22 +341,21 @@ def _sweep_plots(runs: list[Run]) -> list[str]:
     return figures
 
 
-def _claims_section(claims: list[dict[str, Any]]) -> str:
+def _claims_section(claims: list[dict[str, Any]]) -> list[Section]:
     if not claims:
-        return ""
+        return []
     def interval(c: dict[str, Any]) -> str:
         v = c.get("interval")
         return f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) and len(v) == 2 else _num(v)
 
-    def status(c: dict[str, Any]) -> str:
+    def status(c: dict[str, Any]) -> Cell:
         text = c.get("status") or ("holds" if c.get("holds") else "does not hold")
-        return f'<span class="sig">{html.escape(text)}</span>' if text == "holds" else html.escape(text)
+        return {"sig": text} if text == "holds" else text
 
-    rows = [[html.escape(c["name"]), html.escape(str(c.get("claim", ""))), html.escape(str(c.get("metric", ""))),
-             html.escape(_num(c.get("value"))), html.escape(_num(c.get("baseline"))), html.escape(interval(c)), status(c)]
-            for c in claims]
-    return ("<h2>Claims</h2><p>Interval: 95% interval of the pre-registered difference (claims under the rules).</p>"
-            + _table(["claim", "statement", "metric", "value", "baseline", "interval", "status"], rows))
+    rows = [[c["name"], str(c.get("claim", "")), str(c.get("metric", "")), _num(c.get("value")), _num(c.get("baseline")),
+             interval(c), status(c)] for c in claims]
+    return [Section("Claims", ["Interval: 95% interval of the pre-registered difference (claims under the rules)."],
+                    [Table(["claim", "statement", "metric", "value", "baseline", "interval", "status"], rows)])]
 
 
 def _correct(sample: dict[str, Any]) -> str:
@@ -354,7 +363,10 @@ def _correct(sample: dict[str, Any]) -> str:
     return "yes" if flags and all(flags) else "no" if flags else "n/a"
 
 
-def _browser(runs: list[Run], limit: int) -> str:
+def _browser(runs: list[Run], limit: int) -> dict[str, Any] | None:
+    """The sample browser's data: filter options, rows (their ``data-*`` filter attributes, cells)."""
+    if not runs:
+        return None
     samples = [(run.name, s) for run in runs for s in run.samples]
     shown = samples[:limit]
     specs = {(run.name, spec["name"]): spec for run in runs for spec in run.summary.get("systems", [])}
@@ -364,28 +376,11 @@ def _browser(runs: list[Run], limit: int) -> str:
         return {"system": f"{run_name}/{s['system']}", "model": str(spec.get("model", "")), "method": str(spec.get("method", "plain")),
                 "prompt_set": s["prompt_set"], "correct": _correct(s), "category": str(s["row"].get("category", ""))}
 
-    shown_attrs = [attributes(r, s) for r, s in shown]
-    options = {key: sorted({a[key] for a in shown_attrs}) for key in ("system", "model", "method", "prompt_set", "correct", "category")}
-    selects = "".join(
-        f'<label>{key.replace("_", " ")} <select data-filter="{key}"><option value="">all</option>'
-        + "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>' for v in values) + "</select></label> "
-        for key, values in options.items())
-    rows = []
-    for (run_name, s), attrs in zip(shown, shown_attrs):
-        prompt = last_text(s["prompt"])
-        scores = ", ".join(f"{k}={_num(v)}" for k, v in s["scores"].items())
-        data = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in attrs.items())
-        rows.append(f'<tr class="sample" {data}><td>{html.escape(attrs["system"])}</td><td>{html.escape(s["prompt_set"])}</td>'
-                    f'<td>{s["index"]}</td><td><pre>{html.escape(prompt)}</pre></td><td><pre>{html.escape(s["output"])}</pre></td>'
-                    f"<td>{html.escape(scores)}</td></tr>")
-    more = f"<p>{len(samples) - len(shown)} more samples not shown (max_samples).</p>" if len(samples) > len(shown) else ""
-    return (
-        '<h2>Samples</h2><div class="filters">' + selects
-        + '<label>search <input type="search" id="search" placeholder="text in prompt or output"></label>'
-        + ' <span id="count"></span></div>'
-        + '<table id="samples"><thead><tr><th>system</th><th>prompt set</th><th>#</th><th>prompt</th><th>output</th><th>scores</th></tr></thead><tbody>'
-        + "".join(rows) + "</tbody></table>" + more
-    )
+    rows = [{"attrs": attributes(r, s), "prompt_set": s["prompt_set"], "index": s["index"], "prompt": last_text(s["prompt"]),
+             "output": s["output"], "scores": ", ".join(f"{k}={_num(v)}" for k, v in s["scores"].items())} for r, s in shown]
+    keys = ("system", "model", "method", "prompt_set", "correct", "category")
+    return {"options": [(key, sorted({r["attrs"][key] for r in rows})) for key in keys], "rows": rows,
+            "more": len(samples) - len(shown)}
 
 
 def side_by_side(runs: list[Run]) -> list[dict[str, Any]]:
@@ -411,17 +406,13 @@ def side_by_side(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
-def _side_by_side_section(runs: list[Run], per_pair: int = 50) -> str:
-    parts = []
-    for block in side_by_side(runs):
-        rows = []
-        for gap, a, b in block["pairs"][:per_pair]:
-            prompt = last_text(a["prompt"])
-            rows.append([html.escape(a["prompt_set"]), f"<pre>{html.escape(prompt)}</pre>", f"<pre>{html.escape(a['output'])}</pre>",
-                         f"<pre>{html.escape(b['output'])}</pre>", f"{gap:.3f}"])
-        parts.append(f"<h3>{html.escape(block['run'])}: {html.escape(block['system'])} vs {html.escape(block['baseline'])}</h3>"
-                     + _table(["prompt set", "prompt", html.escape(block["baseline"]), html.escape(block["system"]), "disagreement"], rows, "diff"))
-    return "<h2>Side by side</h2><p>Per prompt, sorted by how much the scores disagree.</p>" + "".join(parts) if parts else ""
+def _side_by_side_section(runs: list[Run], per_pair: int = 50) -> list[Section]:
+    tables = [Table(["prompt set", "prompt", block["baseline"], block["system"], "disagreement"],
+                    [[a["prompt_set"], {"pre": last_text(a["prompt"])}, {"pre": a["output"]}, {"pre": b["output"]}, f"{gap:.3f}"]
+                     for gap, a, b in block["pairs"][:per_pair]],
+                    "diff", title=f"{block['run']}: {block['system']} vs {block['baseline']}")
+              for block in side_by_side(runs)]
+    return [Section("Side by side", ["Per prompt, sorted by how much the scores disagree."], tables)] if tables else []
 
 
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
@@ -448,18 +439,22 @@ SCRIPT = """(function(){
 })();"""
 
 
+def _csp_hash(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
 def render(args: ReportArgs) -> tuple[Path, Path]:
     """Write the HTML page and the Markdown summary; returns both paths."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
     runs, claims = load_runs(args.runs)
     started = time.perf_counter()
-    body = (_claims_section(claims) + (_summary_section(runs) if runs else "") + _refusal_section(runs) + _pairwise_section(runs)
-            + _plots(runs, claims)
-            + _side_by_side_section(runs) + (_browser(runs, args.max_samples) if runs else ""))
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(args.title)}</title>'
-            f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src \'unsafe-inline\'; script-src \'unsafe-inline\'">'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(args.title)}</h1>"
-            f"<p>Runs: {html.escape(', '.join(args.runs))}. Generated by alignkit in {time.perf_counter() - started:.1f} s.</p>"
-            f"{body}<script>{SCRIPT if runs else ''}</script></body></html>")
+    sections = (_claims_section(claims) + ([_summary_section(runs)] if runs else []) + _refusal_section(runs)
+                + _pairwise_section(runs) + _plots(runs, claims) + _side_by_side_section(runs))
+    env = Environment(loader=PackageLoader("align", "templates"), autoescape=True, undefined=StrictUndefined)
+    page = env.get_template("report.html").render(
+        title=args.title, runs=args.runs, seconds=time.perf_counter() - started, sections=sections,
+        browser=_browser(runs, args.max_samples), css=CSS, script=SCRIPT, style_hash=_csp_hash(CSS), script_hash=_csp_hash(SCRIPT))
     out = atomic_write_text(args.output, page)
     md = atomic_write_text(Path(args.output).with_suffix(".md"), markdown(runs, claims))
     return out, md

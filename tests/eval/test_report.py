@@ -169,3 +169,32 @@ def test_page_in_headless_chromium(tmp_path):
         browser.close()
     assert not errors, errors
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_every_field_is_escaped_and_only_the_pages_own_script_may_run(tmp_path):
+    """Fields that used to reach the page unescaped (a sample's index, forward-token model names,
+    refusal-rate set names), and a CSP that names the page's script and style by hash."""
+    import base64
+    import hashlib
+    import re
+
+    run = _run(tmp_path)
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    samples[0]["index"] = HOSTILE[1]
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["table"][0]["compute"]["forward_tokens"] = {HOSTILE[0]: 3}
+    summary["refusal"] = [{"system": "dpo", "scorer": "refusal_string", "rate": {HOSTILE[2]: {"value": 0.5, "low": 0.1, "high": 0.9}},
+                           "over_refusal": 0.0, "f1": 1.0, "confusion": {"tp": 1, "fn": 0, "fp": 0, "tn": 1}, "unlabelled": 0}]
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = render(ReportArgs(runs=[str(run)], output=str(tmp_path / "r.html")))[0].read_text()
+    for hostile in HOSTILE:
+        assert hostile not in text
+    csp = re.search(r'Content-Security-Policy" content="([^"]*)"', text).group(1)
+    assert "unsafe-inline" not in csp
+    scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
+    styles = re.findall(r"<style>(.*?)</style>", text, re.S)
+    assert len(scripts) == len(styles) == 1
+    for body, directive in ((scripts[0], "script-src"), (styles[0], "style-src")):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert f"{directive} 'sha256-{digest}'" in csp
