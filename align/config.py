@@ -119,5 +119,13 @@ def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None, def
     parser = TrlParser(dataclass_types=[cls], prog=prog)
     if defaults or config:
         parser.set_defaults_with_config(**{**(defaults or {}), **config})
-    (out,) = parser.parse_args_into_dataclasses(args=args)
+    out, unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    flags = [a for a in unknown if a.startswith("--")]
+    if unknown:
+        import difflib
+
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        hints = [f"--{m[0]}" for a in flags for m in [difflib.get_close_matches(a.lstrip("-").split("=")[0], known, 1)] if m]
+        raise ConfigError(f"unknown option(s) {' '.join(flags or unknown)}" + (f"; did you mean {', '.join(hints)}?" if hints else "")
+                          + f" (`{prog or 'align'} --help` lists the options)")
     return out

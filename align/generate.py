@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,12 +53,19 @@ class GenerateArgs:
     small_base: str | None = field(default=None, metadata={"help": "dlf: the small base model"})
     experts: list[str] = field(default_factory=list, metadata={"help": "dlf: small expert models"})
     base: str | None = field(default=None, metadata={"help": "steer: base model reading the same prompt"})
-    negative_examples: str | None = field(default=None, metadata={"help": "steer: .txt/.jsonl of negative examples"})
+    negative_pool_block: int = field(
+        default=32, metadata={"help": "steer: the negative pool grows with the outputs after every this many prompts (not batches)"}
+    )
+    negative_examples: str | None = field(
+        default=None, metadata={"help": "steer: .txt/.jsonl of negative examples (each read like a prompt, in the model's format)"}
+    )
     gamma: float = field(default=0.2, metadata={"help": "steer: contrast strength"})
     eta: float = field(default=0.6, metadata={"help": "steer: negative-prompt strength"})
     top_k: int | None = field(default=10, metadata={"help": "steer: keep the k best tokens"})
     negative_model: str | None = field(default=None, metadata={"help": "negative: model for the negative prompt"})
-    negative_prompt: str = field(default="", metadata={"help": "negative: the negative prompt text"})
+    negative_prompt: str = field(
+        default="", metadata={"help": "negative: the negative prompt, read like the prompts (through the negative model's chat template when it has one)"}
+    )
     guidance_scale: float = field(default=1.5, metadata={"help": "negative: gamma"})
     gedi_model: str | None = field(default=None, metadata={"help": "gedi: the class-conditional guide"})
     desired_code: str = field(default="", metadata={"help": "gedi: control code of the desired class"})
@@ -126,8 +134,11 @@ class GenerateArgs:
             for v in values if isinstance(values, list) else [] if values is None else [values]:
                 if not math.isfinite(v):
                     raise ConfigError(f"{key} must be finite, got {values}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.negative_pool_block < 1:
+            raise ConfigError("max_new_tokens, batch_size and negative_pool_block must be >= 1")
+        from .models import check_device
+
+        check_device(self.device)
         self.category_thresholds = self.category_thresholds or {}
         if isinstance(self.category_thresholds, str):  # from the command line
             try:
@@ -173,6 +184,7 @@ class ModelStore:
         self._models: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
+        self._vocab_checked: set[tuple[str, ...]] = set()
         # positions each loaded model computed (batch x new positions per forward call, padding
         # included): the cost of multi-model decoding, model by model
         self.forward_tokens: dict[str, int] = {}
@@ -246,6 +258,20 @@ class ModelStore:
         except ValueError as err:
             raise ConfigError(f"model {ref}: {err}") from err
 
+    def check_vocab(self, refs: Sequence[str]) -> None:
+        """Every model of a multi-model method shares one vocabulary: a :class:`ConfigError` naming
+        two that do not, from their tokenizers alone (before any model loads); checked once per set."""
+        from decoding import check_same_vocab
+
+        key = tuple(sorted(set(refs)))
+        if len(key) < 2 or key in self._vocab_checked:
+            return
+        try:
+            check_same_vocab({ref: self.tokenizer(ref) for ref in key})
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        self._vocab_checked.add(key)
+
     def prompts_for(self, ref: str, prompts: list[Any]) -> list[Any]:
         """Prompts rendered in ``ref``'s format: chat models get messages, others plain text (a
         multi-turn prompt as its turns' contents, one a line: :func:`align.data.plain_text`)."""
@@ -316,19 +342,22 @@ def generate_outputs(
     defaults = store.defaults(args.model) if args.use_model_defaults else {}
     if args.backend == "vllm":
         return _generate_vllm(args, store, prompts, refusal, seeds, defaults)
-    for ref in [args.model, *args.tuned, *args.experts] + [
+    refs = [args.model, *args.tuned, *args.experts] + [
         r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model, args.large) if r
-    ]:
+    ]
+    for ref in refs:
         store.reads_chat(ref)  # every reference resolves (tokenizer only) before any model loads
+    store.check_vocab(refs)
+    pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
     main, tok = store.load(args.model)
     main_prompts = store.prompts_for(args.model, prompts)
 
     def aux(ref: str, rows: slice, own_prompts: list[Any] | None = None) -> AuxiliaryModel:
+        # each model reads its prompts in its own format: a negative prompt or example too, so a
+        # chat model reads it through its template as the main model reads the real prompt
         model, aux_tok = store.load(ref)
-        chosen = own_prompts if own_prompts is not None else store.prompts_for(ref, prompts)
+        chosen = store.prompts_for(ref, own_prompts if own_prompts is not None else prompts)
         return AuxiliaryModel(model, aux_tok, chosen[rows], ref)
-
-    pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
 
     def processors(rows: slice) -> list:
         # the checkpoint's defaults (if asked for) shape the method's final distribution; the sampler
@@ -348,7 +377,9 @@ def generate_outputs(
         if args.method == "dlf":
             return [DLFLogitsProcessor(tok, aux(args.small_base, rows), [aux(e, rows) for e in args.experts])]
         if args.method == "steer":
-            negatives = [pool.sample() for _ in range(n)] if pool is not None else None
+            # each row draws its own negatives (seeded by its sampling seed) from the pool as it
+            # stands at its block: the same whichever batch the row runs in
+            negatives = [pool.sample(seed=zlib.crc32(f"negatives:{s}".encode())) for s in seeds[rows]] if pool is not None else None
             neg = aux(args.model, slice(0, n), negatives) if negatives else None
             base = aux(args.base, rows) if args.base else None
             return [SteerLogitsProcessor(tok, base, neg, args.gamma, args.eta, args.top_k)]
@@ -367,10 +398,6 @@ def generate_outputs(
     sampling = {"do_sample": False, "max_new_tokens": args.max_new_tokens}  # SeededSampler draws; generate keeps its pick
     eos = eos_token_ids(main, tok)
 
-    def grow(rows: slice, ids: list[list[int]]) -> None:
-        if pool is not None:  # STEER's negatives grow with what was generated
-            pool.add(text for text, _ in decode_completions(tok, ids, eos))
-
     large_tokens = [0] * len(prompts)
     ead = {}
     if args.method == "ead":
@@ -384,7 +411,24 @@ def generate_outputs(
             large_tokens[rows] = output.tokens_large.tolist()
 
         ead = {"make_kwargs": ead_kwargs, "on_output": count}
-    ids = generate_ids(main, tok, encode_prompts(tok, main_prompts), processors, args.batch_size, grow, **ead, **sampling)
+    encoded = encode_prompts(tok, main_prompts)
+    # STEER's pool grows with the outputs (METHODS §D3) after every block of prompts, in prompt
+    # order; other methods run all prompts as one block
+    block = args.negative_pool_block if pool is not None else max(1, len(prompts))
+    ids: list[list[int]] = []
+    for start in range(0, len(prompts), block):
+        part = slice(start, min(start + block, len(prompts)))
+
+        def shifted(rows: slice, part: slice = part) -> slice:
+            return slice(part.start + rows.start, part.start + rows.stop)
+
+        ead_part = {"make_kwargs": lambda rows: ead["make_kwargs"](shifted(rows)),
+                    "on_output": lambda rows, out: ead["on_output"](shifted(rows), out)} if ead else {}
+        done = generate_ids(main, tok, encoded[part], lambda rows: processors(shifted(rows)), args.batch_size,
+                            **ead_part, **sampling)
+        if pool is not None:
+            pool.add(text for text, _ in decode_completions(tok, done, eos))
+        ids.extend(done)
     # refusal: the first id is the control token; it goes to "control", the text is what follows
     controls = [control_token(tok, refusal, row[:1]) for row in ids] if args.method == "refusal" else None
     texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls or [None] * len(ids))], eos)

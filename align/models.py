@@ -69,6 +69,22 @@ def torch_dtype(dtype: str) -> "torch.dtype | str":
     return dtype if dtype == "auto" else getattr(torch, dtype)
 
 
+def check_device(device: str | None) -> None:
+    """A :class:`ConfigError` for a device this machine does not have (before any model loads)."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r} is not a torch device ({err})") from err
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, True):
+        raise ConfigError(f"device {device!r}: no {kind} device is available on this machine (torch {torch.__version__}); "
+                          "leave device unset to use what there is")
+
+
 def default_device() -> str:
     import torch
 
@@ -82,22 +98,24 @@ def load_causal_lm(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     cls: Any = None,
+    **init_kwargs: Any,
 ) -> Any:
     """A model from a hub id, a directory or a ``.gguf`` file (de-quantised), in ``dtype``, on
-    ``device`` (or spread by ``device_map``).
+    ``device`` (or spread by ``device_map``); ``init_kwargs`` go to ``from_pretrained`` (e.g. a
+    trainer's ``model_init_kwargs``: ``attn_implementation``, ``revision``).
 
     Training passes ``dtype="float32"`` (fp32 master weights: a bf16 hub checkpoint would otherwise
     train in pure bf16); generation defaults to the checkpoint's dtype.
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {**init_kwargs, "dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
     from .testbed.real import is_gguf, strip_gguf_quantizer
 
     if (Path(path) / "adapter_config.json").is_file():
-        return load_adapter(path, dtype, device, device_map, trust_remote_code, cls)
+        return load_adapter(path, dtype, device, device_map, trust_remote_code, cls, **init_kwargs)
     if is_gguf(path):
         kwargs.update(gguf_file=Path(path).name, dtype=torch_dtype("float32" if dtype == "auto" else dtype))
         path = Path(path).parent
@@ -114,7 +132,7 @@ def load_causal_lm(
 
 def load_adapter(
     path: str | Path, dtype: str = "auto", device: str | None = None, device_map: str | dict | None = None,
-    trust_remote_code: bool = False, cls: Any = None,
+    trust_remote_code: bool = False, cls: Any = None, **init_kwargs: Any,
 ) -> Any:
     """A PEFT adapter directory (``align train ... --lora_r N``) merged into its base model.
 
@@ -130,7 +148,7 @@ def load_adapter(
     base_path = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_path:
         raise ConfigError(f"model {path}: adapter_config.json names no base_model_name_or_path")
-    base = load_causal_lm(base_path, dtype, None, device_map, trust_remote_code, cls)
+    base = load_causal_lm(base_path, dtype, None, device_map, trust_remote_code, cls, **init_kwargs)
     vocab = len(load_tokenizer(path, trust_remote_code))
     if vocab > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(vocab, mean_resizing=False)

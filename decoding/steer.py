@@ -67,10 +67,13 @@ class NegativePool:
     def add(self, outputs: Iterable[str]) -> None:
         self.examples.extend(o for o in outputs if o)
 
-    def sample(self) -> str:
+    def sample(self, seed: int | None = None) -> str:
+        """``k`` examples without replacement, from the pool's own generator or, with ``seed``, one
+        seeded for this draw alone (a row's negatives then depend on its seed, not on draw order)."""
         if not self.examples:
             raise ValueError("the negative pool is empty: give it real examples before generating")
-        return self.separator.join(self._rng.sample(self.examples, min(self.k, len(self.examples))))
+        rng = self._rng if seed is None else random.Random(seed)
+        return self.separator.join(rng.sample(self.examples, min(self.k, len(self.examples))))
 
 
 class SteerLogitsProcessor(LogitsProcessor):

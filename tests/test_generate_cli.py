@@ -110,3 +110,44 @@ def test_vllm_backend_rejects_multi_model_methods(prompt_file, method):
     with pytest.raises(ConfigError, match="cannot run with backend 'vllm'.*one model"):
         GenerateArgs(prompts=str(prompt_file), method=method, backend="vllm", tuned=["x"], small_base="x",
                      experts=["x"], negative_prompt="x", gedi_model="x", desired_code="a", anti_code="b", eta=0.0, gamma=0.0)
+
+
+def test_steer_negatives_do_not_depend_on_batching(tiny_testbed, prompt_file, tmp_path):
+    """Each row draws its negatives with its own seed from the pool as it stands at its block of
+    prompts, so the batch size changes nothing (it used to decide which rows' outputs a row saw)."""
+    extra = {"method": "steer", "base": "testbed:small-base", "negative_examples": "data/preference/standard-train.jsonl",
+             "do_sample": True, "negative_pool_block": 2}
+    outs = []
+    for batch_size in (1, 3):
+        path = run_generate(args(tiny_testbed, prompt_file, tmp_path, batch_size=batch_size, output=str(tmp_path / f"{batch_size}.jsonl"),
+                                 **extra))
+        outs.append([json.loads(line)["output"] for line in path.read_text().splitlines()])
+    assert outs[0] == outs[1]
+
+
+def test_bad_options_fail_before_any_model_loads(tiny_testbed, prompt_file, tmp_path, monkeypatch, capsys):
+    import align.generate as generate
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(generate.ModelStore, "load", no_loading)
+    with pytest.raises(ConfigError, match="prompts: .*missing.txt does not exist"):
+        run_generate(args(tiny_testbed, prompt_file, tmp_path, method="steer", base="testbed:small-base",
+                          negative_examples=str(tmp_path / "missing.txt")))
+    with pytest.raises(ConfigError, match="device 'cuda'"):
+        args(tiny_testbed, prompt_file, tmp_path, device="cuda" if not __import__("torch").cuda.is_available() else "mps:9")
+    cache = str(tiny_testbed.root.parents[1])
+    code = main(["generate", "--prompts", str(prompt_file), "--cache_dir", cache, "--max_new_tokenz", "3"])
+    assert code == 2 and "unknown option(s) --max_new_tokenz; did you mean --max_new_tokens?" in capsys.readouterr().err
+
+
+def test_a_vocabulary_mismatch_is_named_before_any_model_loads(tiny_testbed, prompt_file, tmp_path, monkeypatch, cache_dir):
+    from align.testbed import build_testbed
+    import align.generate as generate
+
+    bpe = build_testbed("tiny-bpe", seed=0, cache_dir=cache_dir, workers=1, show_progress=False)
+    monkeypatch.setattr(generate.ModelStore, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    with pytest.raises(ConfigError, match="do not share a vocabulary"):
+        run_generate(args(tiny_testbed, prompt_file, tmp_path, method="eft", model="testbed:large-base",
+                          tuned=[str(bpe.path("small-instruct"))], reference="testbed:small-base"))

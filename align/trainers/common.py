@@ -71,12 +71,29 @@ class AlignFields:
             raise ConfigError(f"eval_strategy {self.eval_strategy!r} needs dataset_test_split (the split to evaluate on)")
         if self.max_steps == 0:
             raise ConfigError("max_steps must be >= 1, or -1 to train num_train_epochs")
+        self.init_kwargs()  # a bad model_init_kwargs fails here, before any data or model loads
         # TRL's configs turn bf16 autocast on by default, on CPU too, where it is slow and lossy:
         # unset (None) means bf16 only on GPUs that support it.
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
             self.use_cpu = True  # without it, `accelerate launch` on CPUs runs every rank as world size 1
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """TRL's ``model_init_kwargs`` (where the config has it) for every model this trainer loads;
+        dtype and remote code have options of their own."""
+        kwargs = getattr(self, "model_init_kwargs", None) or {}
+        if isinstance(kwargs, str):
+            try:
+                kwargs = json.loads(kwargs)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"model_init_kwargs must be a JSON mapping, e.g. '{{\"attn_implementation\": \"sdpa\"}}': {err}") from err
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"model_init_kwargs must be a mapping of from_pretrained arguments, got {kwargs!r}")
+        clash = sorted(set(kwargs) & {"dtype", "torch_dtype", "trust_remote_code"})
+        if clash:
+            raise ConfigError(f"model_init_kwargs: set {clash} with the options dtype / trust_remote_code instead")
+        return dict(kwargs)
 
     def resolve(self, name: str) -> str:
         return resolve_model(name, self.profile, self.testbed_seed, self.cache_dir)
@@ -105,10 +122,11 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
     PEFT config. The reference is always loaded explicitly, never from ``config._name_or_path``."""
     path = args.resolve(args.model)
     tok = load_tokenizer(path, args.trust_remote_code)
-    policy = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code)
+    init = args.init_kwargs()
+    policy = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code, **init)
     if args.lora_r > 0:
         return tok, policy, None, lora_config(args)
-    ref = load_causal_lm(args.resolve(args.ref_model or args.model), args.dtype, trust_remote_code=args.trust_remote_code)
+    ref = load_causal_lm(args.resolve(args.ref_model or args.model), args.dtype, trust_remote_code=args.trust_remote_code, **init)
     ref.requires_grad_(False).eval()
     return tok, policy, ref, None
 

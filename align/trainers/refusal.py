@@ -171,7 +171,7 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
     test_rows = tag_rows(test, args) if test is not None else None
     path = args.resolve(args.model)
     tok = load_tokenizer(path, args.trust_remote_code)
-    model = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code)
+    model = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code, **args.init_kwargs())
     tokens = args.control_tokens()
     ids = add_control_tokens(tok, model, list(tokens.values()))
     check_single_ids(tok, train_rows)
