@@ -54,8 +54,9 @@ def checkpoint_defaults(model: PreTrainedModel | None) -> dict[str, Any]:
 
     Example:
         >>> from types import SimpleNamespace
-        >>> checkpoint_defaults(SimpleNamespace(generation_config=GenerationConfig(repetition_penalty=1.3, top_k=20)))
-        {'repetition_penalty': 1.3, 'top_k': 20}
+        >>> config = GenerationConfig(do_sample=True, repetition_penalty=1.3, top_k=20)
+        >>> sorted(checkpoint_defaults(SimpleNamespace(generation_config=config)).items())
+        [('repetition_penalty', 1.3), ('top_k', 20)]
     """
     config = getattr(model, "generation_config", None)
     if config is None:

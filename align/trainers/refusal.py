@@ -54,7 +54,8 @@ class RefusalArgs(AlignFields, SFTConfig):
         default=None, metadata={"help": "category mode: refusal categories, each gets the token [<category>]"}
     )
     label_field: str = field(default="label", metadata={"help": "row field saying refuse or respond"})
-    refuse_label: str = field(default="refuse", metadata={"help": "the label_field value of refusals"})
+    refuse_label: str = field(default="refuse", metadata={"help": "the label_field value of refusals (also true / 1)"})
+    respond_label: str = field(default="respond", metadata={"help": "the label_field value of other responses (also false / 0)"})
     category_field: str = field(default="category", metadata={"help": "category mode: row field naming the category"})
     output_dir: str = field(default="runs/train/refusal", metadata={"help": "checkpoints and the final model"})
 
@@ -91,7 +92,10 @@ def tag_rows(rows: Any, args: RefusalArgs) -> list[dict[str, Any]]:
         label = row.get(args.label_field)
         if label is None:
             raise ConfigError(f"row {i}: field {args.label_field!r} is missing (the refuse/respond label)")
-        refuse = label is True or label == args.refuse_label
+        refuse = parse_label(label, args.refuse_label, args.respond_label)
+        if refuse is None:  # never guess: a label read as "respond" by default would train the opposite
+            raise ConfigError(f"row {i}: field {args.label_field!r} is {label!r}; expected {args.refuse_label!r} / "
+                              f"{args.respond_label!r} (any case), true / false or 1 / 0")
         key = "respond"
         if refuse:
             key = "refuse" if args.categories is None else row.get(args.category_field)
@@ -115,6 +119,23 @@ def tag_rows(rows: Any, args: RefusalArgs) -> list[dict[str, Any]]:
                 completion = [{**completion[0], "content": f"{tokens[key]} {completion[0]['content']}"}, *completion[1:]]
         out.append({"prompt": prompt, "completion": completion, "control": tokens[key]})
     return out
+
+
+def parse_label(label: Any, refuse: str = "refuse", respond: str = "respond") -> bool | None:
+    """Whether a row's label says refuse (``True``), respond (``False``) or neither (``None``).
+
+    Example:
+        >>> [parse_label(x) for x in ("refuse", "Refuse", 1, True, "respond", 0, "maybe", 2)]
+        [True, True, True, True, False, False, None, None]
+    """
+    if isinstance(label, bool):
+        return label
+    if isinstance(label, int) and label in (0, 1):
+        return bool(label)
+    if isinstance(label, str):
+        key = label.strip().lower()
+        return True if key == refuse.lower() else False if key == respond.lower() else None
+    return None
 
 
 def add_control_tokens(tokenizer: Any, model: Any, tokens: Sequence[str]) -> list[int]:

@@ -109,10 +109,13 @@ class ScoreArgs(AlignFields, TrainingArguments):
                               f"{self.stage1_steps}, {self.stage2_steps}")
         if min(self.num_generations, self.max_new_tokens, self.n_train, self.n_eval) < 1:
             raise ConfigError("num_generations, max_new_tokens, n_train and n_eval must be >= 1")
-        for name in ("alpha", "beta1", "beta2", "temperature"):
+        for name in ("alpha", "beta1", "beta2"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            # the policy-gradient estimator needs samples from the policy: greedy rollouts are not
+            raise ConfigError(f"temperature must be a finite number > 0 (rollouts are sampled from the policy), got {self.temperature}")
         if self.rollout_backend not in ("transformers", "vllm"):
             raise ConfigError(f"rollout_backend must be transformers or vllm, got {self.rollout_backend!r}")
         if self.rollout_backend == "vllm" and self.lora_r:

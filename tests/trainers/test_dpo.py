@@ -197,3 +197,17 @@ def test_first_step_on_both_flavours_policy_is_its_reference(testbed, tmp_path, 
             count += len(enc["input_ids"]) - start
     assert log["nll_loss"] == pytest.approx(total / count, abs=1e-5)
     assert log["loss"] == pytest.approx(math.log(2) + 0.5 * total / count, abs=1e-5)
+
+
+def test_model_init_kwargs_reach_every_loaded_model(tiny_testbed):
+    """TRL's model_init_kwargs used to be listed and ignored: they go to from_pretrained."""
+    from align.config import ConfigError
+    from align.trainers.common import load_models
+    from align.trainers.dpo import DPOArgs
+
+    args = DPOArgs(dataset="testbed:preference", profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]),
+                   model_init_kwargs={"attn_implementation": "eager"})
+    _, policy, ref, _ = load_models(args)
+    assert policy.config._attn_implementation == ref.config._attn_implementation == "eager"
+    with pytest.raises(ConfigError, match="model_init_kwargs: set \\['dtype'\\]"):
+        DPOArgs(dataset="testbed:preference", model_init_kwargs={"dtype": "bfloat16"})

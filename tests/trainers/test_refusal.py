@@ -28,6 +28,16 @@ def test_rows_are_tagged_with_their_control_token():
     assert tag_rows(rows, RefusalArgs(categories=CATEGORIES))[0]["control"] == "[ill-posed]"
 
 
+def test_labels_never_fail_open():
+    """1, "Refuse", true refuse; 0, "respond", false respond; anything else is an error naming the
+    row (an unknown label used to count as respond)."""
+    rows = [{"prompt": "p", "completion": "c", "label": label} for label in (1, "Refuse", True, 0, "RESPOND", False)]
+    assert [r["control"] for r in tag_rows(rows, RefusalArgs())] == ["[refuse]"] * 3 + ["[respond]"] * 3
+    for bad in ("yes", 2, "refused"):
+        with pytest.raises(ConfigError, match=f"row 1: field 'label' is {bad!r}"):
+            tag_rows([rows[0], {"prompt": "p", "completion": "c", "label": bad}], RefusalArgs())
+
+
 def test_bad_input_is_named_before_any_model_loads(tmp_path):
     row = {"prompt": "7/0=", "completion": "No.", "label": "refuse", "category": "off-topic"}
     with pytest.raises(ConfigError, match="row 0: unknown category 'off-topic'"):

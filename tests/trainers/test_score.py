@@ -122,6 +122,8 @@ def test_bad_input_is_named(tmp_path):
         ScoreArgs(instruction="  ")
     with pytest.raises(ConfigError, match="rollout_backend vllm loads full weights"):
         ScoreArgs(rollout_backend="vllm", lora_r=4)
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+        ScoreArgs(temperature=0.0)  # accepted before, then crashed in the sampler
     with pytest.raises(ValueError, match="reward 'r' must return a list of 2 numbers, got 1"):
         check_rewards([1.0], 2, "r")
     with pytest.raises(ValueError, match="returned nan for completion 1"):
