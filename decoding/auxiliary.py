@@ -21,6 +21,12 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
 
 
+def syncs_are_free(device: torch.device) -> bool:
+    """Whether reading a value back to Python costs nothing (CPU): then processors may branch on the
+    data; on accelerators they run fixed shapes so no step waits on a device-to-host copy."""
+    return device.type == "cpu"
+
+
 def check_same_vocab(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> int:
     """Check every tokenizer maps every token to the same id; return the shared ``len(tokenizer)``.
 

@@ -19,9 +19,9 @@ of an expectation::
     KL(P̃_α‖P) = α E_P̃α[s] - log Z_α      KL(P‖P̃_α) = log Z_α - α E_P[s]
     KL(Q_t‖Q) = E_Qt[s]                   KL(Q‖Q_t) = -E_Q[s]
 
-and every candidate needs two sums over the vocabulary, ``Σ P̃_α₀ e^{(α-α₀)(s - max s)}`` and the
-same weighted by ``s`` (``α₀`` the smallest α). On the default grid ``α - α₀ = 0.1 k``, and with
-``r = e^{0.1(s - max s)}`` and ``k = 7a + j``, ``r^k = r^{7a} r^j``: all 21 pairs of sums are one small
+and every candidate needs two sums over the vocabulary, ``Σ P̃_α₀ e^{(α-α₀)s}`` and the same
+weighted by ``s`` (``α₀`` the smallest α; ``s`` centred at its row maximum, which changes no KL and
+keeps every factor <= 1). On the default grid ``α - α₀ = 0.1 k``, and with ``r = e^{0.1 s}`` and ``k = 7a + j``, ``r^k = r^{7a} r^j``: all 21 pairs of sums are one small
 matmul per vocabulary block between ``[w r^{7a}, w s r^{7a}]`` (a < 3) and ``r^j`` (j < 7), thirteen
 multiplies per token and one ``exp`` instead of 21 tilts and 42 reductions. Blocks are small enough
 to stay in cache on CPU; memory stays a few ``[n_experts, B, V]`` buffers whatever the grid, which
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from .auxiliary import AuxiliaryModel, check_same_vocab, log_probs, widen
+from .auxiliary import AuxiliaryModel, check_same_vocab, log_probs, syncs_are_free, widen
 
 DEFAULT_GRID = tuple(round(0.1 * i, 1) for i in range(21))
 
@@ -65,6 +65,10 @@ def dlf_select(
     torch.nan_to_num_(shift, nan=0.0, posinf=1e4, neginf=-1e4)  # a masked token's ±inf: 0 x s stays 0
     target_fwd = torch.stack([dot(q.exp(), s) for q, s in zip(experts, shift)])  # KL(Q_t‖Q)  [n, B]
     target_rev = -dot(small.exp(), shift)  # KL(Q‖Q_t)
+    # From here s is centred at its row maximum: P̃_α and every KL are unchanged by a constant shift,
+    # every factor e^{o s} is <= 1 (nothing overflows), and when the mass sits on the maximum
+    # the KLs come out near 0 without α·max s cancelling against log Z (which decided near-ties).
+    shift.sub_(shift.amax(-1, keepdim=True))
     p = large.exp()
     mean_p = dot(p, shift)  # E_P[s]
     alphas = grid.tolist()  # the processor keeps its grid on the CPU: no device sync per step
@@ -77,15 +81,27 @@ def dlf_select(
         z = large + first * shift
         log_z0 = torch.logsumexp(z, -1) - torch.logsumexp(large, -1)
         tilted = torch.softmax(z, -1)
-    top = shift.amax(-1)  # max s per row: every factor exp(o(s - max s)) <= 1, nothing overflows
     offsets = [alphas[i] - first for i in order]
-    sums, dots = _tilted_moments(tilted, shift, top[..., None], offsets, block)
+    sums, dots = _tilted_moments(tilted, shift, offsets, block)
     alpha_sorted = torch.tensor([alphas[i] for i in order], device=device)[:, None, None]  # [G, 1, 1]
     sums, dots = sums.T.reshape(g, n, batch), dots.T.reshape(g, n, batch)
-    log_z = log_z0 + (alpha_sorted - first) * top + torch.log(sums / sums[:1])
+    log_z = log_z0 + torch.log(sums / sums[:1])
     fwd = alpha_sorted * dots / sums - log_z  # KL(P̃_α‖P)  [G, n, B]
     rev = log_z - alpha_sorted * mean_p  # KL(P‖P̃_α)
+    # The shared centring cannot hold every candidate in fp32's range when the tilt moves the mass
+    # onto tokens far from max s (e.g. log P of -200 and -80 next to 0: the dominant token's e^{o s}
+    # underflows): a sum of 0 gives a NaN objective, which argmin would pick.
+    # On CPU those rows' KLs are recomputed exactly in log space (rare); on accelerators, where
+    # asking whether there are any would stall every step on a sync, their candidates are dropped.
+    lost = ~((sums > _MIN_SUM) & torch.isfinite(dots))  # [G, n, B]
+    if syncs_are_free(device):
+        rows = lost.any(0)
+        if bool(rows.any()):
+            _exact_kls(large, shift, alpha_sorted[:, 0, 0], mean_p, rows, fwd, rev)
+
     by_sorted = ((fwd[:, :, None] - target_fwd) ** 2 + (rev[:, :, None] - target_rev) ** 2).sum(2)  # Σ over targets
+    if not syncs_are_free(device):
+        by_sorted = by_sorted.masked_fill(lost, math.inf)
     objective = torch.empty_like(by_sorted)
     objective[torch.tensor(order, device=device)] = by_sorted  # back to grid order  [G, n, B]
     best = objective.permute(2, 1, 0).reshape(batch, n * g).argmin(-1)  # first minimum: expert-major, grid order
@@ -94,6 +110,24 @@ def dlf_select(
     chosen = shift[expert, torch.arange(batch, device=device)]
     fused = torch.log_softmax(torch.addcmul(large, chosen, alpha[:, None]), -1)
     return fused, expert, alpha
+
+
+_MIN_SUM = 1e-30  # well inside fp32's normal range (1.2e-38): smaller sums have lost their precision
+
+
+def _exact_kls(
+    large: torch.Tensor, shift: torch.Tensor, alphas: torch.Tensor, mean_p: torch.Tensor, rows: torch.Tensor,
+    fwd: torch.Tensor, rev: torch.Tensor,
+) -> None:
+    """KL(P̃_α‖P) and KL(P‖P̃_α) for every α of the (expert, row) pairs in ``rows`` ``[n, B]``,
+    written into ``fwd``/``rev`` ``[G, n, B]``: ``log Z_α`` by logsumexp and ``E_P̃α[s]`` from the
+    log-space fused distribution, as the dense search computes them."""
+    for e, b in rows.nonzero().tolist():
+        z = large[b] + alphas[:, None] * shift[e, b]  # [G, V]; log P is normalised, so log Z_α = logsumexp z
+        log_z = torch.logsumexp(z, -1)
+        tilted_mean = (torch.softmax(z, -1) * shift[e, b]).sum(-1)
+        fwd[:, e, b] = alphas * tilted_mean - log_z
+        rev[:, e, b] = log_z - alphas * mean_p[e, b]
 
 
 def _lattice(offsets: Sequence[float], max_power: int = 64) -> tuple[float, list[int]] | None:
@@ -110,22 +144,22 @@ def _lattice(offsets: Sequence[float], max_power: int = 64) -> tuple[float, list
 
 
 def _tilted_moments(
-    w: torch.Tensor, s: torch.Tensor, top: torch.Tensor, offsets: Sequence[float], block: int | None
+    w: torch.Tensor, s: torch.Tensor, offsets: Sequence[float], block: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ_v w e^{o(s - top)}`` and ``Σ_v w s e^{o(s - top)}`` for every offset ``o >= 0``: ``[rows, G]`` each.
+    """``Σ_v w e^{o s}`` and ``Σ_v w s e^{o s}`` for every offset ``o >= 0``: ``[rows, G]`` each.
 
-    ``s`` is ``[n, B, V]`` (rows = n·B), ``top`` ``[n, B, 1]``, ``w`` the same shape as ``s`` or an
-    expanded view of one ``[B, V]`` (it is copied block by block anyway).
+    ``s`` is ``[n, B, V]`` (rows = n·B), centred so its row maximum is 0 (no factor exceeds 1), ``w``
+    the same shape or an expanded view of one ``[B, V]`` (it is copied block by block anyway).
 
     Both are contractions ``high @ lowᵀ`` over the vocabulary, done as one batched matmul per block.
-    On a lattice ``o = k·step`` with ``r = e^{step(s - top)}`` and ``k = m·a + j``, ``r^k = r^{ma} r^j``:
+    On a lattice ``o = k·step`` with ``r = e^{step s}`` and ``k = m·a + j``, ``r^k = r^{ma} r^j``:
     ``high`` holds ``w r^{ma}`` and ``w s r^{ma}``, ``low`` holds ``r^j``, so K + 1 candidates cost about
     ``2√(2(K+1))`` multiplies per token instead of K + 1 tilts (the rest is matmul). Any other grid
-    takes one ``exp`` per candidate (``low = e^{o(s - top)}``, ``high = [w, w s]``).
+    takes one ``exp`` per candidate (``low = e^{o s}``, ``high = [w, w s]``).
     """
     n, batch, vocab = s.shape
     rows = n * batch
-    s, top = s.view(rows, vocab), top.reshape(rows, 1)
+    s = s.view(rows, vocab)
     lattice = _lattice(offsets)
     if lattice is None:
         ks, n_low, n_high = list(range(len(offsets))), len(offsets), 1
@@ -143,16 +177,15 @@ def _tilted_moments(
     spare = s.new_empty(rows, block)
     if lattice is not None:
         low_buf[:, 0] = 1.0
-        scaled_top = -step * top
     for start in range(0, vocab, block):
         sb = s[:, start : start + block]
         width = sb.shape[1]
         high, low = high_buf[:, :, :width], low_buf[:, :, :width]
         high[:, 0].view(n, batch, width).copy_(w[..., start : start + width])
         if lattice is None:
-            torch.exp(offset_t * torch.sub(sb, top, out=spare[:, :width])[:, None, :], out=low)
+            torch.exp(offset_t * sb[:, None, :], out=low)
         else:
-            r = torch.exp(torch.add(scaled_top, sb, alpha=step), out=low[:, 1])  # e^{step(s - top)}
+            r = torch.exp(torch.mul(sb, step, out=spare[:, :width]), out=low[:, 1])  # e^{step s}
             for j in range(2, n_low):
                 torch.mul(low[:, j - 1], r, out=low[:, j])
             r_m = torch.mul(low[:, -1], r, out=spare[:, :width])
@@ -173,7 +206,8 @@ class DLFLogitsProcessor(LogitsProcessor):
         experts: small fine-tuned experts ``Q_t`` with their own prompts (one: single-task).
         grid: α candidates (default 0, 0.1, ..., 2.0).
 
-    After generation ``choices`` holds, per step, the chosen expert index and α for every row.
+    After generation ``choices`` holds, per step, the chosen expert index and α for every row (on
+    the scores' device; read them after generation, not per step).
 
     Example::
 
@@ -208,5 +242,5 @@ class DLFLogitsProcessor(LogitsProcessor):
         fused, expert, alpha = dlf_select(
             large, self.small_base(input_ids), [e(input_ids) for e in self.experts], self.grid
         )
-        self.choices.append({"expert": expert.cpu(), "alpha": alpha.cpu()})
+        self.choices.append({"expert": expert, "alpha": alpha})  # on the scores' device: no sync per step
         return widen(fused, scores.shape[-1])

@@ -23,6 +23,7 @@ import torch
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 from .auxiliary import AuxiliaryModel, check_same_vocab, log_probs, widen
+from .auxiliary import syncs_are_free as _syncs_are_free
 
 
 def gedi_posterior(
@@ -55,10 +56,13 @@ def _descending_keys(values: torch.Tensor) -> torch.Tensor:
     return ~(bits ^ ((bits >> 31) & 0x7FFFFFFF))
 
 
-def _syncs_are_free(device: torch.device) -> bool:
-    """Whether reading a value back to Python costs nothing (CPU): then the filter branches on the
-    data; on accelerators it runs fixed shapes so no step waits on a device-to-host copy."""
-    return device.type == "cpu"
+def _histogram(index: torch.Tensor, weights: torch.Tensor, size: int, sync_free: bool) -> torch.Tensor:
+    """``weights`` summed into ``size`` bins by ``index``: ``bincount`` on CPU (the fastest there);
+    on accelerators a fixed-size ``scatter_add_``, since CUDA's ``bincount`` reads the input's maximum
+    back to the host to size its output (a sync every step)."""
+    if sync_free:
+        return torch.bincount(index, weights, minlength=size)
+    return weights.new_zeros(size).scatter_add_(0, index, weights)
 
 
 def _crossing(hist: torch.Tensor, before: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +94,7 @@ def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple
     rows = torch.arange(batch, device=keys.device)[:, None]
     # (key - low) >> shift, plus the row's offset into one flat histogram, in one subtraction
     digit = (keys - (low - (rows << 16 << shift))) >> shift
-    hist = torch.bincount(digit.flatten(), probs.flatten(), minlength=batch * bins).view(batch, bins)
+    hist = _histogram(digit.flatten(), probs.flatten(), batch * bins, sync_free).view(batch, bins)
     first, before = _crossing(hist, probs.new_zeros(batch), rho)
     boundary = first[:, None] << shift
     flat_bin = first[:, None] + rows * bins  # that bin in the flat histogram; the second level counts its tokens
@@ -103,7 +107,7 @@ def _mass_boundary(keys: torch.Tensor, probs: torch.Tensor, rho: float) -> tuple
             boundary = boundary | second[:, None]
     else:  # fixed shapes, no sync: every token, weighted by whether it is inside (shift 0: a no-op)
         rest = ((keys - low) & ((1 << shift) - 1)) + rows * bins
-        hist = torch.bincount(rest.flatten(), (probs * (digit == flat_bin)).flatten(), minlength=batch * bins)
+        hist = _histogram(rest.flatten(), (probs * (digit == flat_bin)).flatten(), batch * bins, sync_free)
         second, before = _crossing(hist.view(batch, bins), before, rho)
         boundary = boundary | second[:, None]
     return (boundary[:, 0] + low[:, 0]).int(), before

@@ -148,3 +148,32 @@ def test_lattice_detection_routes_grids_to_both_moment_paths():
     assert step == pytest.approx(0.1) and ks == [0, 3, 5, 17, 20]
     assert _lattice([0.0, 1 / 3, 1.0, 2**0.5]) is None  # "off-lattice": one exp per candidate
     assert _lattice([0.0, 100.0, 100.5]) is None  # 201 steps: more powers than the exp path costs
+
+
+def test_a_search_whose_moments_underflow_picks_what_the_dense_search_picks():
+    """log P of -200 and -80 beside 0, and a shift whose maximum sits on the -200 token: every
+    candidate's e^{o(s - max s)} underflows on the dominant token, the sums go to 0 and the
+    objective to NaN, which argmin used to pick (α = 1.7 here; the dense search in fp32 and fp64: 0)."""
+    large = torch.log_softmax(torch.tensor([[0.0, -209.1721, -98.5989]]), -1)
+    small = torch.log_softmax(torch.tensor([[0.0, -49.5886, -59.0108]]), -1)
+    expert = torch.log_softmax(torch.tensor([[-13.040, -2.1458e-06, -46.719]]), -1)
+    grid = torch.tensor(GRID)
+    fused, chosen, alpha = dlf_select(large, small, [expert], grid)
+    for dtype in (torch.float32, torch.float64):
+        want_fused, want_expert, want_alpha = dense_dlf_select(large.to(dtype), small.to(dtype), [expert.to(dtype)], grid.to(dtype))
+        assert float(alpha) == float(want_alpha) and torch.equal(chosen, want_expert)
+    assert torch.isfinite(fused[:, 0]).all()
+    torch.testing.assert_close(fused, want_fused.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_accelerator_path_never_picks_a_lost_candidate(monkeypatch):
+    """Without syncs (GPU) the underflowed candidates are dropped, not recomputed: the pick is finite
+    and not the NaN candidate the unguarded search took (α = 1.7)."""
+    import decoding.dlf as dlf_module
+
+    monkeypatch.setattr(dlf_module, "syncs_are_free", lambda device: False)
+    large = torch.log_softmax(torch.tensor([[0.0, -209.1721, -98.5989]]), -1)
+    small = torch.log_softmax(torch.tensor([[0.0, -49.5886, -59.0108]]), -1)
+    expert = torch.log_softmax(torch.tensor([[-13.040, -2.1458e-06, -46.719]]), -1)
+    fused, _, alpha = dlf_select(large, small, [expert], torch.tensor(GRID))
+    assert float(alpha) < 1.7 and torch.isfinite(fused[:, 0]).all()

@@ -177,6 +177,11 @@ def _full_sort_filter(score, log_post, filter_p, target_p):
 def test_candidate_filter_equals_full_sort(filter_p, sync_free, monkeypatch):
     if sync_free:  # the fixed-shape code a GPU runs, checked here on the CPU
         monkeypatch.setattr(gedi_module, "_syncs_are_free", lambda device: False)
+
+        def bincount(*a, **k):  # on CUDA it reads the input's maximum back to the host
+            raise AssertionError("torch.bincount in the fixed-shape (no-sync) path")
+
+        monkeypatch.setattr(gedi_module.torch, "bincount", bincount)
     gen = torch.Generator().manual_seed(0)
     vocab = 20_000
     log_post = torch.nn.functional.logsigmoid(3 * torch.randn(6, vocab, generator=gen))
