@@ -404,7 +404,7 @@ def generate_outputs(
         from decoding import ead_generate
 
         def ead_kwargs(rows: slice) -> dict[str, Any]:
-            return {"custom_generate": ead_generate, "large": aux(args.large, rows), "tau": args.tau,
+            return {"custom_generate": ead_generate, "large": aux(args.large, rows), "tau": args.tau, "small_tokenizer": tok,
                     "window": args.window, "min_tokens": args.min_tokens}
 
         def count(rows: slice, output: Any) -> None:  # tokens the large model chose, per row

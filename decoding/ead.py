@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from .auxiliary import AuxiliaryModel
+from .auxiliary import AuxiliaryModel, check_same_vocab
 
 LOG2 = math.log(2.0)
 
@@ -111,6 +111,7 @@ def entropy_adaptive_generate(
         raise ValueError(f"need a finite tau, window >= 1 and min_tokens >= 0 (got {tau}, {window}, {min_tokens})")
     from .speculative_eft import eos_tensor
 
+    check_same_vocab({"small": small.tokenizer, "large": large.tokenizer})  # rows switch models mid-sequence
     batch, device = input_ids.shape[0], input_ids.device
     processors = logits_processor or LogitsProcessorList()
     if schedule is not None:
@@ -196,19 +197,22 @@ def ead_generate(
     window: int = 5,
     min_tokens: int = 10,
     costs: tuple[float, float] | None = None,
+    small_tokenizer: PreTrainedTokenizerBase | None = None,
     **model_kwargs,
 ) -> EADOutput:
     """``model.generate(..., custom_generate=ead_generate, large=AuxiliaryModel(...), tau=...)``.
 
     ``model`` is the small model and reads the prompts passed to ``generate``; ``large`` brings
-    its own prompts. Returns an :class:`EADOutput` (``sequences`` plus the accounting).
+    its own prompts. ``small_tokenizer``: the small model's, checked against the large model's (the
+    two must share a vocabulary; without it the small model is assumed to use the large one's).
+    Returns an :class:`EADOutput` (``sequences`` plus the accounting).
     """
     if large is None:
         raise ValueError("EAD needs the large model: generate(..., custom_generate=ead_generate, large=AuxiliaryModel(...))")
     mask = model_kwargs.get("attention_mask")
     mask = torch.ones_like(input_ids) if mask is None else mask
     prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
-    small = AuxiliaryModel(model, large.tokenizer, prompts, "small")
+    small = AuxiliaryModel(model, small_tokenizer or large.tokenizer, prompts, "small")
     generated_limit = generation_config.max_new_tokens or (generation_config.max_length - input_ids.shape[1])
     return entropy_adaptive_generate(
         small,

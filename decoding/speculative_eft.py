@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .auxiliary import AuxiliaryModel
+from .auxiliary import AuxiliaryModel, check_same_vocab
 
 
 @dataclass
@@ -94,6 +94,7 @@ def speculative_eft_generate(
     """
     if k < 1 or not math.isfinite(weight):
         raise ValueError(f"need k >= 1 and a finite weight (got k={k}, weight={weight})")
+    check_same_vocab({"base": base.tokenizer, "tuned": tuned.tokenizer, "reference": reference.tokenizer})  # drafts of one are scored by all
     pad = pad_token_id if pad_token_id is not None else base.pad_token_id
     for aux in (base, tuned, reference):
         aux.bind(input_ids)

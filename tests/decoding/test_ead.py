@@ -140,3 +140,25 @@ def test_forced_schedule_follows_the_given_models(tiny_testbed, models):
     assert out.model_per_token[0].tolist() == [int(s) for s in schedule][: len(generated)]
     with pytest.raises(ValueError, match="one entry per new token"):
         run_ead(tok, models, PROMPTS[1:2], tau=1.0, max_new_tokens=6, schedule=[True])
+
+
+def test_models_on_different_vocabularies_are_refused(tiny_testbed, models, cache_dir):
+    """EAD switches models mid-sequence and speculative EFT scores one model's drafts with the
+    others: both used to run on unrelated vocabularies without a word."""
+    from align.testbed import build_testbed
+    from decoding import speculative_eft_generate
+
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    other_tb = build_testbed("tiny" if tiny_testbed.manifest["profile"] == "tiny-bpe" else "tiny-bpe", seed=0,
+                             cache_dir=cache_dir, workers=1, show_progress=False)
+    other = load_tokenizer(other_tb.path("small-base"))
+    enc = tok.apply_chat_template(chat(PROMPTS), add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+    small = AuxiliaryModel(models["small-instruct"], tok, chat(PROMPTS), "small")
+    foreign = AuxiliaryModel(other_tb.model("large-instruct"), other, chat(PROMPTS), "large")
+    with pytest.raises(ValueError, match="do not share a vocabulary"):
+        entropy_adaptive_generate(small, foreign, enc["input_ids"], tau=1.0)
+    with pytest.raises(ValueError, match="do not share a vocabulary"):
+        models["small-instruct"].generate(**enc, custom_generate=ead_generate, large=foreign, tau=1.0, small_tokenizer=tok,
+                                          max_new_tokens=2, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="do not share a vocabulary"):
+        speculative_eft_generate(foreign, small, small, enc["input_ids"], max_new_tokens=2)
