@@ -508,7 +508,7 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                     d = paired_difference([b for _, b in both], [a for a, _ in both], n_resamples=args.n_bootstrap, seed=args.seed)
                     differences.append({"system": other, "baseline": baseline, "prompt_set": set_name, "metric": metric,
                                         **d.as_dict(), "significant": d.significant})
-    refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects)
+    refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects, args.n_bootstrap, args.seed)
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
             "prompt_sets": args.prompt_sets, "scorers": args.scorers}
@@ -614,11 +614,14 @@ def diversity_metrics(rows: list[dict], args: EvalArgs) -> dict[str, dict[str, A
     return {k: estimate(v, n_resamples=args.n_bootstrap, seed=args.seed).as_dict() for k, v in values.items()}
 
 
-def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[str, str | None]) -> list[dict[str, Any]]:
+def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[str, str | None],
+                    n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
     """Per refusal scorer (any ``*.refused`` score), over the prompt sets that say what is expected:
-    the refusal rate per set and per row ``category``, confusion counts (refusing is the positive
-    class), precision, recall, F1, and the over-refusal rate (refusals where answering is expected).
-    Unlabelled samples (``None``: the judge gave no verdict) are counted and left out (METHODS §E2)."""
+    the refusal rate per set (a mean over prompts of each prompt's refusal rate over its samples,
+    with the run's bootstrap over prompts) and per row ``category``, confusion counts (refusing is
+    the positive class), precision, recall, F1, and the over-refusal rate (refusals where answering
+    is expected). Unlabelled samples (``None``: the judge gave no verdict) are counted and left out
+    (METHODS §E2)."""
     keys = sorted({k for rows in by_set.values() for r in rows for k in r["scores"] if k.endswith(".refused")})
     out = []
     for key in keys:
@@ -631,8 +634,9 @@ def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[st
             judged_sets += 1
             labelled = [r for r in rows if isinstance(r["scores"].get(key), bool)]
             unlabelled += len(rows) - len(labelled)
-            if labelled:
-                rates[set_name] = estimate([float(r["scores"][key]) for r in labelled]).as_dict()
+            if labelled:  # prompts are the unit: a prompt's samples are not independent draws of the set
+                per_prompt = per_prompt_means(labelled, lambda r: float(r["scores"][key]))
+                rates[set_name] = estimate([per_prompt[i] for i in sorted(per_prompt)], n_resamples=n_bootstrap, seed=seed).as_dict()
             for r in labelled:
                 categories[f"{set_name}/{r['row'].get('category', 'all')}"].append(r["scores"][key])
                 should = r["row"][expect.removeprefix("field:")] if expect.startswith("field:") else expect

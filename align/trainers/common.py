@@ -90,10 +90,14 @@ class AlignFields:
                 raise ConfigError(f"model_init_kwargs must be a JSON mapping, e.g. '{{\"attn_implementation\": \"sdpa\"}}': {err}") from err
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model_init_kwargs must be a mapping of from_pretrained arguments, got {kwargs!r}")
-        clash = sorted(set(kwargs) & {"dtype", "torch_dtype", "trust_remote_code"})
+        from ..models import torch_dtype
+
+        own = {"dtype": (self.dtype, torch_dtype(self.dtype)), "torch_dtype": (self.dtype, torch_dtype(self.dtype)),
+               "trust_remote_code": (self.trust_remote_code,)}
+        clash = sorted(k for k in own if k in kwargs and kwargs[k] not in own[k])  # the same value (a config echoing ours) is fine
         if clash:
             raise ConfigError(f"model_init_kwargs: set {clash} with the options dtype / trust_remote_code instead")
-        return dict(kwargs)
+        return {k: v for k, v in kwargs.items() if k not in own}
 
     def resolve(self, name: str) -> str:
         return resolve_model(name, self.profile, self.testbed_seed, self.cache_dir)

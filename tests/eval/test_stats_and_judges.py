@@ -122,3 +122,19 @@ def test_coconot_copies_are_intact():
     # every subcategory of the eval prompts has a rubric entry with both descriptions (judge prompts need them)
     missing = {r["subcategory"] for r in refuse} - {k for k, v in rubric.items() if v.get("refusal") and v.get("compliance")}
     assert not missing, missing
+
+
+def test_refusal_rates_resample_prompts_not_samples():
+    """Four samples of each of 6 prompts: the rate's n is the 6 prompts, its interval comes from the
+    run's bootstrap settings (a seed and n_bootstrap that change it), not from 24 'independent' samples."""
+    from align.eval.run import refusal_summary
+
+    rows = [{"index": i, "sample": j, "row": {}, "scores": {"s.refused": i < 3}} for i in range(6) for j in range(4)]
+    (summary,) = refusal_summary("m", {"harmful": rows}, {"harmful": "refuse"}, n_bootstrap=200, seed=1)
+    rate = summary["rate"]["harmful"]
+    assert rate["n"] == 6 and rate["value"] == 0.5
+    from align.eval.stats import estimate
+
+    assert rate == estimate([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], n_resamples=200, seed=1).as_dict()
+    per_sample_se = (0.25 / 24) ** 0.5
+    assert rate["se"] > 1.5 * per_sample_se  # six clustered prompts are less certain than 24 independent draws
