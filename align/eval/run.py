@@ -234,6 +234,23 @@ def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
 # ---- the run --------------------------------------------------------------------------------
 
 
+def score_outputs(scorers: dict[str, Callable], applies: Sequence[str], prompts: Sequence[Any], outputs: Sequence[dict],
+                  rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """Every applicable scorer's values per output, flat (``scorer.metric``). One rule with SCoRe's
+    reward: an answer cut off at ``max_new_tokens`` (no EOS) is not correct, whatever a checker
+    finds in it, since the model never committed to its final answer."""
+    texts = [o["output"] for o in outputs]
+    scores = {k: fn(prompts, texts, rows) for k, fn in scorers.items() if k in applies}
+    flat = [{f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[c].items()}
+            for c in range(len(outputs))]
+    for out, scored in zip(outputs, flat):
+        if not out["finished"]:
+            for name in GOLD_FIELD_SCORERS:
+                if f"{name}.correct" in scored:
+                    scored[f"{name}.correct"] = False
+    return flat
+
+
 def sample_seed(seed: int, *key: Any) -> int:
     """The sampling seed of one sample: fixed by the run's seed, prompt set, prompt, sample number
     (and turn), and shared by every system, so systems are compared on common random numbers."""
@@ -366,9 +383,7 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                 texts = [o["output"] for o in outputs]
                 applies = spec.get("scorers") or list(scorers)
                 chunk_rows = [rows[i] for i, _ in chunk]
-                scores = {k: fn(prompts, texts, chunk_rows) for k, fn in scorers.items() if k in applies}
-                flat = [{f"{scorer}.{metric}": value for scorer, s in scores.items() for metric, value in s[c].items()}
-                        for c in range(len(chunk))]
+                flat = score_outputs(scorers, applies, prompts, outputs, chunk_rows)
                 second: list[dict] = [{} for _ in chunk]
                 if spec.get("self_correction"):  # attempt 2 after the instruction, conditioned on attempt 1
                     from ..trainers.score import DEFAULT_INSTRUCTION  # here: the trainer module pulls in transformers' Trainer
@@ -379,10 +394,8 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
                     began = time.perf_counter()
                     second = generate_outputs(gen, turns, store, [sample_seed(args.seed, set_name, i, j, "t2") for i, j in chunk])
                     seconds += time.perf_counter() - began
-                    texts2 = [o["output"] for o in second]
-                    scores2 = {k: fn(turns, texts2, chunk_rows) for k, fn in scorers.items() if k in applies}
-                    for c in range(len(chunk)):
-                        flat[c].update({f"t2.{scorer}.{metric}": v for scorer, s in scores2.items() for metric, v in s[c].items()})
+                    for c, scored in enumerate(score_outputs(scorers, applies, turns, second, chunk_rows)):
+                        flat[c].update({f"t2.{k}": v for k, v in scored.items()})
                 # the chunk's forward positions per model, shared evenly (batches pad rows alike)
                 forward = {ref: (n - forward_before.get(ref, 0)) / len(chunk) for ref, n in store.forward_tokens.items()}
                 append_samples(path, [

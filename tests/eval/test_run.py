@@ -420,3 +420,17 @@ def test_sampled_outputs_do_not_depend_on_batching_or_chunking(tiny_testbed, tmp
     assert outputs[0] == outputs[1]
     for system in ("base", "eft"):
         assert sum(len({outputs[0][system, i, j] for j in range(3)}) for i in range(4)) > 4 + 2
+
+
+def test_a_truncated_answer_is_not_correct_as_in_score():
+    """One rule across evaluation and SCoRe's reward: an output cut off at max_new_tokens scores 0,
+    even when the checker finds the gold answer in what was written (it used to count here)."""
+    from align.eval.run import score_outputs
+    from align.eval.scorers import math_answer
+
+    rows = [{"answer": "#### 72"}] * 2
+    outputs = [{"output": "So the answer is 72", "finished": True}, {"output": "So the answer is 72", "finished": False}]
+    scored = score_outputs({"math": math_answer, "length": lambda p, c, r: [{"chars": len(x)} for x in c]}, ["math", "length"],
+                           ["q", "q"], outputs, rows)
+    assert [s["math.correct"] for s in scored] == [True, False]
+    assert [s["length.chars"] for s in scored] == [19, 19]
