@@ -126,3 +126,8 @@ def test_config_file_for_the_testbed_is_valid():
 def test_help_does_not_import_torch():
     code = "import sys, align.cli; align.cli.main(['--help']); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_every_documented_profile_is_accepted():
+    for profile in ("full", "tiny", "tiny-bpe", "smollm2"):
+        assert parse_config(BuildArgs, ["--profile", profile]).profile == profile

@@ -151,3 +151,23 @@ def test_a_vocabulary_mismatch_is_named_before_any_model_loads(tiny_testbed, pro
     with pytest.raises(ConfigError, match="do not share a vocabulary"):
         run_generate(args(tiny_testbed, prompt_file, tmp_path, method="eft", model="testbed:large-base",
                           tuned=[str(bpe.path("small-instruct"))], reference="testbed:small-base"))
+
+
+def test_the_negative_prompt_is_read_in_the_negative_models_format(tiny_testbed, prompt_file, tmp_path, monkeypatch):
+    """The main (chat) model reads its templated chat; the negative prompt used to reach the same
+    chat model as raw text. Now each model reads it in its own format, as it reads the prompts."""
+    import decoding
+
+    seen = {}
+    real = decoding.AuxiliaryModel
+
+    def spy(model, tokenizer, prompts, name="aux", **kw):
+        seen[name] = list(prompts)
+        return real(model, tokenizer, prompts, name, **kw)
+
+    monkeypatch.setattr(decoding, "AuxiliaryModel", spy)
+    run_generate(args(tiny_testbed, prompt_file, tmp_path, method="negative", negative_prompt="1-1="))
+    assert seen["testbed:small-instruct"] == [[{"role": "user", "content": "1-1="}]]  # the last batch: one row
+    run_generate(args(tiny_testbed, prompt_file, tmp_path, method="negative", negative_prompt="1-1=",
+                      negative_model="testbed:small-base"))
+    assert seen["testbed:small-base"] == ["1-1="]  # a plain model reads plain text

@@ -434,3 +434,46 @@ def test_a_truncated_answer_is_not_correct_as_in_score():
                            ["q", "q"], outputs, rows)
     assert [s["math.correct"] for s in scored] == [True, False]
     assert [s["length.chars"] for s in scored] == [19, 19]
+
+
+def test_a_rerun_regenerates_what_its_config_changed_and_keeps_the_rest(tiny_testbed, tmp_path, capsys):
+    """Samples used to be keyed by (system, set, index, sample) alone: a changed max_new_tokens or
+    model was silently reused while summary.json recorded the new config."""
+    sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 6,
+             "scorers": ["verifier"]}]
+    systems = [{"name": "base", "model": "testbed:small-instruct"}, {"name": "large", "model": "testbed:large-instruct"}]
+    run_eval(_args(tiny_testbed, tmp_path / "run", prompt_sets=sets, systems=systems, scorers=["verifier"]), progress=False)
+    path = tmp_path / "run" / "samples.jsonl"
+    before = read_samples(path)
+    assert max(s["tokens"] for s in before if s["system"] == "base") > 2
+    changed = [{**systems[0], "max_new_tokens": 2}, systems[1]]
+    run_eval(_args(tiny_testbed, tmp_path / "run", prompt_sets=sets, systems=changed, scorers=["verifier"]), progress=False)
+    assert "base on chat changed" in capsys.readouterr().out
+    after = read_samples(path)
+    assert len(after) == 12 and all(s["tokens"] <= 2 for s in after if s["system"] == "base")
+    assert [s for s in after if s["system"] == "large"] == [s for s in before if s["system"] == "large"]
+    # a dataset change is a change too
+    resized = [{**sets[0], "limit": 4}]
+    run_eval(_args(tiny_testbed, tmp_path / "run", prompt_sets=resized, systems=changed, scorers=["verifier"]), progress=False)
+    assert len(read_samples(path)) == 8
+
+
+def test_a_reader_leaves_a_live_runs_last_line_alone(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"a": 1}\n{"b": ')  # a writer is mid-line
+    assert read_samples(path) == [{"a": 1}] and path.read_text().endswith('{"b": ')
+    assert read_samples(path, repair=True) == [{"a": 1}] and path.read_text() == '{"a": 1}\n'
+
+
+def test_a_plain_format_model_reads_the_whole_conversation(tiny_testbed):
+    """Self-correction's second turn on a model without a chat template used to be the instruction
+    alone: the problem and the first answer were dropped."""
+    from align.generate import GenerateArgs, ModelStore
+
+    store = ModelStore(GenerateArgs(prompts="<t>", profile=tiny_testbed.manifest["profile"], cache_dir=str(tiny_testbed.root.parents[1])))
+    turns = [{"role": "user", "content": "37+485="}, {"role": "assistant", "content": "521"},
+             {"role": "user", "content": "There might be an error."}]
+    assert not store.reads_chat("testbed:small-base")
+    (text,) = store.prompts_for("testbed:small-base", [turns])
+    assert text == "37+485=\n521\nThere might be an error."
+    assert store.prompts_for("testbed:small-instruct", [turns])[0] == turns

@@ -143,3 +143,12 @@ def test_gedi_on_the_real_family_equals_the_processor(common, prompt_file, tmp_p
     expected = generate_with(main, tok, chat, lambda r: [GeDiLogitsProcessor(
         tok, guide, tok, PROMPTS[r], "positive", "negative", 5.0)], do_sample=False, max_new_tokens=N)
     assert [r["output"] for r in rows] == [text for text, _ in expected]
+
+
+def test_a_gguf_file_is_a_model_path(common, prompt_file, tmp_path, smollm2):
+    """--model FILE.gguf: de-quantised on load, the same weights and tokenizer as the converted fixture."""
+    from align.testbed.real import gguf_source
+
+    rows = generate(common, prompt_file, tmp_path, "gguf", model=str(gguf_source()))
+    plain = generate(common, prompt_file, tmp_path, "plain", model=SMOLLM2)
+    assert [r["output"] for r in rows] == [r["output"] for r in plain]

@@ -290,3 +290,18 @@ def test_trl_adapter_inside_a_real_grpo_step(tiny_testbed, tmp_path):
     assert len(seen) == 4  # 2 prompts x 2 generations per step
     assert log["rewards/ens/mean"] == pytest.approx(sum((len(t) + 1) / 2 for t in seen) / 4)
     assert log["ens/mean"] == pytest.approx(log["rewards/ens/mean"]) and "ens/std" in log
+
+
+@pytest.mark.timeout(120)  # the check itself: it used to run for ever (timeouts were switched off)
+def test_math_answers_that_would_hang_sympy_score_zero_in_any_thread():
+    import threading
+
+    from rewards.answers import math_answer_reward
+
+    hostile = "$9^{9^{9^{9}}}$"
+    assert math_answer_reward(["q", "q"], [hostile, "so it is \\boxed{72}"], ["#### 72"] * 2) == [0.0, 1.0]
+    out = []
+    worker = threading.Thread(target=lambda: out.append(math_answer_reward(["q", "q"], [hostile, "72"], ["72"] * 2)))
+    worker.start()
+    worker.join(100)
+    assert out == [[0.0, 1.0]]  # off the main thread signals cannot time it out: a killable process does
