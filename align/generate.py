@@ -185,6 +185,7 @@ class ModelStore:
         self._tokenizers: dict[str, Any] = {}
         self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
         self._vocab_checked: set[tuple[str, ...]] = set()
+        self._chat: dict[str, bool] = {}
         # positions each loaded model computed (batch x new positions per forward call, padding
         # included): the cost of multi-model decoding, model by model
         self.forward_tokens: dict[str, int] = {}
@@ -202,15 +203,19 @@ class ModelStore:
         return self._tokenizers[ref]
 
     def reads_chat(self, ref: str) -> bool:
+        """Whether ``ref`` reads chat messages (decided once per model: every batch asks)."""
         from .models import uses_chat
 
-        override = self.args.prompt_format.get(ref)
-        if override is None and ref.startswith("testbed:"):
-            from .testbed import testbed_of
+        if ref not in self._chat:
+            override = self.args.prompt_format.get(ref)
+            if override is None and ref.startswith("testbed:"):
+                from .testbed import testbed_of
 
-            name = ref.removeprefix("testbed:")
-            override = "chat" if testbed_of(name, self.args.profile, self.args.seed, self.args.cache_dir).models[name]["format"] == "chat" else "plain"
-        return uses_chat(self.tokenizer(ref), override)
+                name = ref.removeprefix("testbed:")
+                fmt = testbed_of(name, self.args.profile, self.args.seed, self.args.cache_dir).models[name]["format"]
+                override = "chat" if fmt == "chat" else "plain"
+            self._chat[ref] = uses_chat(self.tokenizer(ref), override)
+        return self._chat[ref]
 
     def load(self, ref: str) -> tuple[Any, Any]:
         from .models import default_device, load_causal_lm

@@ -163,3 +163,19 @@ def test_accelerate_launch_two_processes(tmp_path, common):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["losses"]) == 2
     assert (out / "model.safetensors").is_file()
+
+
+def test_score_rollouts_ignore_a_checkpoint_repetition_penalty(tmp_path, smollm2, penalised_copy):
+    """SCoRe's loss and k3 KL use the unpenalised policy, so its rollouts must come from it too:
+    with repetition_penalty 1.3 in generation_config.json they used to come from the penalised one."""
+    from align.models import load_causal_lm, load_tokenizer
+    from align.trainers.score import ScoreArgs, ScoreTrainer, verifier_reward
+
+    rows = [{"prompt": "What is 12+7?", "answer": "19"}, {"prompt": "Name a colour.", "answer": "red"}]
+    texts = []
+    for path in (smollm2.path("smollm2-135m-instruct"), penalised_copy):
+        trainer = ScoreTrainer(model=load_causal_lm(path), processing_class=load_tokenizer(path),
+                               data_collator=lambda r: {"rows": r}, ref_model=None, reward_fn=verifier_reward,
+                               args=ScoreArgs(dataset="x", output_dir=str(tmp_path / "s"), max_new_tokens=12, report_to=[]))
+        texts.append([trainer.episodes(rows, 2, greedy=greedy)["texts"] for greedy in (True, False)])
+    assert texts[0] == texts[1]
