@@ -51,8 +51,8 @@ class RefusalTokenVLLMProcessor(V1LogitsProcessor, V2LogitsProcessor):
         self.tokenizer = AutoTokenizer.from_pretrained(vllm_config.model_config.tokenizer, trust_remote_code=False)
         # V2 passes (req_states,), V1 (device, is_pin_memory)
         self.req_states = runner_args[0] if len(runner_args) == 1 else None
-        self.requests: dict[int, RefusalTokenLogitsProcessor] = {}
-        self.outputs: dict[int, list[int]] = {}  # V1: each request's output ids (vLLM's live list)
+        # V1: batch index -> (processor, the request's live output ids); V2: slot -> (processor, None)
+        self.requests: dict[int, tuple[RefusalTokenLogitsProcessor, list[int] | None]] = {}
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -79,21 +79,18 @@ class RefusalTokenVLLMProcessor(V1LogitsProcessor, V2LogitsProcessor):
             return
         for index in batch_update.removed:
             self.requests.pop(index, None)
-            self.outputs.pop(index, None)
         for index, params, _prompt, output_ids in batch_update.added:
             processor = self._build(params)
             if processor is None:
                 self.requests.pop(index, None)
-                self.outputs.pop(index, None)
             else:
-                self.requests[index], self.outputs[index] = processor, output_ids
+                self.requests[index] = (processor, output_ids)
         for a, b, direction in batch_update.moved:
-            moved = [(d, d.pop(a, None), d.pop(b, None)) for d in (self.requests, self.outputs)]
-            for d, first, second in moved:
-                if first is not None:
-                    d[b] = first
-                if direction == MoveDirectionality.SWAP and second is not None:
-                    d[a] = second
+            first, second = self.requests.pop(a, None), self.requests.pop(b, None)
+            if first is not None:
+                self.requests[b] = first
+            if direction == MoveDirectionality.SWAP and second is not None:
+                self.requests[a] = second
 
     # ---- Model Runner V2 --------------------------------------------------------------------
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
@@ -101,7 +98,7 @@ class RefusalTokenVLLMProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if processor is None:
             self.requests.pop(req_idx, None)  # the slot's previous occupant
             return False
-        self.requests[req_idx] = processor
+        self.requests[req_idx] = (processor, None)
         return True
 
     # ---- both -------------------------------------------------------------------------------
@@ -109,8 +106,8 @@ class RefusalTokenVLLMProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if ctx is None:  # V1: until a request has an output token, every call is its first sample
             # step or a chunk of its prefill (whose sample vLLM drops), so the stateless rule runs
             # each time and the last call, on the complete prompt, is the one that counts
-            for index, processor in self.requests.items():
-                if not self.outputs[index]:
+            for index, (processor, output_ids) in self.requests.items():
+                if not output_ids:
                     self._decide(logits, index, processor)
             return logits
         if not self.requests:
@@ -122,7 +119,6 @@ class RefusalTokenVLLMProcessor(V1LogitsProcessor, V2LogitsProcessor):
         # prompt (host-side arrays: no device sync); prefill chunks see fewer, later steps more
         first = ctx.seq_lens_upper_bound_np[: len(slots)] == self.req_states.prompt_len.np[slots]
         for row, slot in enumerate(slots.tolist()):
-            processor = self.requests.get(slot)
-            if processor is not None and first[row]:
-                self._decide(logits, row, processor)
+            if first[row] and slot in self.requests:
+                self._decide(logits, row, self.requests[slot][0])
         return logits
