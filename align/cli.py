@@ -57,11 +57,16 @@ class DatasetsArgs:
 class ReproduceArgs(TestbedArgs):
     n: int = field(default=500, metadata={"help": "held-out problems to evaluate on"})
     out: str = field(default="runs/reproduce", metadata={"help": "results go to OUT/NAME/result.json"})
+    group: Literal["testbed", "real"] = field(
+        default="testbed", metadata={"help": "--all: the testbed's claims, or the real model's (SmolLM2-135M-Instruct + CoCoNot, ~30 min)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.group not in ("testbed", "real"):
+            raise ConfigError(f"group must be testbed or real, got {self.group!r}")
 
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
@@ -76,6 +81,7 @@ commands:
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)
   train reward        Bradley-Terry reward-model ensemble on TRL's RewardTrainer (--config configs/reward-testbed.yaml)
   data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
+  data coconot        refusal-token SFT rows from CoCoNot with a fixed train/dev/test split (data/refusal/coconot)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
   train score         SCoRe two-turn self-correction RL, Stage I then II (--config configs/score-testbed.yaml)
   train refusal       refusal-token SFT: [refuse]/[respond] or per-category tokens (--config configs/refusal-testbed.yaml)
@@ -86,6 +92,7 @@ commands:
                       side) and a Markdown summary from eval runs and reproduce results (-o report.html)
   reproduce NAME      check a paper claim on the testbed ({claims});
                       --all runs every one (reusing finished results) into one table, claims.json;
+                      --all --group real: the real-model claims (SmolLM2 + CoCoNot), claims-real.json;
                       --readme [DIR] publishes DIR's results to data/claims and regenerates the README table
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
@@ -168,6 +175,22 @@ def _data_ches(argv: Sequence[str], prog: str) -> int:
     return 0
 
 
+@dataclass
+class CoconotArgs:
+    model: str = field(default="testbed:smollm2-135m-instruct", metadata={"help": "the model that answers the contrast prompts"})
+    out: str = field(default="data/refusal/coconot", metadata={"help": "directory for train/dev/test.jsonl and manifest.json"})
+    cache_dir: str | None = field(default=None, metadata={"help": "testbed cache directory (for testbed:NAME)"})
+
+
+def _data_coconot(argv: Sequence[str], prog: str) -> int:
+    from .coconot import write_coconot
+
+    args = parse_config(CoconotArgs, argv, prog=prog)
+    for path in write_coconot(args.model, args.out, args.cache_dir):
+        print(f"written: {path}")
+    return 0
+
+
 def _generate(argv: Sequence[str], prog: str) -> int:
     from .generate import GenerateArgs, run_generate
 
@@ -200,7 +223,7 @@ def _report(argv: Sequence[str], prog: str) -> int:
 
 
 def _reproduce(argv: Sequence[str], prog: str) -> int:
-    from .claims import CLAIMS, reproduce
+    from .claims import CLAIMS, profile_of, reproduce
     from .testbed import load_testbed
 
     if argv and argv[0] == "--readme":  # results -> data/claims -> the README's table
@@ -213,7 +236,8 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
         from .claims import reproduce_all
 
         args = parse_config(ReproduceArgs, argv[1:], prog=f"{prog} --all")
-        rows, path = reproduce_all(load_testbed(args.profile, args.seed, args.cache_dir), args.n, args.out)
+        profile = "smollm2" if args.group == "real" else args.profile
+        rows, path = reproduce_all(load_testbed(profile, args.seed, args.cache_dir), args.n, args.out, group=args.group)
         for row in rows:
             print(f"{row['name']:<22} value {row['value']!s:<8} baseline {row['baseline']!s:<8} {row.get('status') or ('holds' if row['holds'] else 'does not hold')}")
         print(f"written: {path} (render it: align report {args.out})")
@@ -224,7 +248,7 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
     if name not in CLAIMS:
         raise ConfigError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
     args = parse_config(ReproduceArgs, rest, prog=f"{prog} {name}")
-    result, path = reproduce(name, load_testbed(args.profile, args.seed, args.cache_dir), args.n, args.out)
+    result, path = reproduce(name, load_testbed(profile_of(name, args.profile), args.seed, args.cache_dir), args.n, args.out)
     print(json.dumps(result, indent=2))
     print(f"written: {path}")
     return 0
@@ -300,6 +324,7 @@ COMMANDS = {
     ("train", "refusal"): _trainer("refusal", "RefusalArgs", "train_refusal"),
     ("train", "score"): _trainer("score", "ScoreArgs", "train_score"),
     ("data", "ches"): _data_ches,
+    ("data", "coconot"): _data_coconot,
 }
 
 

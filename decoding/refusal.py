@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
@@ -33,6 +34,30 @@ def single_token_choice(
     p_refuse = probs[:, refuse_id]
     refuse = p_refuse >= (probs[:, respond_id] if threshold is None else torch.full_like(p_refuse, threshold))
     return torch.where(refuse, refuse_id, respond_id)
+
+
+def first_token_probs(model: Any, tokenizer: Any, prompts: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
+    """``softmax`` of the first response token's logits, ``[N, V]`` (T = 1), for prompts as
+    :func:`decoding.auxiliary.encode_prompts` reads them (chat messages through the template),
+    in left-padded batches: what every threshold of :class:`RefusalTokenLogitsProcessor` decides on."""
+    from .auxiliary import encode_prompts
+    from .generate import eos_token_ids, pad_token_id
+
+    tok = tokenizer
+
+    ids = encode_prompts(tok, prompts)
+    pad = pad_token_id(tok, eos_token_ids(model, tok))
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            width = max(map(len, batch))
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            out.append(torch.softmax(logits, -1))
+    return torch.cat(out)
 
 
 def category_choice(

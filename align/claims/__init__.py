@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rewards.io import atomic_write_text
 
 from .decoding import dlf_vs_fixed, ead_tradeoff, eft_upscaling, gedi_steering, spec_eft_equivalence, steer_diversity
-from .refusal import refusal_categories, refusal_threshold
+from .refusal import refusal_categories, refusal_categories_real, refusal_threshold, refusal_threshold_real
 from .rewards import overoptimization
 from .score import score_selfcorrection
 from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
@@ -47,7 +47,18 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "refusal-threshold": refusal_threshold,
     "refusal-categories": refusal_categories,
     "score-selfcorrection": score_selfcorrection,
+    "refusal-threshold-real": refusal_threshold_real,
+    "refusal-categories-real": refusal_categories_real,
 }
+# `--all` runs one group: the testbed's claims (<= 60 min here), or those on the real model
+# (SmolLM2-135M-Instruct, the `smollm2` profile; about 30 min here)
+GROUPS = {"real": ["refusal-threshold-real", "refusal-categories-real"]}
+GROUPS["testbed"] = [name for name in CLAIMS if name not in GROUPS["real"]]
+
+
+def profile_of(name: str, profile: str) -> str:
+    """The testbed profile claim ``name`` runs on: the real group's always on ``smollm2``."""
+    return "smollm2" if name in GROUPS["real"] else profile
 
 
 def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
@@ -65,14 +76,17 @@ def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "run
     return result, path
 
 
-def reproduce_all(tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce", skip_done: bool = True) -> tuple[list[Result], Path]:
-    """Every claim (a finished ``result.json`` for this testbed is reused when ``skip_done``), then
-    one table, ``out_dir/claims.json``: claim, metric, value, baseline, holds, seconds."""
+def reproduce_all(tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce", skip_done: bool = True,
+                  group: str = "testbed") -> tuple[list[Result], Path]:
+    """Every claim of ``group`` (a finished ``result.json`` for this testbed is reused when
+    ``skip_done``), then one table, ``out_dir/claims.json`` (``claims-real.json`` for the real
+    group): claim, metric, value, baseline, holds, seconds."""
     rows = []
-    for name in CLAIMS:
+    for name in GROUPS[group]:
         path = Path(out_dir) / name / "result.json"
         done = json.loads(path.read_text()) if skip_done and path.is_file() else None
         same = done is not None and done.get("testbed") == {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
         result = done if same else reproduce(name, tb, n, out_dir)[0]
         rows.append({"name": name, **{k: result.get(k) for k in ("claim", "metric", "value", "baseline", "interval", "status", "holds", "seconds")}})
-    return rows, atomic_write_text(Path(out_dir) / "claims.json", json.dumps(rows, indent=2))
+    table = "claims.json" if group == "testbed" else f"claims-{group}.json"
+    return rows, atomic_write_text(Path(out_dir) / table, json.dumps(rows, indent=2))

@@ -26,9 +26,11 @@ Example config (``configs/refusal-testbed.yaml``)::
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from trl import SFTConfig, SFTTrainer
 
@@ -57,6 +59,20 @@ class RefusalArgs(AlignFields, SFTConfig):
     refuse_label: str = field(default="refuse", metadata={"help": "the label_field value of refusals (also true / 1)"})
     respond_label: str = field(default="respond", metadata={"help": "the label_field value of other responses (also false / 0)"})
     category_field: str = field(default="category", metadata={"help": "category mode: row field naming the category"})
+    control_init: Literal["name", "mean"] = field(
+        default="name",
+        metadata={"help": "start of the new rows: name = the mean of the rows of the token's name without brackets "
+                          "(`refuse` for [refuse]); mean = the mean of all rows (the reference recipe; its logit is then "
+                          "the mean logit under every hidden state, so only the row's own slow movement can make it win)"},
+    )
+    control_lr: float | None = field(
+        default=None,
+        metadata={"help": "learning rate of the control tokens' rows (input and untied output), on learning_rate's "
+                          "schedule; unset = learning_rate (the reference recipe)"},
+    )
+    warn_after_logs: int = field(
+        default=3, metadata={"help": "warn when first_token_accuracy is 0 at this many consecutive training logs (0: never)"}
+    )
     output_dir: str = field(default="runs/train/refusal", metadata={"help": "checkpoints and the final model"})
 
     def __post_init__(self) -> None:
@@ -68,6 +84,13 @@ class RefusalArgs(AlignFields, SFTConfig):
             raise ConfigError(f"control tokens must be distinct and non-empty, got {tokens}")
         if self.categories is not None and not self.categories:
             raise ConfigError("categories: give at least one category, or leave it unset for [refuse]/[respond]")
+        if self.control_init not in ("name", "mean"):
+            raise ConfigError(f"control_init must be 'name' or 'mean', got {self.control_init!r}")
+        if self.control_lr is not None and (not math.isfinite(self.control_lr) or self.control_lr <= 0 or self.learning_rate <= 0):
+            raise ConfigError(f"control_lr must be a finite number > 0 with learning_rate > 0, got {self.control_lr} "
+                              f"(learning_rate {self.learning_rate})")
+        if self.warn_after_logs < 0:
+            raise ConfigError(f"warn_after_logs must be >= 0, got {self.warn_after_logs}")
         super().__post_init__()
 
     def control_tokens(self) -> dict[str, str]:
@@ -138,22 +161,48 @@ def parse_label(label: Any, refuse: str = "refuse", respond: str = "respond") ->
     return None
 
 
-def add_control_tokens(tokenizer: Any, model: Any, tokens: Sequence[str]) -> list[int]:
-    """Add ``tokens`` as special tokens; grow the embeddings if the new ids do not fit, and start
-    every new id's input row (and output row, when the head is untied) at the mean of the rows
-    that were there before. Returns the tokens' ids."""
+def add_control_tokens(tokenizer: Any, model: Any, tokens: Sequence[str], init: str = "name") -> list[int]:
+    """Add ``tokens`` as special tokens, grow the embeddings if the new ids do not fit, and start
+    every new id's input row (and output row, when the head is untied) at ``init``:
+
+    * ``"name"``: the mean of the rows of the token's name without brackets and with a leading space
+      (``" refuse"`` for ``[refuse]``, ``" ill-posed"`` for ``[ill-posed]``), a point the model
+      already knows how to reach and different for every token;
+    * ``"mean"``: the mean of the rows that were there before (the reference recipe).
+
+    Returns the tokens' ids.
+
+    Why ``"mean"`` stalls: for ``w_new = mean_v w_v``, ``h · w_new = mean_v (h · w_v)`` is the mean
+    logit under every hidden state ``h``, never the largest, so fine-tuning the body can at best
+    flatten the distribution towards ``log p = -log V``; only the row's own movement can make the
+    token win, and Adam moves each coordinate about ``lr`` per step.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from align.testbed.tokenizer import build_tokenizer
+        >>> tok = build_tokenizer()
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2))
+        >>> refuse, respond = add_control_tokens(tok, model, ["[refuse]", "[respond]"], init="mean")
+        >>> emb = model.get_input_embeddings().weight
+        >>> bool(torch.allclose(emb[refuse], emb[: refuse].mean(0)))
+        True
+    """
     import torch
 
     before = len(tokenizer)
+    names = [tokenizer(" " + t.strip("[]"), add_special_tokens=False)["input_ids"] for t in tokens]
     tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    new = [i for i in ids if i >= before]
     if max(ids) >= model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         for matrix in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
-            if new:
-                matrix.weight[new] = matrix.weight[:before].mean(0)
+            mean = matrix.weight[:before].mean(0)
+            for token_id, name in zip(ids, names):
+                if token_id >= before:
+                    matrix.weight[token_id] = matrix.weight[name].mean(0) if init == "name" and name else mean
     return ids
 
 
@@ -194,7 +243,7 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
     tok = load_tokenizer(path, args.trust_remote_code)
     model = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code, **args.init_kwargs())
     tokens = args.control_tokens()
-    ids = add_control_tokens(tok, model, list(tokens.values()))
+    ids = add_control_tokens(tok, model, list(tokens.values()), args.control_init)
     check_single_ids(tok, train_rows)
     peft_config = lora_config(args)
     if peft_config is not None:
@@ -205,7 +254,7 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
         peft_config.ensure_weight_tying = _tied(model)
     columns = ["prompt", "completion"]
     trainer = RefusalSFTTrainer(
-        model=model, args=args, processing_class=tok, peft_config=peft_config,
+        model=model, args=args, processing_class=tok, peft_config=peft_config, control_ids=ids,
         train_dataset=rows_to_dataset(train_rows, args.dataset).select_columns(columns),
         eval_dataset=rows_to_dataset(test_rows, args.dataset).select_columns(columns) if test_rows else None,
     )
@@ -237,12 +286,22 @@ def _embedding_module_names(model: Any) -> list[str]:
 
 
 class RefusalSFTTrainer(SFTTrainer):
-    """TRL's ``SFTTrainer`` plus ``first_token_accuracy``: how often the control token is the argmax
-    at the first response position, read from the forward the loss already ran."""
+    """TRL's ``SFTTrainer`` plus ``first_token_accuracy`` (how often the control token is the argmax
+    at the first response position, read from the forward the loss already ran), a warning when it
+    stays 0, and ``control_lr`` for the control tokens' rows."""
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
+    def __init__(self, *a: Any, control_ids: Sequence[int] = (), **kw: Any) -> None:
         super().__init__(*a, **kw)
         self._first = IntervalMeans()
+        self._control_ids = list(control_ids)
+        self._zero_logs = 0
+
+    def create_optimizer(self, *a: Any, **kw: Any) -> Any:
+        optimizer = super().create_optimizer(*a, **kw)
+        control_lr = getattr(self.args, "control_lr", None)
+        if control_lr is not None and self._control_ids:
+            scale_row_updates(optimizer, embedding_matrices(self.model), self._control_ids, control_lr / self.args.learning_rate)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with first_forward_output(self.accelerator.unwrap_model(model)) as captured:
@@ -256,5 +315,57 @@ class RefusalSFTTrainer(SFTTrainer):
         return result
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        logs.update(self._first.pop("train" if self.model.training else "eval", self.accelerator))
+        training = self.model.training
+        logs.update(self._first.pop("train" if training else "eval", self.accelerator))
+        if training and "first_token_accuracy" in logs:
+            self._zero_logs = self._zero_logs + 1 if logs["first_token_accuracy"] == 0 else 0
+            limit = getattr(self.args, "warn_after_logs", 0)
+            if limit and self._zero_logs == limit:
+                warnings.warn(
+                    f"first_token_accuracy has been 0 at {limit} consecutive logs (step {self.state.global_step}): the "
+                    f"control token is not being learned. With control_init: mean its logit is the mean logit under "
+                    f"every hidden state; use control_init: name and/or a larger control_lr (see align train refusal --help)",
+                    stacklevel=2,
+                )
         super().log(logs, start_time)
+
+
+def embedding_matrices(model: Any) -> list[Any]:
+    """The trainable ``[vocab, hidden]`` parameters (input embeddings and an untied head; under
+    PEFT the ``modules_to_save`` copies), found by shape so that wrappers do not matter."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    return [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and p.shape[0] == rows]
+
+
+def scale_row_updates(optimizer: Any, matrices: Sequence[Any], rows: Sequence[int], scale: float) -> None:
+    """Multiply every optimizer step's update of ``rows`` of ``matrices`` by ``scale``: a learning
+    rate of ``scale`` times the optimizer's for those rows alone, on the same schedule (with Adam,
+    scaling their gradients instead would change nothing). Uses the optimizer's step hooks, so it
+    holds under accelerate's wrapper; the rows must be whole on this process (not ZeRO-3 / FSDP
+    sharded).
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(3, 2))
+        >>> opt = torch.optim.SGD([w], lr=0.1)
+        >>> scale_row_updates(opt, [w], [2], 10.0)
+        >>> w.grad = torch.ones(3, 2); opt.step()
+        >>> [round(x, 4) for x in w.detach()[:, 0].tolist()]
+        [-0.1, -0.1, -1.0]
+    """
+    import torch
+
+    index = torch.tensor(list(rows))
+    saved: list[Any] = []
+
+    def before(*_: Any) -> None:
+        saved[:] = [m.detach()[index.to(m.device)].clone() for m in matrices]
+
+    def after(*_: Any) -> None:
+        with torch.no_grad():
+            for m, old in zip(matrices, saved):
+                i = index.to(m.device)
+                m[i] = old + scale * (m[i] - old)
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)

@@ -143,7 +143,7 @@ def test_align_generate_steers_a_category_model_and_records_the_control_token(te
     first among the category tokens (recomputed from one forward); threshold 1 forces [respond]."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.claims.refusal import first_token_probs
+    from decoding.refusal import first_token_probs
     from align.generate import GenerateArgs, run_generate
 
     out = tmp_path / "refusal"
