@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,12 +60,15 @@ class RefusalArgs(AlignFields, SFTConfig):
     refuse_label: str = field(default="refuse", metadata={"help": "the label_field value of refusals (also true / 1)"})
     respond_label: str = field(default="respond", metadata={"help": "the label_field value of other responses (also false / 0)"})
     category_field: str = field(default="category", metadata={"help": "category mode: row field naming the category"})
-    control_init: Literal["name", "mean"] = field(
-        default="name",
-        metadata={"help": "start of the new rows: name = the mean of the rows of the token's name without brackets "
-                          "(`refuse` for [refuse]); mean = the mean of all rows (the reference recipe; its logit is then "
-                          "the mean logit under every hidden state, so only the row's own slow movement can make it win)"},
+    control_init: Literal["probe", "name", "mean"] = field(
+        default="probe",
+        metadata={"help": "start of the new rows: probe = fit the control tokens' output rows on the frozen model's first "
+                          "response position first (the linear-probe step of LP-FT), from the mean; name = the mean of the "
+                          "rows of the token's name without brackets; mean = the mean of all rows (the reference recipe: its "
+                          "logit is the mean logit under every hidden state, so only the row's slow movement can make it win)"},
     )
+    probe_rows: int = field(default=512, metadata={"help": "control_init probe: training rows the probe is fitted on"})
+    probe_l2: float = field(default=1e-2, metadata={"help": "control_init probe: L2 pull of the rows towards their start"})
     control_lr: float | None = field(
         default=None,
         metadata={"help": "learning rate of the control tokens' rows (input and untied output), on learning_rate's "
@@ -84,8 +88,10 @@ class RefusalArgs(AlignFields, SFTConfig):
             raise ConfigError(f"control tokens must be distinct and non-empty, got {tokens}")
         if self.categories is not None and not self.categories:
             raise ConfigError("categories: give at least one category, or leave it unset for [refuse]/[respond]")
-        if self.control_init not in ("name", "mean"):
-            raise ConfigError(f"control_init must be 'name' or 'mean', got {self.control_init!r}")
+        if self.control_init not in ("probe", "name", "mean"):
+            raise ConfigError(f"control_init must be 'probe', 'name' or 'mean', got {self.control_init!r}")
+        if self.probe_rows < 1 or not math.isfinite(self.probe_l2) or self.probe_l2 < 0:
+            raise ConfigError(f"probe_rows must be >= 1 and probe_l2 a finite number >= 0, got {self.probe_rows}, {self.probe_l2}")
         if self.control_lr is not None and (not math.isfinite(self.control_lr) or self.control_lr <= 0 or self.learning_rate <= 0):
             raise ConfigError(f"control_lr must be a finite number > 0 with learning_rate > 0, got {self.control_lr} "
                               f"(learning_rate {self.learning_rate})")
@@ -206,6 +212,85 @@ def add_control_tokens(tokenizer: Any, model: Any, tokens: Sequence[str], init: 
     return ids
 
 
+def fit_control_rows(features: Any, other_lse: Any, targets: Any, init: Any, l2: float = 1e-2, steps: int = 100) -> Any:
+    """The control tokens' output rows ``W [K, d]`` minimising, over rows ``i`` with hidden state
+    ``h_i`` at the first response position and control token ``y_i``,
+
+        mean_i [ logaddexp(L_i, logsumexp_k h_i · W_k) - h_i · W_{y_i} ] + l2 · mean_k ||W_k - init_k||²,
+
+    where ``L_i`` is the log-sum-exp of every other token's logit: the full-vocabulary
+    cross-entropy of the control position with the rest of the model frozen. Convex in ``W``;
+    solved with L-BFGS. This is the linear-probe step of LP-FT (Kumar et al., "Fine-Tuning can
+    Distort Pretrained Features and Underperform Out-of-Distribution", arXiv:2202.10054): fitting
+    a new head before fine-tuning gives the body a useful gradient from the first step.
+
+    Example:
+        >>> import torch
+        >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); other = torch.zeros(2)
+        >>> W = fit_control_rows(h, other, torch.tensor([0, 1]), torch.zeros(2, 2), l2=1e-3)
+        >>> (h @ W.T).argmax(-1).tolist()
+        [0, 1]
+    """
+    import torch
+
+    features, other_lse, init = features.float(), other_lse.float(), init.float()
+    weights = init.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> Any:
+        optimizer.zero_grad()
+        logits = features @ weights.T
+        total = torch.logaddexp(other_lse, logits.logsumexp(-1)) - logits.gather(1, targets[:, None])[:, 0]
+        value = total.mean() + l2 * (weights - init).pow(2).sum(-1).mean()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return weights.detach()
+
+
+def probe_control_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], l2: float = 1e-2,
+                       batch_size: int = 32) -> dict[str, float]:
+    """Set the output rows of ``rows``' control tokens to :func:`fit_control_rows` on the frozen
+    model's hidden states at each row's first response position (read from the head's input).
+    A tied head moves its embedding rows with it. Returns the probe's first-token accuracy on
+    ``rows`` before and after."""
+    import torch
+
+    from decoding.refusal import first_token_probs
+
+    from ..data import tokenize_prompt_completion
+
+    head = model.get_output_embeddings()
+    controls = sorted({row["control"] for row in rows})
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(controls))
+    targets = torch.tensor([controls.index(row["control"]) for row in rows])
+    prompts = []
+    for row in rows:
+        enc = tokenize_prompt_completion(tokenizer, row)
+        prompts.append(enc["input_ids"][: enc["completion_mask"].index(1)])
+    captured: list[tuple[Any, Any]] = []
+    hook = head.register_forward_hook(
+        lambda _m, inputs, output: captured.append((inputs[0][:, -1].detach().float(), output[:, -1].detach().float())))
+    was_training = model.training
+    try:
+        first_token_probs(model.eval(), tokenizer, prompts, batch_size)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    features = torch.cat([f for f, _ in captured])
+    logits = torch.cat([o for _, o in captured])[:, : len(tokenizer)]  # raw logits: the probe adds its own to them
+    before = float((logits.argmax(-1) == ids[targets]).float().mean())
+    other = logits.clone()
+    other[:, ids] = float("-inf")
+    fitted = fit_control_rows(features, other.logsumexp(-1), targets, head.weight[ids].detach(), l2)
+    with torch.no_grad():
+        head.weight[ids] = fitted.to(head.weight.dtype)
+    control_logits = features @ fitted.T
+    after = float(((control_logits.max(-1).values > other.max(-1).values) & (control_logits.argmax(-1) == targets)).float().mean())
+    return {"rows": len(rows), "first_token_accuracy_before": round(before, 4), "first_token_accuracy_after": round(after, 4)}
+
+
 def check_single_ids(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:
     """Each control token is one id where the template renders it: the first completion token of a
     row that uses it, and after a leading space. Raises :class:`ConfigError` otherwise."""
@@ -243,8 +328,12 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
     tok = load_tokenizer(path, args.trust_remote_code)
     model = load_causal_lm(path, args.dtype, trust_remote_code=args.trust_remote_code, **args.init_kwargs())
     tokens = args.control_tokens()
-    ids = add_control_tokens(tok, model, list(tokens.values()), args.control_init)
+    ids = add_control_tokens(tok, model, list(tokens.values()), "mean" if args.control_init == "probe" else args.control_init)
     check_single_ids(tok, train_rows)
+    probe = {}
+    if args.control_init == "probe":  # a seeded sample: files often hold one label after the other
+        sample = random.Random(args.seed).sample(train_rows, min(args.probe_rows, len(train_rows)))
+        probe = probe_control_rows(model, tok, sample, args.probe_l2)
     peft_config = lora_config(args)
     if peft_config is not None:
         peft_config.modules_to_save = _embedding_module_names(model)
@@ -259,7 +348,7 @@ def train_refusal(args: RefusalArgs) -> dict[str, Any]:
         eval_dataset=rows_to_dataset(test_rows, args.dataset).select_columns(columns) if test_rows else None,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(args))
-    result = finish(trainer, args, tok, {"rows": len(train_rows), "control_tokens": dict(zip(tokens.values(), ids))})
+    result = finish(trainer, args, tok, {"rows": len(train_rows), "control_tokens": dict(zip(tokens.values(), ids)), "probe": probe})
     if trainer.is_world_process_zero():
         from pathlib import Path
 
