@@ -86,7 +86,7 @@ def _split(n: int) -> tuple[list[int], list[int]]:
     return list(range(0, n, 2)), list(range(1, n, 2))
 
 
-def _auroc(probs: Any, token: int, categories: list[str], rows: list[int], positive: list[str]) -> float:
+def _auroc(probs: Any, token: int, categories: list[str], rows: list[int], positive: list[str] = CATEGORIES) -> float:
     """The paper's premise: after refusal-token SFT, p[token] at step 0 separates the prompts of
     the ``positive`` categories from the rest (AUROC on ``rows``; 0.5 when one side is empty)."""
     import torch

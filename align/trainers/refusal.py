@@ -5,7 +5,20 @@ arXiv:2412.06748 (METHODS §A5). Every response is prefixed with a control token
 before refusals and ``[respond]`` before everything else, or, with ``categories``, one token per
 refusal category (``[ill-posed]``, ...) plus ``[respond]``. The tokens are added as special
 tokens; the embedding rows (and an untied output head's) of new ids start at the mean of the
-existing rows. Loss is on the completion only and includes the control token, so afterwards the
+existing rows, and by default (``control_init="probe"``) the control tokens' output rows are then
+fitted on the frozen model (:func:`fit_control_rows`, the linear-probe step of LP-FT) before
+fine-tuning.
+
+Why (measured, issue #25): a row at the mean of the vocabulary's rows has exactly the mean logit
+under every hidden state, so fine-tuning the body can only flatten the first response position
+towards ``log p = -log V`` (SmolLM2-135M-Instruct: loss 19.5 there vs 3.3 elsewhere at the start,
+log p[refuse] stuck near -10.5, first-token accuracy 0.0 after 20 steps); the row itself moves
+about ``lr`` per coordinate per step under Adam (0.047 in L2 after 20 steps at 1e-4); and with
+``[refuse]`` and ``[respond]`` at one point the body gets no gradient separating them. The testbed
+showed the second half: p[refuse] 0.3-0.4 on every prompt, AUROC 0.65. With the probe: held-out
+first-token accuracy 0.998 / AUROC 0.998 (testbed), 0.88 / 0.94 (SmolLM2, 24 steps).
+``control_init="mean"`` is the reference recipe; ``control_lr`` gives the rows their own rate.
+Loss is on the completion only and includes the control token, so afterwards the
 refusal decision is the first response token's probability, which
 :class:`decoding.RefusalTokenLogitsProcessor` (transformers and vLLM) thresholds.
 

@@ -3,11 +3,11 @@ import json
 import pytest
 
 from align.cli import main
-from align.claims import CLAIMS, reproduce
+from align.claims import GROUPS, reproduce
 from decoding.generate import generate_with
 
 
-@pytest.mark.parametrize("name", list(CLAIMS))
+@pytest.mark.parametrize("name", GROUPS["testbed"])  # the real group: `align reproduce --all --group real`
 def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     # the refusal claims only read first-token probabilities: 64 prompts give every category test rows
     result, path = reproduce(name, tiny_testbed, n=64 if name.startswith("refusal") else 8, out_dir=tmp_path)
@@ -149,7 +149,7 @@ def test_shipped_refusal_and_score_configs_are_the_claims_recipes():
 
 def test_reproduce_all_reuses_finished_results_and_reports_one_table(tiny_testbed, tmp_path, monkeypatch):
     cache = str(tiny_testbed.root.parents[1])
-    for name in CLAIMS:  # every claim but one already finished on this testbed (one on another: rerun)
+    for name in GROUPS["testbed"]:  # every claim but one already finished on this testbed (one on another: rerun)
         if name != "eft-upscaling":
             testbed = {"profile": "tiny", "seed": 0 if name != "dpo-gold" else 1}
             (tmp_path / name).mkdir()
@@ -162,10 +162,10 @@ def test_reproduce_all_reuses_finished_results_and_reports_one_table(tiny_testbe
     assert main(["reproduce", "--all", "--profile", "tiny", "--cache_dir", cache, "--n", "4", "--out", str(tmp_path)]) == 0
     assert sorted(ran) == ["dpo-gold", "eft-upscaling"]
     table = json.loads((tmp_path / "claims.json").read_text())
-    assert [r["name"] for r in table] == list(CLAIMS) and all(r["holds"] is not None for r in table)
+    assert [r["name"] for r in table] == GROUPS["testbed"] and all(r["holds"] is not None for r in table)
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "claims.html")]) == 0
     page = (tmp_path / "claims.html").read_text()
-    assert all(f"<td>{name}</td>" in page for name in CLAIMS)
+    assert all(f"<td>{name}</td>" in page for name in GROUPS["testbed"])
 
 
 def test_category_premise_scores_the_lowered_category_against_every_other_prompt():
