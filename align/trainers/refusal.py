@@ -284,7 +284,7 @@ def probe_control_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]
         prompts.append(enc["input_ids"][: enc["completion_mask"].index(1)])
     captured: list[tuple[Any, Any]] = []
     hook = head.register_forward_hook(
-        lambda _m, inputs, output: captured.append((inputs[0][:, -1].detach().float(), output[:, -1].detach().float())))
+        lambda _m, inputs, output: captured.append((inputs[0][:, -1].detach().float().cpu(), output[:, -1].detach().float().cpu())))  # a small CPU fit, whatever the device
     was_training = model.training
     try:
         first_token_probs(model.eval(), tokenizer, prompts, batch_size)
@@ -296,9 +296,9 @@ def probe_control_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]
     before = float((logits.argmax(-1) == ids[targets]).float().mean())
     other = logits.clone()
     other[:, ids] = float("-inf")
-    fitted = fit_control_rows(features, other.logsumexp(-1), targets, head.weight[ids].detach(), l2)
+    fitted = fit_control_rows(features, other.logsumexp(-1), targets, head.weight[ids.to(head.weight.device)].detach().float().cpu(), l2)
     with torch.no_grad():
-        head.weight[ids] = fitted.to(head.weight.dtype)
+        head.weight[ids.to(head.weight.device)] = fitted.to(head.weight.device, head.weight.dtype)
     control_logits = features @ fitted.T
     after = float(((control_logits.max(-1).values > other.max(-1).values) & (control_logits.argmax(-1) == targets)).float().mean())
     return {"rows": len(rows), "first_token_accuracy_before": round(before, 4), "first_token_accuracy_after": round(after, 4)}
