@@ -80,9 +80,9 @@ def test_control_tokens_are_one_id_on_both_flavours(testbed, categories):
         assert enc["input_ids"][enc["completion_mask"].index(1)] == tok.convert_tokens_to_ids(row["control"])
 
 
-def first_token_stats(model, tok, rows):
+def first_token_stats(model, tok, rows, refuse_probs=None):
     """Naive recomputation, one row at a time: argmax accuracy and mean probability of the right
-    control token at the first response position."""
+    control token at the first response position (p[refuse] per row appended to ``refuse_probs``)."""
     hits, prob = 0, 0.0
     for row in rows:
         enc = tokenize_prompt_completion(tok, row)
@@ -92,7 +92,37 @@ def first_token_stats(model, tok, rows):
         target = tok.convert_tokens_to_ids(row["control"])
         hits += int(p.argmax()) == target
         prob += float(p[target])
+        if refuse_probs is not None:
+            refuse_probs.append(float(p[tok.convert_tokens_to_ids("[refuse]")]))
     return hits / len(rows), prob / len(rows)
+
+
+def test_the_control_token_is_learned_on_held_out_prompts(testbed, tmp_path):
+    """The guard against a control token that stops being learned (mean-row trap, a loss that
+    misses the control position, rows the optimizer skips): after a short run the control token is
+    the argmax at the first response position on most held-out prompts (majority label 0.515) and
+    p[refuse] separates refusals from answerable prompts. Measured at this recipe, seeds 1-3:
+    accuracy 0.995-1.0 (tiny) and 0.915-0.95 (tiny-bpe), AUROC >= 0.965; at 400 steps and 512
+    rows one tiny seed of three stayed at 0.49, so the run is not shorter."""
+    from align.metrics import auroc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "refusal"
+    args = RefusalArgs(profile=testbed.manifest["profile"], cache_dir=str(testbed.root.parents[1]), n_train=1000,
+                       max_steps=800, per_device_train_batch_size=16, logging_steps=800, learning_rate=3e-3,
+                       warmup_steps=0, seed=0, gradient_checkpointing=False, save_strategy="no", report_to=[],
+                       disable_tqdm=True, output_dir=str(out))
+    train_refusal(args)
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    held_out = tag_rows(refusal_sft(1000, 200, seed=0)["eval"], args)
+    train_prompts = {str(r["prompt"]) for r in tag_rows(refusal_sft(1000, 2, seed=0)["train"], args)}
+    assert not any(str(r["prompt"]) in train_prompts for r in held_out)
+    p_refuse: list[float] = []
+    accuracy, _ = first_token_stats(model, tok, held_out, p_refuse)
+    labels = torch.tensor([r["control"] == "[refuse]" for r in held_out])
+    assert max(labels.float().mean(), 1 - labels.float().mean()) < 0.55  # chance is about one half
+    assert accuracy >= 0.8
+    assert auroc(torch.tensor(p_refuse), labels) >= 0.9
 
 
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
