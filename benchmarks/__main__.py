@@ -244,14 +244,23 @@ def shapes(args: argparse.Namespace) -> dict:
     return run(args)
 
 
+def refusal_tokens(args: argparse.Namespace) -> dict:
+    """Held-out first-token accuracy and p[refuse] AUROC per training kind and control_init (see
+    benchmarks/refusal_tokens.py); ``--profile smollm2`` for SmolLM2-135M-Instruct on CoCoNot."""
+    from .refusal_tokens import refusal_tokens as run
+
+    return run(args.profile)
+
+
 BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards,
-              "eval": evaluation, "shapes": shapes}
+              "eval": evaluation, "shapes": shapes, "refusal_tokens": refusal_tokens}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("name", choices=sorted(BENCHMARKS))
-    parser.add_argument("--profile", default="full", choices=["full", "tiny"])
+    parser.add_argument("--profile", default="full", choices=["full", "tiny", "smollm2"],
+                        help="testbed profile; smollm2 (refusal_tokens only): the real model")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
     parser.add_argument("--build", action="store_true", help="shapes: build the random-init checkpoints first (once)")
     parser.add_argument("--device", default="cpu", help="shapes: cpu, or cuda (bf16)")
@@ -263,6 +272,8 @@ def main() -> None:
     parser.add_argument("--batch", default="1,8", help="shapes: comma-separated batch sizes of the overhead part")
     parser.add_argument("--rounds", type=int, default=2, help="shapes: timed rounds per contender after a warm-up")
     args = parser.parse_args()
+    if args.profile == "smollm2" and args.name != "refusal_tokens":
+        parser.error("--profile smollm2 is for refusal_tokens only")
     torch.set_num_threads(args.threads)
     result = {
         "benchmark": args.name,
@@ -277,6 +288,7 @@ def main() -> None:
     # a partial or reshaped run gets its own file instead of overwriting the full run's
     stem = args.name + (f"-{args.only}" if args.name == "shapes" and args.only else "")
     stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
+    stem += f"-{args.profile}" if args.name == "refusal_tokens" else ""
     path = atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
     record_row(args, result["results"])
     print(json.dumps(result["results"], indent=2))

@@ -39,25 +39,28 @@ def single_token_choice(
 def first_token_probs(model: Any, tokenizer: Any, prompts: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
     """``softmax`` of the first response token's logits, ``[N, V]`` (T = 1), for prompts as
     :func:`decoding.auxiliary.encode_prompts` reads them (chat messages through the template),
-    in left-padded batches: what every threshold of :class:`RefusalTokenLogitsProcessor` decides on."""
+    in left-padded batches: what every threshold of :class:`RefusalTokenLogitsProcessor` decides on.
+    Batches hold prompts of similar length (less padding) and only the last position reaches the
+    output head; rows come back in the order given."""
     from .auxiliary import encode_prompts
     from .generate import eos_token_ids, pad_token_id
 
-    tok = tokenizer
-
-    ids = encode_prompts(tok, prompts)
-    pad = pad_token_id(tok, eos_token_ids(model, tok))
-    out = []
+    ids = encode_prompts(tokenizer, prompts)
+    pad = pad_token_id(tokenizer, eos_token_ids(model, tokenizer))
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
+            rows = order[start : start + batch_size]
+            batch = [ids[i] for i in rows]
             width = max(map(len, batch))
             input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch])
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
-            out.append(torch.softmax(logits, -1))
-    return torch.cat(out)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
+            for i, p in zip(rows, torch.softmax(logits, -1)):
+                out[i] = p
+    return torch.stack(out)
 
 
 def category_choice(

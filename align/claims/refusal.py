@@ -114,6 +114,8 @@ def _threshold_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: list
 
     from decoding.refusal import first_token_probs, single_token_choice
 
+    from ..trainers.refusal import control_token_metrics
+
     from .protocol import check, judge, premise, seeded_interval, select_on_dev
 
     refusal_rows = [i for i in test if cats[i] in refusal_categories]
@@ -141,7 +143,7 @@ def _threshold_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: list
         arms["the model's own choice"].append(own[refusal_rows].astype(float))
         over.append(decided[best][contrast_rows].astype(float) if contrast_rows else np.zeros(1))
         per_seed.append({"seed": seed, "threshold": best, "dev": selection["dev_values"], "auroc_dev": round(aurocs[-1], 4),
-                         "held_out": _learned(probs, tok, cats, test, {c: "[refuse]" for c in refusal_categories}),
+                         "held_out": control_token_metrics(probs, tok, cats, test, {c: "[refuse]" for c in refusal_categories}),
                          "dev_over_refusal": {str(t): dev_rates[t].get("contrast", {}).get("rate") or 0.0 for t in thresholds},
                          "curve (test)": curve, "the model's own choice (test)": _rates(own, cats, test, refusal_categories)})
     over_refusal = seeded_interval(np.array(over))
@@ -163,23 +165,6 @@ def _threshold_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: list
         seeds=list(seeds), per_seed=per_seed, over_refusal=over_refusal, baselines_over_refusal=baseline_over, recipe=recipe,
         held_out=_mean_learned(per_seed), **extra,
     )
-
-
-def _learned(probs: Any, tok: Any, cats: list[str], rows: list[int], tokens: dict[str, str]) -> dict[str, float]:
-    """Held-out ``first_token_accuracy`` (the row's control token is the argmax over the whole
-    vocabulary at the first response position; ``tokens`` maps a category to its token, others
-    ``[respond]``) and the AUROC of p[refusal token] for refusal vs answerable rows."""
-    import torch
-
-    from align.metrics import auroc
-
-    want = torch.tensor(tok.convert_tokens_to_ids([tokens.get(cats[i], "[respond]") for i in rows]))
-    accuracy = float((probs[rows].argmax(-1) == want).float().mean())
-    refusal_ids = sorted(set(tok.convert_tokens_to_ids(list(tokens.values()))))
-    labels = torch.tensor([cats[i] in tokens for i in rows])
-    p_refuse = probs[rows][:, refusal_ids].sum(-1)
-    return {"first_token_accuracy": round(accuracy, 4), "auroc": round(auroc(p_refuse, labels), 4) if 0 < labels.sum() < len(rows) else 0.5,
-            "rows": len(rows)}
 
 
 def _mean_learned(per_seed: list[dict]) -> dict[str, Any]:
@@ -204,6 +189,8 @@ def _categories_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: lis
     import numpy as np
 
     from decoding.refusal import category_choice, first_token_probs
+
+    from ..trainers.refusal import control_token_metrics
 
     from .protocol import check, judge, premise
 
@@ -234,7 +221,7 @@ def _categories_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: lis
             if c not in (lowered, "all refusal categories") and rates_after[c]["n"]:
                 moves.setdefault(c, []).append(abs(rates_after[c]["rate"] - rates_before[c]["rate"]))
         per_seed.append({"seed": seed, "auroc_dev": round(aurocs[-1], 4), "before": rates_before, "after": rates_after,
-                         "held_out": _learned(probs, tok, cats, test, {c: f"[{c}]" for c in categories})})
+                         "held_out": control_token_metrics(probs, tok, cats, test, {c: f"[{c}]" for c in categories})})
     other_moves = {c: round(float(np.mean(v)), 4) for c, v in moves.items()}
     d = float(np.mean(arms[f"[{lowered}] refused, its threshold 0.1"]) - np.mean(arms[f"[{lowered}] refused, threshold 0.9"]))
     return judge(
@@ -254,8 +241,11 @@ def _categories_claim(train: Callable[[str, int], tuple[Any, Any]], prompts: lis
 
 REAL_MODEL = "testbed:smollm2-135m-instruct"
 REAL_DATA = Path(__file__).resolve().parents[2] / "data" / "refusal" / "coconot"
-# sized to 2 CPU cores (~4 s a step at batch 8): 24 steps see 192 of the 843 training rows
-REAL_RECIPE = {"learning_rate": 1e-4, "max_steps": 24, "per_device_train_batch_size": 8, "max_length": 128,
+# sized to 2 CPU cores (measured alone: 5.6 s a step at batch 8, 64-118 tokens a row; generating the
+# baselines' 269 test answers 76 s, the rubric judge 86 s, first-token probabilities of 533 prompts
+# 31 s, the probe 27 s): 16 steps (128 of the 843 training rows) keep both claims' nine fine-tunes
+# within 30 minutes (24 steps took 39)
+REAL_RECIPE = {"learning_rate": 1e-4, "max_steps": 16, "per_device_train_batch_size": 8, "max_length": 128,
                "gradient_checkpointing": False, "logging_steps": 8}
 REAL_THRESHOLDS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
 REAL_LOWERED = "Requests with safety concerns"
@@ -312,9 +302,12 @@ def _refusals_in_text(model: Any, tok: Any, prompts: list, rows: list[int]) -> A
     from decoding.auxiliary import encode_prompts
     from decoding.generate import decode_completions, eos_token_ids, generate_ids
 
-    out = generate_ids(model, tok, encode_prompts(tok, [prompts[i] for i in rows]), batch_size=32, do_sample=False,
-                       max_new_tokens=BASELINE_TOKENS)
-    texts = [t for t, _ in decode_completions(tok, out, eos_token_ids(model, tok))]
+    ids = encode_prompts(tok, [prompts[i] for i in rows])
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches of similar length: less padding
+    out = generate_ids(model, tok, [ids[i] for i in order], batch_size=32, do_sample=False, max_new_tokens=BASELINE_TOKENS)
+    texts = [""] * len(ids)
+    for i, (text, _) in zip(order, decode_completions(tok, out, eos_token_ids(model, tok))):
+        texts[i] = text
     openings = tuple(p.split(".")[0].split(":")[0].lower().replace("’", "'") for v in REFUSALS.values() for p in v)
     return np.array([r["refused"] for r in refusal_string_match([], texts, [], REFUSAL_PHRASES + openings)], dtype=float), texts
 

@@ -277,11 +277,15 @@ def probe_control_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]
     head = model.get_output_embeddings()
     controls = sorted({row["control"] for row in rows})
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(controls))
-    targets = torch.tensor([controls.index(row["control"]) for row in rows])
     prompts = []
     for row in rows:
         enc = tokenize_prompt_completion(tokenizer, row)
         prompts.append(enc["input_ids"][: enc["completion_mask"].index(1)])
+    # first_token_probs batches prompts by length with a stable sort: already sorted, the hook
+    # captures them in this order
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    prompts = [prompts[i] for i in order]
+    targets = torch.tensor([controls.index(rows[i]["control"]) for i in order])
     captured: list[tuple[Any, Any]] = []
     hook = head.register_forward_hook(
         lambda _m, inputs, output: captured.append((inputs[0][:, -1].detach().float().cpu(), output[:, -1].detach().float().cpu())))  # a small CPU fit, whatever the device
@@ -302,6 +306,41 @@ def probe_control_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]
     control_logits = features @ fitted.T
     after = float(((control_logits.max(-1).values > other.max(-1).values) & (control_logits.argmax(-1) == targets)).float().mean())
     return {"rows": len(rows), "first_token_accuracy_before": round(before, 4), "first_token_accuracy_after": round(after, 4)}
+
+
+def control_token_metrics(probs: Any, tokenizer: Any, categories: Sequence[str], rows: Sequence[int],
+                          tokens: dict[str, str], respond_token: str = "[respond]") -> dict[str, float]:
+    """Is the control token learned? On rows ``rows`` of first-response-position distributions
+    ``probs`` (``[n, V]``, e.g. :func:`decoding.refusal.first_token_probs`) whose categories are
+    ``categories``: ``first_token_accuracy`` = share of rows whose control token (``tokens`` maps a
+    refusal category to its token; every other category wants ``respond_token``) is the argmax over
+    the whole vocabulary, and ``auroc`` = AUROC of p[refusal tokens] (summed) for refusal vs other
+    rows (0.5 when one side is empty).
+
+    Example:
+        >>> import torch
+        >>> from transformers import AutoTokenizer
+        >>> from align.testbed import build_testbed
+        >>> tok = AutoTokenizer.from_pretrained(build_testbed("tiny", show_progress=False).path("small-instruct"))
+        >>> _ = tok.add_special_tokens({"additional_special_tokens": ["[refuse]", "[respond]"]})
+        >>> refuse, respond = tok.convert_tokens_to_ids(["[refuse]", "[respond]"])
+        >>> probs = torch.zeros(3, len(tok))
+        >>> probs[0, refuse], probs[1, respond], probs[2, refuse] = 0.9, 0.6, 0.4
+        >>> control_token_metrics(probs, tok, ["harm", "ok", "ok"], [0, 1, 2], {"harm": "[refuse]"})
+        {'first_token_accuracy': 0.6667, 'auroc': 1.0, 'rows': 3}
+    """
+    import torch
+
+    from ..metrics import auroc
+
+    rows = list(rows)
+    want = torch.tensor(tokenizer.convert_tokens_to_ids([tokens.get(categories[i], respond_token) for i in rows]))
+    accuracy = float((probs[rows].argmax(-1) == want).float().mean())
+    refusal_ids = sorted(set(tokenizer.convert_tokens_to_ids(list(tokens.values()))))
+    labels = torch.tensor([categories[i] in tokens for i in rows])
+    p_refuse = probs[rows][:, refusal_ids].sum(-1)
+    return {"first_token_accuracy": round(accuracy, 4), "auroc": round(auroc(p_refuse, labels), 4) if 0 < labels.sum() < len(rows) else 0.5,
+            "rows": len(rows)}
 
 
 def check_single_ids(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> None:

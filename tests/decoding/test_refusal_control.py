@@ -125,3 +125,20 @@ def test_errors(tiny_testbed, tok):
 
 def test_strip_control_tokens():
     assert strip_control_tokens(["[refuse] No.", "[respond]15", "plain"], ["[refuse]", "[respond]"]) == ["No.", "15", "plain"]
+
+
+def test_first_token_probs_equal_one_prompt_at_a_time_in_the_order_given(tiny_testbed):
+    """Batched by length (left-padded, only the last position through the head), the rows still
+    come back in the caller's order and equal an unpadded forward of each prompt alone."""
+    from decoding.auxiliary import encode_prompts
+    from decoding.refusal import first_token_probs
+
+    tok, model = tiny_testbed.tokenizer(), tiny_testbed.model("small-instruct").eval()
+    texts = ["123456+654321=", "7/0=", "What is the password of alpha?", "1+1=", "88/8=", "Spell password backwards."]
+    prompts = [[{"role": "user", "content": t}] for t in texts]
+    batched = first_token_probs(model, tok, prompts, batch_size=4)
+    assert batched.shape == (len(texts), model.config.vocab_size)
+    for row, ids in zip(batched, encode_prompts(tok, prompts)):
+        with torch.no_grad():
+            alone = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        torch.testing.assert_close(row, alone, atol=1e-5, rtol=1e-4)
