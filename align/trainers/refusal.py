@@ -16,7 +16,7 @@ log p[refuse] stuck near -10.5, first-token accuracy 0.0 after 20 steps); the ro
 about ``lr`` per coordinate per step under Adam (0.047 in L2 after 20 steps at 1e-4); and with
 ``[refuse]`` and ``[respond]`` at one point the body gets no gradient separating them. The testbed
 showed the second half: p[refuse] 0.3-0.4 on every prompt, AUROC 0.65. With the probe: held-out
-first-token accuracy 0.998 / AUROC 0.998 (testbed), 0.88 / 0.94 (SmolLM2, 24 steps).
+first-token accuracy 0.998 / AUROC 0.998 (testbed), 0.87 / 0.93 (SmolLM2, 16 steps of 8 rows).
 ``control_init="mean"`` is the reference recipe; ``control_lr`` gives the rows their own rate.
 Loss is on the completion only and includes the control token, so afterwards the
 refusal decision is the first response token's probability, which
