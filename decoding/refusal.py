@@ -41,26 +41,27 @@ def first_token_probs(model: Any, tokenizer: Any, prompts: Sequence[Any], batch_
     :func:`decoding.auxiliary.encode_prompts` reads them (chat messages through the template),
     in left-padded batches: what every threshold of :class:`RefusalTokenLogitsProcessor` decides on.
     Batches hold prompts of similar length (less padding) and only the last position reaches the
-    output head; rows come back in the order given."""
+    output head; rows come back in the order given, on the CPU (whatever the model's device)."""
     from .auxiliary import encode_prompts
     from .generate import eos_token_ids, pad_token_id
 
     ids = encode_prompts(tokenizer, prompts)
     pad = pad_token_id(tokenizer, eos_token_ids(model, tokenizer))
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = model.get_input_embeddings().weight.device
     out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
             rows = order[start : start + batch_size]
             batch = [ids[i] for i in rows]
             width = max(map(len, batch))
-            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
             for i, p in zip(rows, torch.softmax(logits, -1)):
                 out[i] = p
-    return torch.stack(out)
+    return torch.stack(out).cpu()
 
 
 def category_choice(

@@ -67,3 +67,25 @@ def test_cuda_equals_cpu(testbed):
         assert cpu[key] == gpu[key], key  # greedy decoding: the same tokens on both devices
     torch.testing.assert_close(cpu["refusal"], gpu["refusal"])
     assert torch.equal(cpu["gedi"], gpu["gedi"]) and 0 < int(cpu["gedi"][1].sum()) < 5000
+
+
+def test_refusal_probe_and_first_token_probs_on_cuda_equal_cpu(testbed, devices=("cpu", "cuda")):
+    """The probe captures features on the model's device, fits on CPU copies and writes the rows
+    back on the head's device; first_token_probs builds its batches there and returns CPU rows."""
+    from align.testbed.datasets import refusal_sft
+    from align.trainers.refusal import RefusalArgs, add_control_tokens, probe_control_rows, tag_rows
+    from decoding.refusal import first_token_probs
+
+    rows = tag_rows(refusal_sft(32, 2, seed=0)["train"], RefusalArgs())
+    out = []
+    for device in devices:
+        tok, model = testbed.tokenizer(), testbed.model("small-instruct").to(device)
+        ids = add_control_tokens(tok, model, ["[refuse]", "[respond]"], init="mean")
+        report = probe_control_rows(model, tok, rows)
+        probs = first_token_probs(model, tok, [r["prompt"] for r in rows[:8]])
+        out.append((report, model.get_output_embeddings().weight[ids].detach().cpu(), probs))
+    (cpu_report, cpu_rows, cpu_probs), (gpu_report, gpu_rows, gpu_probs) = out
+    assert gpu_probs.device.type == "cpu"
+    assert gpu_report["first_token_accuracy_after"] == pytest.approx(cpu_report["first_token_accuracy_after"], abs=1 / len(rows) + 1e-9)
+    torch.testing.assert_close(gpu_rows, cpu_rows, atol=1e-3, rtol=1e-2)
+    torch.testing.assert_close(gpu_probs, cpu_probs, atol=1e-4, rtol=1e-3)
