@@ -9,7 +9,7 @@ for sizing only.
   recipe of ``configs/refusal-testbed.yaml`` (300 steps, batch 16, lr 5e-4), tiny with the CI
   test's (800 steps, 1000 rows, lr 3e-3); 500 held-out prompts.
 * ``--profile smollm2``: SmolLM2-135M-Instruct on ``data/refusal/coconot`` with the real claims'
-  recipe (24 steps, batch 8, lr 1e-4, max_length 128); the 269 test prompts.
+  recipe (16 steps, batch 8, lr 1e-4, max_length 128); the 269 test prompts.
 
 LoRA: r 8 on every linear layer, embeddings and head trained in full, at 10x the rate (LoRA's
 usual higher rate; at the full fine-tune's rate the adapters barely move in these step counts),
