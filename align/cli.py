@@ -85,7 +85,8 @@ commands:
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)
   train score         SCoRe two-turn self-correction RL, Stage I then II (--config configs/score-testbed.yaml)
   train refusal       refusal-token SFT: [refuse]/[respond] or per-category tokens (--config configs/refusal-testbed.yaml)
-  generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal) on prompts
+  generate            run a decoding method (plain, eft, dlf, steer, negative, gedi, refusal, ead) on prompts
+  fuse                write an EFT or DLF composite that vLLM serves as one model
   eval                systems (model + decoding method) x prompt sets x scorers: per-sample JSONL and a
                       summary with intervals (--config configs/eval-testbed.yaml)
   report RUN_DIR...   one self-contained HTML page (tables with intervals, plots, sample browser, side by
@@ -188,6 +189,13 @@ def _data_coconot(argv: Sequence[str], prog: str) -> int:
     args = parse_config(CoconotArgs, argv, prog=prog)
     for path in write_coconot(args.model, args.out, args.cache_dir):
         print(f"written: {path}")
+    return 0
+
+
+def _fuse(argv: Sequence[str], prog: str) -> int:
+    from .fuse import FuseArgs, run_fuse
+
+    print(f"written: {run_fuse(parse_config(FuseArgs, argv, prog=prog))}")
     return 0
 
 
@@ -315,6 +323,7 @@ COMMANDS = {
     ("testbed", "datasets"): _testbed_datasets,
     ("reproduce",): _reproduce,
     ("generate",): _generate,
+    ("fuse",): _fuse,
     ("eval",): _eval,
     ("report",): _report,
     ("train", "dpo"): lambda argv, prog: _train_dpo(argv, prog, "dpo"),

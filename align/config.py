@@ -116,10 +116,13 @@ def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None, def
             raise ConfigError(f"{path}: key 'env' must be a mapping of environment variables")
         check_config(cls, config, source=path)
         os.environ.update({str(k): str(v) for k, v in env.items()})
-    parser = TrlParser(dataclass_types=[cls], prog=prog)
+    # a class made of option groups (``argument_groups``: ``align generate``'s methods) lists each
+    # group under its own --help heading and is built from all groups' values
+    groups = getattr(cls, "argument_groups", (cls,))
+    parser = TrlParser(dataclass_types=list(groups), prog=prog)
     if defaults or config:
         parser.set_defaults_with_config(**{**(defaults or {}), **config})
-    out, unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
     flags = [a for a in unknown if a.startswith("--")]
     if unknown:
         import difflib
@@ -128,4 +131,6 @@ def parse_config(cls: type[T], args: Sequence[str], prog: str | None = None, def
         hints = [f"--{m[0]}" for a in flags for m in [difflib.get_close_matches(a.lstrip("-").split("=")[0], known, 1)] if m]
         raise ConfigError(f"unknown option(s) {' '.join(flags or unknown)}" + (f"; did you mean {', '.join(hints)}?" if hints else "")
                           + f" (`{prog or 'align'} --help` lists the options)")
-    return out
+    if groups == (cls,):
+        return parsed[0]
+    return cls(**{f.name: getattr(g, f.name) for g in parsed for f in dataclasses.fields(g) if f.init})

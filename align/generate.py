@@ -20,24 +20,26 @@ Example config (``configs/generate-eft.yaml``)::
 
 from __future__ import annotations
 
-import json
 import math
-import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .config import ConfigError
 from .data import as_messages, plain_text
+from .methods import METHODS, DecodingMethod, Run, flat_options, options_of
 from rewards.io import atomic_write_jsonl
 
-Method = Literal["plain", "eft", "dlf", "steer", "negative", "gedi", "refusal", "ead"]
-
-
 @dataclass
-class GenerateArgs:
-    method: Method = field(default="plain", metadata={"help": "plain, eft, dlf, steer, negative, gedi, refusal or ead"})
+class GenerationOptions:
+    """The options every method shares; each method's own options live in its module of
+    :mod:`align.methods` and join these in :class:`GenerateArgs`."""
+
+    _argument_group_name: ClassVar[str] = "generation (every method)"
+
+    method: str = field(default="plain", metadata={"help": "the decoding method: " + ", ".join(METHODS)
+                                                           + " (its options are listed under its heading)"})
     prompts: str = field(
         default="", metadata={"help": "a .txt file (one prompt a line), or a dataset: hub id, directory, .jsonl/.json/.parquet file"}
     )
@@ -46,40 +48,6 @@ class GenerateArgs:
     dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
     output: str = field(default="runs/generate/output.jsonl", metadata={"help": "JSONL written atomically"})
     model: str = field(default="testbed:small-instruct", metadata={"help": "the model generate() runs on"})
-    tuned: list[str] = field(default_factory=list, metadata={"help": "eft: tuned models"})
-    reference: str | None = field(default=None, metadata={"help": "eft: reference model (none: the main model)"})
-    weights: list[float] = field(default_factory=list, metadata={"help": "eft: one weight per tuned model"})
-    upscale_top_p: float | None = field(default=None, metadata={"help": "eft: reweight inside the top-p set"})
-    small_base: str | None = field(default=None, metadata={"help": "dlf: the small base model"})
-    experts: list[str] = field(default_factory=list, metadata={"help": "dlf: small expert models"})
-    base: str | None = field(default=None, metadata={"help": "steer: base model reading the same prompt"})
-    negative_pool_block: int = field(
-        default=32, metadata={"help": "steer: the negative pool grows with the outputs after every this many prompts (not batches)"}
-    )
-    negative_examples: str | None = field(
-        default=None, metadata={"help": "steer: .txt/.jsonl of negative examples (each read like a prompt, in the model's format)"}
-    )
-    gamma: float = field(default=0.2, metadata={"help": "steer: contrast strength"})
-    eta: float = field(default=0.6, metadata={"help": "steer: negative-prompt strength"})
-    top_k: int | None = field(default=10, metadata={"help": "steer: keep the k best tokens"})
-    negative_model: str | None = field(default=None, metadata={"help": "negative: model for the negative prompt"})
-    negative_prompt: str = field(
-        default="", metadata={"help": "negative: the negative prompt, read like the prompts (through the negative model's chat template when it has one)"}
-    )
-    guidance_scale: float = field(default=1.5, metadata={"help": "negative: gamma"})
-    gedi_model: str | None = field(default=None, metadata={"help": "gedi: the class-conditional guide"})
-    desired_code: str = field(default="", metadata={"help": "gedi: control code of the desired class"})
-    anti_code: str = field(default="", metadata={"help": "gedi: control code of the anti class"})
-    omega: float = field(default=30.0, metadata={"help": "gedi: posterior weight"})
-    large: str | None = field(default=None, metadata={"help": "ead: the large model (`model` is the small one)"})
-    tau: float | None = field(default=None, metadata={"help": "ead: entropy threshold in bits (no published value: sweep it)"})
-    window: int = field(default=5, metadata={"help": "ead: tokens in the rolling entropy mean"})
-    min_tokens: int = field(default=10, metadata={"help": "ead: tokens on the current model before a switch"})
-    threshold: float | None = field(default=None, metadata={"help": "refusal: p[refuse] threshold"})
-    category_thresholds: dict[str, float] | str | None = field(
-        default_factory=dict,
-        metadata={"help": "refusal, category mode: {category: threshold} (JSON on the command line); the model's other categories are left to it"},
-    )
     prompt_format: dict[str, str] = field(
         default_factory=dict, metadata={"help": "per model: 'chat' or 'plain' (default: chat iff the tokenizer has a template)"}
     )
@@ -103,55 +71,46 @@ class GenerateArgs:
     )
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
     backend: Literal["transformers", "vllm"] = field(
-        default="transformers", metadata={"help": "vllm: single-model methods (plain, refusal) in a vLLM engine"}
+        default="transformers", metadata={"help": "vllm: run in a vLLM engine (the methods with a vLLM form)"}
     )
 
+
+@dataclass
+class GenerateArgs(flat_options("GenerateFields", (GenerationOptions, *METHODS.values()), __name__)):  # type: ignore[misc]
+    """``align generate`` options: :class:`GenerationOptions` plus every method's options (flat:
+    ``GenerateArgs(method="eft", tuned=[...])``, ``--tuned``, YAML ``tuned:``); only the chosen
+    method's are checked and used (:meth:`decoding`)."""
+
+    argument_groups: ClassVar[tuple[type, ...]] = (GenerationOptions, *METHODS.values())
+
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method: unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not self.prompts:
             raise ConfigError("prompts: give a .txt or .jsonl prompt file")
-        if self.backend == "vllm" and self.method not in ("plain", "refusal"):
+        method = self.decoding()
+        if self.backend == "vllm" and type(method).vllm is DecodingMethod.vllm:
+            served = [name for name, m in METHODS.items() if m.vllm is not DecodingMethod.vllm]
             raise ConfigError(
-                f"method {self.method!r} cannot run with backend 'vllm': it combines several models' "
-                "distributions at every step, and a vLLM engine serves one model whose logits processors see "
-                "only that model's logits; use backend 'transformers'"
+                f"method {self.method!r} cannot run with backend 'vllm': its models read different prompts or take "
+                "turns within a sequence, and a vLLM engine runs one token stream per request (and its logits "
+                f"processors see one model's logits); backend 'vllm' serves {', '.join(served)}; use backend 'transformers'"
             )
-        needs = {
-            "eft": ["tuned"],
-            "dlf": ["small_base", "experts"],
-            "negative": ["negative_prompt"],
-            "gedi": ["gedi_model", "desired_code", "anti_code"],
-            "ead": ["large", "tau"],
-        }
-        for key in needs.get(self.method, []):
-            if getattr(self, key) in (None, "", []):  # 0.0 is a valid tau
-                raise ConfigError(f"method {self.method!r} needs {key!r}")
-        if self.method == "steer" and self.gamma and not self.base:
-            raise ConfigError("method 'steer' with gamma != 0 needs 'base'")
-        if self.method == "steer" and self.eta and not self.negative_examples:
-            raise ConfigError("method 'steer' with eta != 0 needs 'negative_examples'")
-        for key in ("weights", "gamma", "eta", "guidance_scale", "temperature", "omega", "tau"):
-            values = getattr(self, key)
-            for v in values if isinstance(values, list) else [] if values is None else [values]:
-                if not math.isfinite(v):
-                    raise ConfigError(f"{key} must be finite, got {values}")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.negative_pool_block < 1:
-            raise ConfigError("max_new_tokens, batch_size and negative_pool_block must be >= 1")
+        method.check()
+        for f in fields(method):  # checks may normalise (e.g. JSON from the command line)
+            setattr(self, f.name, getattr(method, f.name))
+        for key in ("temperature",):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"{key} must be finite, got {getattr(self, key)}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("max_new_tokens and batch_size must be >= 1")
         from .models import check_device
 
         check_device(self.device)
-        self.category_thresholds = self.category_thresholds or {}
-        if isinstance(self.category_thresholds, str):  # from the command line
-            try:
-                self.category_thresholds = json.loads(self.category_thresholds)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"category_thresholds must be a JSON mapping such as '{{\"ill-posed\": 0.1}}': {err}") from err
-            if not isinstance(self.category_thresholds, dict):
-                raise ConfigError(f"category_thresholds must be a mapping of category to threshold, got {self.category_thresholds!r}")
-        if self.category_thresholds and self.threshold is not None:
-            raise ConfigError("threshold is the single-token mode's, category_thresholds the category mode's: give one")
-        for name, value in [("threshold", self.threshold), *self.category_thresholds.items()]:
-            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ConfigError(f"refusal threshold for {name!r} must be a probability in [0, 1], got {value!r}")
+
+    def decoding(self) -> DecodingMethod:
+        """A fresh instance of the chosen method with its options (one per generation call)."""
+        return options_of(METHODS[self.method], self)
 
 
 def read_prompts(spec: str | Path, field_name: str = "prompt", split: str = "train", config: str | None = None) -> list[Any]:
@@ -184,6 +143,7 @@ class ModelStore:
         self._models: dict[str, Any] = {}
         self._tokenizers: dict[str, Any] = {}
         self.engines: dict[tuple, Any] = {}  # vLLM engines, kept across calls
+        self.composites: dict[str, str] = {}  # fusion spec -> its composite directory (vLLM backend)
         self._vocab_checked: set[tuple[str, ...]] = set()
         self._chat: dict[str, bool] = {}
         # positions each loaded model computed (batch x new positions per forward call, padding
@@ -313,8 +273,9 @@ def effective_settings(args: GenerateArgs, store: "ModelStore") -> dict[str, Any
 def generate_outputs(
     args: GenerateArgs, prompts: list[Any], store: ModelStore | None = None, seeds: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
-    """One ``{"output": text, "finished": bool}`` per prompt (method ``refusal`` adds ``"control"``,
-    the token that opened the response). ``store`` keeps models loaded across calls.
+    """One ``{"output": text, "finished": bool, "tokens": int}`` per prompt (method ``refusal`` adds
+    ``"control"``, the token that opened the response; ``ead`` adds ``"large_tokens"``). ``store``
+    keeps models loaded across calls.
 
     With ``do_sample`` every prompt samples ancestrally at ``temperature`` from the method's
     distribution (no top-k / top-p) with its own generator seeded ``seeds[i]`` (default
@@ -322,17 +283,7 @@ def generate_outputs(
     no two prompts share random draws and a resumed run draws what an uninterrupted one would."""
     import torch
 
-    from decoding import (
-        AuxiliaryModel,
-        DLFLogitsProcessor,
-        EFTLogitsProcessor,
-        GeDiLogitsProcessor,
-        NegativePool,
-        NegativePromptLogitsProcessor,
-        RefusalTokenLogitsProcessor,
-        SteerLogitsProcessor,
-        default_processors,
-    )
+    from decoding import default_processors
     from decoding.auxiliary import encode_prompts
     from decoding.generate import SeededSampler, decode_completions, eos_token_ids, generate_ids
 
@@ -340,137 +291,51 @@ def generate_outputs(
     seeds = list(seeds) if seeds is not None else [args.seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"seeds: {len(seeds)} seeds for {len(prompts)} prompts")
-    refusal = refusal_options(store.path(args.model), args.threshold, args.category_thresholds) if args.method == "refusal" else {}
-    missing = [t for t in control_names(refusal) if t not in store.tokenizer(args.model).get_vocab()]
-    if missing:  # before any model loads
-        raise ConfigError(f"method 'refusal': model {args.model} has no control tokens {missing}; train it with `align train refusal`")
+    method = args.decoding()
+    run = Run(args, store, list(prompts), seeds)
+    method.prepare(run)  # before any model loads
     defaults = store.defaults(args.model) if args.use_model_defaults else {}
     if args.backend == "vllm":
-        return _generate_vllm(args, store, prompts, refusal, seeds, defaults)
-    refs = [args.model, *args.tuned, *args.experts] + [
-        r for r in (args.reference, args.small_base, args.base, args.negative_model, args.gedi_model, args.large) if r
-    ]
+        return _generate_vllm(run, method, defaults)
+    refs = [args.model, *method.models()]
     for ref in refs:
         store.reads_chat(ref)  # every reference resolves (tokenizer only) before any model loads
     store.check_vocab(refs)
-    pool = NegativePool(read_prompts(args.negative_examples), seed=args.seed) if args.negative_examples else None
     main, tok = store.load(args.model)
-    main_prompts = store.prompts_for(args.model, prompts)
-
-    def aux(ref: str, rows: slice, own_prompts: list[Any] | None = None) -> AuxiliaryModel:
-        # each model reads its prompts in its own format: a negative prompt or example too, so a
-        # chat model reads it through its template as the main model reads the real prompt
-        model, aux_tok = store.load(ref)
-        chosen = store.prompts_for(ref, own_prompts if own_prompts is not None else prompts)
-        return AuxiliaryModel(model, aux_tok, chosen[rows], ref)
 
     def processors(rows: slice) -> list:
         # the checkpoint's defaults (if asked for) shape the method's final distribution; the sampler
         # goes last and draws from whatever the processors made of the scores
+        own = method.processors(run, rows)
         if not args.do_sample:
-            return method_processors(rows) + default_processors(defaults, None)
+            return own + default_processors(defaults, None)
         if defaults:  # the warpers apply the temperature, in transformers' order
-            return method_processors(rows) + default_processors(defaults, args.temperature) + [SeededSampler(seeds[rows])]
-        return method_processors(rows) + [SeededSampler(seeds[rows], args.temperature)]
-
-    def method_processors(rows: slice) -> list:
-        n = len(range(*rows.indices(len(prompts))))
-        if args.method == "eft":
-            weights = args.weights or [1.0] * len(args.tuned)
-            ref = aux(args.reference, rows) if args.reference else None
-            return [EFTLogitsProcessor(tok, [aux(t, rows) for t in args.tuned], ref, weights, args.upscale_top_p)]
-        if args.method == "dlf":
-            return [DLFLogitsProcessor(tok, aux(args.small_base, rows), [aux(e, rows) for e in args.experts])]
-        if args.method == "steer":
-            # each row draws its own negatives (seeded by its sampling seed) from the pool as it
-            # stands at its block: the same whichever batch the row runs in
-            negatives = [pool.sample(seed=zlib.crc32(f"negatives:{s}".encode())) for s in seeds[rows]] if pool is not None else None
-            neg = aux(args.model, slice(0, n), negatives) if negatives else None
-            base = aux(args.base, rows) if args.base else None
-            return [SteerLogitsProcessor(tok, base, neg, args.gamma, args.eta, args.top_k)]
-        if args.method == "negative":
-            neg = aux(args.negative_model or args.model, slice(0, n), [args.negative_prompt] * n)
-            return [NegativePromptLogitsProcessor(tok, neg, args.guidance_scale)]
-        if args.method == "gedi":
-            guide, guide_tok = store.load(args.gedi_model)
-            texts = [plain_text(p) for p in prompts[rows]]
-            return [GeDiLogitsProcessor(tok, guide, guide_tok, texts, args.desired_code, args.anti_code, args.omega)]
-        if args.method == "refusal":
-            return [RefusalTokenLogitsProcessor(tok, **refusal)]
-        return []
+            return own + default_processors(defaults, args.temperature) + [SeededSampler(seeds[rows])]
+        return own + [SeededSampler(seeds[rows], args.temperature)]
 
     torch.manual_seed(args.seed)
     sampling = {"do_sample": False, "max_new_tokens": args.max_new_tokens}  # SeededSampler draws; generate keeps its pick
     eos = eos_token_ids(main, tok)
-
-    large_tokens = [0] * len(prompts)
-    ead = {}
-    if args.method == "ead":
-        from decoding import ead_generate
-
-        def ead_kwargs(rows: slice) -> dict[str, Any]:
-            return {"custom_generate": ead_generate, "large": aux(args.large, rows), "tau": args.tau, "small_tokenizer": tok,
-                    "window": args.window, "min_tokens": args.min_tokens}
-
-        def count(rows: slice, output: Any) -> None:  # tokens the large model chose, per row
-            large_tokens[rows] = output.tokens_large.tolist()
-
-        ead = {"make_kwargs": ead_kwargs, "on_output": count}
-    encoded = encode_prompts(tok, main_prompts)
-    # STEER's pool grows with the outputs (METHODS §D3) after every block of prompts, in prompt
-    # order; other methods run all prompts as one block
-    block = args.negative_pool_block if pool is not None else max(1, len(prompts))
+    encoded = encode_prompts(tok, store.prompts_for(args.model, prompts))
+    hooks = method.generate_kwargs(run)
+    block = method.block_size(len(prompts))
     ids: list[list[int]] = []
     for start in range(0, len(prompts), block):
-        part = slice(start, min(start + block, len(prompts)))
+        # generate_ids numbers rows within the block; the method sees absolute rows
+        def shifted(rows: slice, start: int = start) -> slice:
+            return slice(start + rows.start, start + rows.stop)
 
-        def shifted(rows: slice, part: slice = part) -> slice:
-            return slice(part.start + rows.start, part.start + rows.stop)
-
-        ead_part = {"make_kwargs": lambda rows: ead["make_kwargs"](shifted(rows)),
-                    "on_output": lambda rows, out: ead["on_output"](shifted(rows), out)} if ead else {}
-        done = generate_ids(main, tok, encoded[part], lambda rows: processors(shifted(rows)), args.batch_size,
-                            **ead_part, **sampling)
-        if pool is not None:
-            pool.add(text for text, _ in decode_completions(tok, done, eos))
+        extra = {name: (lambda rows, *rest, hook=hook: hook(shifted(rows), *rest)) for name, hook in hooks.items()}
+        done = generate_ids(main, tok, encoded[start:start + block], lambda rows: processors(shifted(rows)), args.batch_size,
+                            **extra, **sampling)
+        method.after_block(run, done)
         ids.extend(done)
-    # refusal: the first id is the control token; it goes to "control", the text is what follows
-    controls = [control_token(tok, refusal, row[:1]) for row in ids] if args.method == "refusal" else None
+    # a control token (refusal) is the first id; it goes to "control", the text is what follows
+    controls = [method.control(run, row[:1]) for row in ids] if method.records_control else None
     texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls or [None] * len(ids))], eos)
     rows = _rows(texts, [len(row) for row in ids], controls)
-    if args.method == "ead":
-        for row, n in zip(rows, large_tokens):
-            row["large_tokens"] = n  # EAD's cost: tokens the large model decided
+    method.annotate(rows)
     return rows
-
-
-def refusal_options(model_path: str, threshold: float | None, category_thresholds: dict[str, float]) -> dict[str, Any]:
-    """:class:`~decoding.refusal.RefusalTokenLogitsProcessor` keyword arguments for a model trained by
-    ``align train refusal``: its control tokens from ``control_tokens.json`` in its directory (else
-    ``[refuse]``/``[respond]``, and ``[<category>]`` per category given), with the thresholds."""
-    from .trainers.refusal import TOKENS_FILE
-
-    saved = Path(model_path) / TOKENS_FILE
-    tokens = json.loads(saved.read_text()) if saved.is_file() else {}
-    respond = tokens.get("respond_token") or "[respond]"
-    if not category_thresholds:
-        return {"refuse_token": tokens.get("refuse_token") or "[refuse]", "respond_token": respond, "threshold": threshold}
-    known = tokens.get("categories") or {c: f"[{c}]" for c in category_thresholds}
-    unknown = sorted(set(category_thresholds) - set(known))
-    if unknown:
-        raise ConfigError(f"category_thresholds: model {model_path} has no categories {unknown}; its categories: {sorted(known)}")
-    return {"respond_token": respond, "categories": {token: category_thresholds.get(c) for c, token in known.items()}}
-
-
-def control_token(tokenizer: Any, options: dict[str, Any], first: list[int]) -> str | None:
-    """The control token (of ``options``, as :func:`refusal_options` returns) that ``first`` (a
-    response's first id, or nothing) is, else ``None``."""
-    token = tokenizer.convert_ids_to_tokens(first[0]) if first else None
-    return token if token in control_names(options) else None
-
-
-def control_names(options: dict[str, Any]) -> list[str]:
-    return [t for t in (options.get("refuse_token"), options.get("respond_token"), *(options.get("categories") or {})) if t]
 
 
 def _rows(outputs: list[tuple[str, bool]], tokens: list[int], controls: list[str | None] | None = None) -> list[dict[str, Any]]:
@@ -503,14 +368,11 @@ def servable(path: str, args: GenerateArgs) -> str:
     return str(merged)
 
 
-def _generate_vllm(
-    args: GenerateArgs, store: ModelStore, prompts: list[Any], refusal: dict[str, Any], seeds: list[int],
-    defaults: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Single-model generation in a vLLM engine (refusal control through its logits processor).
-    Every sampling setting is explicit (``defaults`` only when ``use_model_defaults``), and the
-    engine reads no sampling defaults from the checkpoint (``generation_config="vllm"``), so both
-    backends decode with the same settings."""
+def _generate_vllm(run: Run, method: DecodingMethod, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Generation in a vLLM engine, in the method's vLLM form (:meth:`DecodingMethod.vllm`). Every
+    sampling setting is explicit (``defaults`` only when ``use_model_defaults``), and the engine
+    reads no sampling defaults from the checkpoint (``generation_config="vllm"``), so both backends
+    decode with the same settings."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as err:
@@ -518,26 +380,25 @@ def _generate_vllm(
 
     import torch
 
-    processors = ["decoding.vllm_refusal:RefusalTokenVLLMProcessor"] if args.method == "refusal" else []
+    args, store = run.args, run.store
+    form = method.vllm(run)
     engine: dict[str, Any] = {"dtype": args.dtype}
     if args.vllm_kv_cache_gib is not None or not torch.cuda.is_available():  # CPU: vLLM cannot size it itself
         engine["kv_cache_memory_bytes"] = int((args.vllm_kv_cache_gib or 0.5) * 2**30)
-    key = ("vllm", args.model, tuple(processors))
+    model = form.model or servable(store.path(args.model), args)
+    key = ("vllm", model, form.logits_processors)
     if key not in store.engines:  # one engine per model for all calls on this store
-        store.engines[key] = LLM(model=servable(store.path(args.model), args), seed=args.seed, trust_remote_code=args.trust_remote_code,
-                                 logits_processors=processors, generation_config="vllm", **engine)
+        store.engines[key] = LLM(model=model, seed=args.seed, trust_remote_code=args.trust_remote_code,
+                                 logits_processors=list(form.logits_processors), generation_config="vllm", **engine)
     llm = store.engines[key]
-    extra = {"refusal": refusal} if args.method == "refusal" else None
     portable = {"repetition_penalty": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, **defaults}
     portable["min_p"] = portable["min_p"] or 0.0
     params = [SamplingParams(temperature=args.temperature if args.do_sample else 0.0, max_tokens=args.max_new_tokens, seed=seed,
-                             extra_args=extra, **portable) for seed in seeds]  # a seed per request, as on transformers
-    own = store.prompts_for(args.model, prompts)
+                             extra_args=form.extra_args, **portable) for seed in run.seeds]  # a seed per request, as on transformers
+    own = store.prompts_for(args.model, run.prompts)
     chat = store.reads_chat(args.model)
     outs = [o.outputs[0] for o in (llm.chat(own, params, use_tqdm=False) if chat else llm.generate(own, params, use_tqdm=False))]
-    texts = [(o.text, o.finish_reason == "stop") for o in outs]
-    tokens = [len(o.token_ids) for o in outs]
-    if args.method != "refusal":
-        return _rows(texts, tokens)
-    tok = store.tokenizer(args.model)
-    return _rows(texts, tokens, [control_token(tok, refusal, list(o.token_ids[:1])) for o in outs])
+    rows = _rows([(o.text, o.finish_reason == "stop") for o in outs], [len(o.token_ids) for o in outs],
+                 [method.control(run, list(o.token_ids[:1])) for o in outs] if method.records_control else None)
+    method.annotate(rows)
+    return rows

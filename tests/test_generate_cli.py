@@ -105,11 +105,48 @@ def test_prompts_from_a_saved_dataset(tiny_testbed, tmp_path):
     assert len(out.read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("method", ["eft", "dlf", "steer", "negative", "gedi"])
-def test_vllm_backend_rejects_multi_model_methods(prompt_file, method):
-    with pytest.raises(ConfigError, match="cannot run with backend 'vllm'.*one model"):
-        GenerateArgs(prompts=str(prompt_file), method=method, backend="vllm", tuned=["x"], small_base="x",
-                     experts=["x"], negative_prompt="x", gedi_model="x", desired_code="a", anti_code="b", eta=0.0, gamma=0.0)
+@pytest.mark.parametrize("method", ["steer", "negative", "gedi", "ead"])
+def test_vllm_backend_rejects_methods_without_a_vllm_form(prompt_file, method):
+    with pytest.raises(ConfigError, match="cannot run with backend 'vllm'.*one token stream.*serves plain, eft, dlf, refusal"):
+        GenerateArgs(prompts=str(prompt_file), method=method, backend="vllm", negative_prompt="x", gedi_model="x",
+                     desired_code="a", anti_code="b", eta=0.0, gamma=0.0, large="x", tau=1.0)
+
+
+@pytest.mark.parametrize("method, extra", [("eft", {"tuned": ["x"]}), ("dlf", {"small_base": "x", "experts": ["x"]}),
+                                           ("plain", {}), ("refusal", {})])
+def test_vllm_backend_accepts_methods_with_a_vllm_form(prompt_file, method, extra):
+    assert GenerateArgs(prompts=str(prompt_file), method=method, backend="vllm", **extra).decoding().name == method
+
+
+def test_help_groups_options_by_method(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    headings = ["generation (every method):", "eft: emulated fine-tuning", "dlf: dynamic logits fusion", "steer:", "negative:",
+                "gedi:", "refusal:", "ead:"]
+    at = [out.index(h) for h in headings]
+    assert at == sorted(at)
+    # each option sits under its own method's heading (after the usage line, which lists them all)
+    def where(flag):
+        return out.index(f"  {flag} ", at[0])
+
+    assert at[1] < where("--tuned") < at[2] and at[5] < where("--omega") < at[6] and at[7] < where("--tau")
+    assert at[0] < where("--max_new_tokens") < at[1]
+
+
+def test_options_stay_flat_and_reach_the_chosen_method(tmp_path):
+    from align.config import parse_config
+    from align.methods import EFT, METHODS, flat_options
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("method: eft\nprompts: x.txt\ntuned: [testbed:small-instruct]\nweights: [0.5]\n")
+    args = parse_config(GenerateArgs, ["--config", str(cfg), "--upscale_top_p", "0.9"])
+    assert args.decoding() == EFT(tuned=["testbed:small-instruct"], weights=[0.5], upscale_top_p=0.9)
+    assert sorted(METHODS) == ["dlf", "ead", "eft", "gedi", "negative", "plain", "refusal", "steer"]
+    with pytest.raises(TypeError, match=r"more than one group: \['reference', 'tuned'"):
+        flat_options("Clash", (EFT, EFT), __name__)
+    with pytest.raises(ConfigError, match="unknown method 'proxy'; choose one of plain, eft"):
+        GenerateArgs(prompts="x.txt", method="proxy")
 
 
 def test_steer_negatives_do_not_depend_on_batching(tiny_testbed, prompt_file, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from align.cli import main
 from align.generate import GenerateArgs, ModelStore, generate_outputs
-from tests.real.conftest import SMOLLM2
+from tests.real.conftest import SMALL, SMOLLM2
 from tests.real.test_train_real import REFUSE, RESPOND, refusal_rows
 
 pytestmark = pytest.mark.vllm
@@ -64,3 +64,20 @@ def test_refusal_on_a_lora_trained_model_agrees_across_backends(capsys, tmp_path
         if threshold is not None:  # 0 refuses every prompt, 1 none
             assert {r["control"] for r in hf} == {"[refuse]" if threshold == 0.0 else "[respond]"}
     json.loads((out / "control_tokens.json").read_text())
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("eft", {"model": SMALL, "tuned": [SMOLLM2], "reference": SMALL, "weights": [0.5]}),  # 6-layer large, 30-layer tuned
+    ("dlf", {"model": SMOLLM2, "small_base": SMALL, "experts": [SMOLLM2]}),
+])
+def test_eft_and_dlf_composites_agree_with_the_transformers_processors(common, smollm2, method, extra):
+    """The vLLM composite (members of different depths, a tied head, ChatML read by every member)
+    greedily decodes what the transformers processor decodes, in batches of 1 and 3."""
+    prompts = PROMPTS + ["What is the capital of France?", "Count from one to five."]
+    out = {}
+    for backend, batch_size in (("vllm", 32), ("transformers", 1), ("transformers", 3)):
+        args = GenerateArgs(prompts="<test>", method=method, backend=backend, max_new_tokens=12, dtype="float32",
+                            batch_size=batch_size, **common, **extra)
+        store = STORES.setdefault((backend, method, args.model), ModelStore(args))
+        out[(backend, batch_size)] = [(r["output"], r["tokens"]) for r in generate_outputs(args, prompts, store)]
+    assert out[("vllm", 32)] == out[("transformers", 1)] == out[("transformers", 3)]
