@@ -72,12 +72,14 @@ def test_refusal_on_a_lora_trained_model_agrees_across_backends(capsys, tmp_path
 ])
 def test_eft_and_dlf_composites_agree_with_the_transformers_processors(common, smollm2, method, extra):
     """The vLLM composite (members of different depths, a tied head, ChatML read by every member)
-    greedily decodes what the transformers processor decodes, in batches of 1 and 3."""
+    greedily decodes what the transformers processor decodes (in batches of 3, left-padded). The
+    composite's KV cache per token is its members' sum: 2 GiB holds one 8,192-token request."""
     prompts = PROMPTS + ["What is the capital of France?", "Count from one to five."]
     out = {}
-    for backend, batch_size in (("vllm", 32), ("transformers", 1), ("transformers", 3)):
+    for backend in ("vllm", "transformers"):
         args = GenerateArgs(prompts="<test>", method=method, backend=backend, max_new_tokens=12, dtype="float32",
-                            batch_size=batch_size, **common, **extra)
+                            batch_size=3, vllm_kv_cache_gib=2.0, **common, **extra)
         store = STORES.setdefault((backend, method, args.model), ModelStore(args))
-        out[(backend, batch_size)] = [(r["output"], r["tokens"]) for r in generate_outputs(args, prompts, store)]
-    assert out[("vllm", 32)] == out[("transformers", 1)] == out[("transformers", 3)]
+        out[backend] = [(r["output"], r["tokens"]) for r in generate_outputs(args, prompts, store)]
+    assert out["vllm"] == out["transformers"]
+    assert len(set(out["vllm"])) > 1
