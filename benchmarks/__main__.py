@@ -252,8 +252,16 @@ def refusal_tokens(args: argparse.Namespace) -> dict:
     return run(args.profile)
 
 
+def vllm_fusion(args: argparse.Namespace) -> dict:
+    """EFT and DLF as one vLLM composite vs the transformers processor and vs its members served
+    alone, at the testbed's and real shapes (see benchmarks/vllm_fusion.py; the vLLM venv)."""
+    from .vllm_fusion import vllm_fusion as run
+
+    return run(args)
+
+
 BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, "training": training, "rewards": rewards,
-              "eval": evaluation, "shapes": shapes, "refusal_tokens": refusal_tokens}
+              "eval": evaluation, "shapes": shapes, "refusal_tokens": refusal_tokens, "vllm-fusion": vllm_fusion}
 
 
 def main() -> None:
@@ -266,11 +274,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="shapes: cpu, or cuda (bf16)")
     parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
                         help="training: the testbed's small model, or random init at a real vocabulary and width")
-    parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm)")
+    parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm); vllm-fusion: testbed or real")
     parser.add_argument("--default-malloc", action="store_true",
                         help="shapes: leave glibc's malloc returning freed large blocks to the OS (see keep_freed_memory)")
     parser.add_argument("--batch", default="1,8", help="shapes: comma-separated batch sizes of the overhead part")
-    parser.add_argument("--rounds", type=int, default=2, help="shapes: timed rounds per contender after a warm-up")
+    parser.add_argument("--rounds", type=int, default=2, help="shapes, vllm-fusion: timed rounds per contender after a warm-up")
     args = parser.parse_args()
     if args.profile == "smollm2" and args.name != "refusal_tokens":
         parser.error("--profile smollm2 is for refusal_tokens only")
@@ -286,7 +294,7 @@ def main() -> None:
     from rewards.io import atomic_write_text
 
     # a partial or reshaped run gets its own file instead of overwriting the full run's
-    stem = args.name + (f"-{args.only}" if args.name == "shapes" and args.only else "")
+    stem = args.name + (f"-{args.only}" if args.name in ("shapes", "vllm-fusion") and args.only else "")
     stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
     stem += f"-{args.profile}" if args.name == "refusal_tokens" else ""
     path = atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
@@ -319,6 +327,9 @@ def record_row(args: argparse.Namespace, results: dict) -> None:
     command = f"python -m benchmarks {args.name} --profile {args.profile} --threads {args.threads}"
     if args.name == "training" and args.shape != "testbed":
         command += f" --shape {args.shape}"
+    if args.name == "vllm-fusion":
+        command = f".venv-vllm/bin/python -m benchmarks vllm-fusion --profile {args.profile} --rounds {args.rounds}"
+        command += f" --only {args.only}" if args.only else ""
     if args.name == "shapes":
         command = f"python -m benchmarks shapes --device {args.device} --rounds {args.rounds}"
         command += f" --only {args.only}" if args.only else ""

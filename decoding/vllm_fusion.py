@@ -6,9 +6,9 @@ runner, so fusion lives in a *model*: :class:`FusionForCausalLM` builds each mem
 directory (:func:`decoding.fusion.write_fusion`) with vLLM's own class for that checkpoint, under
 its own digit-free prefix, so each member has its own attention layers and KV cache and tensor
 parallelism shards it as usual. ``forward`` runs every member on the same token ids and positions
-and returns their hidden states side by side; ``compute_logits`` splits them, takes each member's
-log-probabilities over the shared vocabulary and fuses them with
-:func:`decoding.fusion.fuse_logprobs`. The fused log-probabilities are the logits vLLM samples from,
+and returns their hidden states side by side; ``compute_logits`` splits them, computes each member's
+logits and fuses them over the shared vocabulary with :func:`decoding.fusion.fuse_logits` (the
+rule of :func:`decoding.fusion.fuse_logprobs`). The fused log-probabilities are the logits vLLM samples from,
 so temperature, top-k/p, seeds, ``n``, continuous batching and prefix caching apply to the fused
 distribution. Model Runner V1 and V2 call a model the same way, so nothing depends on the runner.
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
-from .fusion import ARCHITECTURE, FusionSpec, fuse_logprobs, member_weights
+from .fusion import ARCHITECTURE, FusionSpec, fuse_logits, member_weights
 
 
 def register() -> None:
@@ -82,14 +82,7 @@ class FusionForCausalLM(nn.Module):
         logits = {name: member.compute_logits(h) for (name, member), h in zip(self.members.items(), parts)}
         if any(v is None for v in logits.values()):  # not the tensor-parallel rank that samples
             return None
-        n = self.spec.vocab_size
-        fused = fuse_logprobs(self.spec, {k: torch.log_softmax(v[:, :n].float(), dim=-1) for k, v in logits.items()})
-        width = logits["large"].shape[-1]
-        if width == n:
-            return fused
-        out = fused.new_full((fused.shape[0], width), float("-inf"))  # padding ids stay impossible
-        out[:, :n] = fused
-        return out
+        return fuse_logits(self.spec, logits)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Each member loads its own checkpoint (the composite's weight file is empty); returns

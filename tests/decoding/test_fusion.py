@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from align.cli import main
-from decoding.fusion import ARCHITECTURE, CONFIG_KEY, FusionSpec, fuse_logprobs, write_fusion
+from decoding.fusion import ARCHITECTURE, CONFIG_KEY, FusionSpec, fuse_logits, fuse_logprobs, write_fusion
 
 
 def _lp(*rows):
@@ -33,6 +33,28 @@ def test_dlf_fusion_on_a_one_point_grid_is_fixed_weight_fusion():
     spec = FusionSpec("dlf", large="L", small_base="S", experts=["E"], grid=[0.6], vocab_size=5)
     got = fuse_logprobs(spec, {"large": large, "small_base": small, "expert_a": expert})
     torch.testing.assert_close(got, torch.log_softmax(large + 0.6 * (expert - small), -1))
+
+
+@pytest.mark.parametrize("spec", [
+    FusionSpec("eft", large="L", tuned=["A", "B"], reference="R", weights=[0.7, -0.2], vocab_size=7),
+    FusionSpec("eft", large="L", tuned=["A"], weights=[1.5], vocab_size=7),  # the large model is the reference
+    FusionSpec("eft", large="L", tuned=["A"], reference="R", upscale_top_p=0.6, vocab_size=7),
+    FusionSpec("dlf", large="L", small_base="R", experts=["A", "B"], vocab_size=7),
+], ids=["eft", "eft-no-reference", "eft-top-p", "dlf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fusing_raw_logits_equals_fusing_the_members_log_probs(spec, dtype):
+    """What the composite computes from raw, padded logits (9 rows, 7 real ids, the members' dtype)
+    is the log-prob rule on the members' own log-probs, with -inf on the padding ids."""
+    torch.manual_seed(2)
+    names = {"large": "large", "A": "tuned_a" if spec.method == "eft" else "expert_a",
+             "B": "tuned_b" if spec.method == "eft" else "expert_b", "R": "reference" if spec.method == "eft" else "small_base"}
+    raw = {names[k]: (3 * torch.randn(4, 9)).to(dtype) for k in ("large", "A", "B", "R")}
+    raw = {k: v for k, v in raw.items() if k in spec.members()}
+    got = fuse_logits(spec, raw)
+    want = fuse_logprobs(spec, {k: torch.log_softmax(v[:, :7].float(), -1) for k, v in raw.items()})
+    assert got.dtype == torch.float32 and got.shape == (4, 9)
+    torch.testing.assert_close(got[:, :7], want, rtol=0, atol=2e-6)
+    assert torch.isneginf(got[:, 7:]).all()
 
 
 def test_member_names_hold_no_digits_and_bad_specs_are_named():
