@@ -271,7 +271,7 @@ def main() -> None:
                         help="testbed profile; smollm2 (refusal_tokens only): the real model")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
     parser.add_argument("--build", action="store_true", help="shapes: build the random-init checkpoints first (once)")
-    parser.add_argument("--device", default="cpu", help="shapes: cpu, or cuda (bf16)")
+    parser.add_argument("--device", default="cpu", help="shapes, vllm-fusion: cpu, or cuda (shapes: bf16)")
     parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
                         help="training: the testbed's small model, or random init at a real vocabulary and width")
     parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm); vllm-fusion: testbed or real")
@@ -297,6 +297,7 @@ def main() -> None:
     stem = args.name + (f"-{args.only}" if args.name in ("shapes", "vllm-fusion") and args.only else "")
     stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
     stem += f"-{args.profile}" if args.name == "refusal_tokens" else ""
+    stem += f"-{args.device}" if args.name == "vllm-fusion" and args.device != "cpu" else ""
     path = atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
     record_row(args, result["results"])
     print(json.dumps(result["results"], indent=2))
@@ -330,6 +331,7 @@ def record_row(args: argparse.Namespace, results: dict) -> None:
     if args.name == "vllm-fusion":
         command = f".venv-vllm/bin/python -m benchmarks vllm-fusion --profile {args.profile} --rounds {args.rounds}"
         command += f" --only {args.only}" if args.only else ""
+        command += f" --device {args.device}" if args.device != "cpu" else ""
     if args.name == "shapes":
         command = f"python -m benchmarks shapes --device {args.device} --rounds {args.rounds}"
         command += f" --only {args.only}" if args.only else ""

@@ -51,11 +51,11 @@ def vllm_fusion(args) -> dict[str, Any]:
     testbed = {"large": tb.root / "large-base", "tuned": tb.root / "small-instruct", "reference": tb.root / "small-base"}
     out = {}
     if args.only in (None, "testbed"):
-        out["testbed"] = measure(testbed, "float32", args.rounds, arithmetic_prompts)
+        out["testbed"] = measure(testbed, "float32", args.rounds, arithmetic_prompts, args.device)
     if args.only in (None, "real"):
         root = shapes.build()
         real = {"large": root / "large", "tuned": root / "small-tuned", "reference": root / "small-ref"}
-        out["real"] = measure(real, "bfloat16", args.rounds, shapes.random_prompts)
+        out["real"] = measure(real, "bfloat16", args.rounds, shapes.random_prompts, args.device)
     return out
 
 
@@ -70,7 +70,8 @@ def importlib_missing(name: str) -> bool:
     return importlib.util.find_spec(name) is None
 
 
-def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable[[int], list[str]]) -> dict[str, Any]:
+def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable[[int], list[str]],
+            device: str = "cpu") -> dict[str, Any]:
     """All contenders of one shape; engines stay alive for the whole shape (one process, so a
     second engine never waits on another's start-up)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,11 +87,14 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
         "dlf": write_fusion(FusionSpec("dlf", large=large, small_base=reference, experts=[tuned]), work / "dlf"),
     }
     engine = dict(dtype=dtype, max_model_len=128, seed=0, kv_cache_memory_bytes=KV_CACHE_BYTES, generation_config="vllm")
+    if device.startswith("cuda"):  # five engines share the GPU: each checks its share is free at start
+        engine["gpu_memory_utilization"] = 0.12
     engines = {name: LLM(model=str(path), **engine) for name, path in composites.items()}
     engines |= {name: LLM(model=str(members[name]), **engine) for name in ("large", "tuned", "reference")}
     tok = AutoTokenizer.from_pretrained(large)
     torch_dtype = getattr(torch, dtype)
-    hf = {name: AutoModelForCausalLM.from_pretrained(members[name], dtype=torch_dtype).eval() for name in members}
+    hf = {name: AutoModelForCausalLM.from_pretrained(members[name], dtype=torch_dtype).to(device).eval()
+          for name in members}
     out: dict[str, Any] = {"dtype": dtype, "new_tokens": NEW_TOKENS, "threads": torch.get_num_threads()}
 
     def vllm(name: str, ids: list[list[int]], n: int = NEW_TOKENS):
@@ -100,7 +104,7 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
     for batch in BATCHES:
         ids = tok(prompts(batch))["input_ids"]
 
-        enc = tok.pad({"input_ids": ids}, return_tensors="pt")
+        enc = tok.pad({"input_ids": ids}, return_tensors="pt").to(device)
 
         def hf_eft():
             processor = EFTLogitsProcessor(tok, [AuxiliaryModel(hf["tuned"], tok, ids, "tuned")],
@@ -110,7 +114,7 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
 
         names = list(engines)
         contenders = {name: vllm(name, ids) for name in names} | {f"{name}@1": vllm(name, ids, 1) for name in names}
-        t = race(contenders | {"hf_eft": hf_eft}, rounds, "cpu")
+        t = race(contenders | {"hf_eft": hf_eft}, rounds, device)
         step = {name: (t[name] - t[f"{name}@1"]) / (NEW_TOKENS - 1) for name in names}
         members_sum = sum(step[n] for n in ("large", "tuned", "reference"))
         out[f"b{batch}"] = {
@@ -123,7 +127,8 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
             "tokens_per_s": {"eft": round(batch * NEW_TOKENS / t["eft"], 1), "hf_eft": round(batch * NEW_TOKENS / t["hf_eft"], 1)},
         }
         print(f"{Path(large).name} b{batch}: {out[f'b{batch}']}", flush=True)
-    out[f"profile_b{BATCHES[-1]}"] = top_operators(vllm("eft", tok(prompts(BATCHES[-1]))["input_ids"]))
+    if not device.startswith("cuda"):
+        out[f"profile_b{BATCHES[-1]}"] = top_operators(vllm("eft", tok(prompts(BATCHES[-1]))["input_ids"]))
     return out
 
 
