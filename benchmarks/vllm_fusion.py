@@ -23,6 +23,7 @@ batch 64 (torch profiler, self CPU time share) -- where the time goes when a goa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from decoding import AuxiliaryModel, EFTLogitsProcessor
+from decoding.fusion import FusionSpec, write_fusion
+
+from . import shapes
 from .shapes import race
 
 NEW_TOKENS = 32
@@ -40,17 +46,15 @@ KV_CACHE_BYTES = 512 * 2**20  # per engine: 64 x 128 tokens of the 0.5B shape's 
 
 def vllm_fusion(args) -> dict[str, Any]:
     """Both shapes (``--only testbed|real``: one); the real ones are built first when absent."""
-    if importlib_missing("vllm"):
+    if importlib.util.find_spec("vllm") is None:
         return {"vllm": "not installed: .venv-vllm/bin/python -m benchmarks vllm-fusion"}
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engines in this process: one clock
     from align.testbed import build_testbed
 
-    from . import shapes
-
-    tb = build_testbed(args.profile)
-    testbed = {"large": tb.root / "large-base", "tuned": tb.root / "small-instruct", "reference": tb.root / "small-base"}
     out = {}
     if args.only in (None, "testbed"):
+        tb = build_testbed(args.profile)
+        testbed = {"large": tb.root / "large-base", "tuned": tb.root / "small-instruct", "reference": tb.root / "small-base"}
         out["testbed"] = measure(testbed, "float32", args.rounds, arithmetic_prompts, args.device)
     if args.only in (None, "real"):
         root = shapes.build()
@@ -64,21 +68,11 @@ def arithmetic_prompts(batch: int) -> list[str]:
     return [f"{12 + i}+{345 - i}={'9' * (i % 5)}" for i in range(batch)]
 
 
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is None
-
-
 def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable[[int], list[str]],
             device: str = "cpu") -> dict[str, Any]:
     """All contenders of one shape; engines stay alive for the whole shape (one process, so a
     second engine never waits on another's start-up)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from vllm import LLM, SamplingParams
-
-    from decoding import AuxiliaryModel, EFTLogitsProcessor
-    from decoding.fusion import FusionSpec, write_fusion
+    from vllm import LLM, SamplingParams  # the vLLM venv only
 
     work = Path(tempfile.mkdtemp(prefix="alignkit-bench-fusion-"))
     large, tuned, reference = (str(members[k]) for k in ("large", "tuned", "reference"))
@@ -103,14 +97,13 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
 
     for batch in BATCHES:
         ids = tok(prompts(batch))["input_ids"]
-
         enc = tok.pad({"input_ids": ids}, return_tensors="pt").to(device)
 
         def hf_eft():
             processor = EFTLogitsProcessor(tok, [AuxiliaryModel(hf["tuned"], tok, ids, "tuned")],
                                            AuxiliaryModel(hf["reference"], tok, ids, "reference"))
             return hf["large"].generate(**enc, logits_processor=[processor], do_sample=False, max_new_tokens=NEW_TOKENS,
-                                        min_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                                        min_new_tokens=NEW_TOKENS, pad_token_id=tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)
 
         names = list(engines)
         contenders = {name: vllm(name, ids) for name in names} | {f"{name}@1": vllm(name, ids, 1) for name in names}
@@ -128,7 +121,7 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
         }
         print(f"{Path(large).name} b{batch}: {out[f'b{batch}']}", flush=True)
     if not device.startswith("cuda"):
-        out[f"profile_b{BATCHES[-1]}"] = top_operators(vllm("eft", tok(prompts(BATCHES[-1]))["input_ids"]))
+        out[f"profile_b{BATCHES[-1]}"] = top_operators(vllm("eft", ids))  # the last (largest) batch
     return out
 
 
