@@ -209,3 +209,63 @@ def write_coconot(model: str = "testbed:smollm2-135m-instruct", out_dir: str | P
         "source": "allenai/noncompliance @ 25bf77cc (data/eval/coconot, MIT)", "answers_by": model,
         "answer_tokens": ANSWER_TOKENS, "decoding": "greedy, chat template, cut after the last full sentence",
         "split": "sha256(id) % 10: 0-5 train, 6-7 dev, 8-9 test"})
+
+
+def matcher_agreement(model: str = "testbed:smollm2-135m-instruct", cache_dir: str | None = None, max_new_tokens: int = 48,
+                      source: Path = SOURCE, batch_size: int = 32) -> dict[str, Any]:
+    """How well :func:`~align.eval.scorers.refusal_string_match` agrees with CoCoNot's rubric judge
+    on ``model``'s own greedy answers to every shipped CoCoNot prompt (non-compliance and contrast).
+
+    The judge is :class:`~align.eval.judges.RefusalJudge` with CoCoNot's rubric, run by ``model``
+    itself in likelihood mode (offline there is no GPT-4 judge); NEITHER verdicts are left out.
+    Also scored: the previous rule, any refusal phrase anywhere in the answer. Returns per rule the
+    raw agreement, Cohen's kappa and the confusion against the judge, and the refusal rates.
+
+    Example::
+
+        >>> matcher_agreement()["opening"]["kappa"]   # doctest: +SKIP
+    """
+    from decoding.auxiliary import encode_prompts
+    from decoding.generate import decode_completions, eos_token_ids, generate_ids
+
+    from .eval.judges import RefusalJudge
+    from .eval.scorers import REFUSAL_PHRASES, refusal_string_match
+    from .models import load_causal_lm, load_tokenizer, resolve_model
+
+    path = resolve_model(model, "full", 0, cache_dir)
+    tok, lm = load_tokenizer(path), load_causal_lm(path, "float32").eval()
+    refuse, contrast = read_source(source)
+    rows = refuse + contrast
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    out = generate_ids(lm, tok, encode_prompts(tok, prompts), batch_size=batch_size, do_sample=False, max_new_tokens=max_new_tokens)
+    answers = [text for text, _ in decode_completions(tok, out, eos_token_ids(lm, tok))]
+    judged = [v["refused"] for v in RefusalJudge(lm, tok, json.loads((source / "refusal_evaluation_rubric.json").read_text()),
+                                                 likelihood=True)(prompts, answers, rows)]
+    rules = {"opening": [r["refused"] for r in refusal_string_match(prompts, answers, rows)],
+             "anywhere": [any(p in a.lower().replace("\u2019", "'") for p in REFUSAL_PHRASES) for a in answers]}
+    keep = [i for i, j in enumerate(judged) if j is not None]
+    result: dict[str, Any] = {"model": model, "prompts": len(rows), "judged": len(keep), "max_new_tokens": max_new_tokens,
+                              "judge_refused": sum(judged[i] for i in keep) / len(keep)}
+    for name, flags in rules.items():
+        result[name] = {"refused": sum(flags) / len(flags), **agreement([flags[i] for i in keep], [bool(judged[i]) for i in keep])}
+    result["examples"] = [{"prompt": rows[i]["prompt"], "answer": answers[i], "judge": judged[i], "opening": rules["opening"][i]}
+                          for i in keep if rules["opening"][i] != judged[i]][:20]
+    return result
+
+
+def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
+    """Raw agreement and Cohen's kappa, ``(p_o - p_e) / (1 - p_e)``, of two binary labellings.
+
+    Example:
+        >>> agreement([True, True, False, False], [True, False, False, False])
+        {'agreement': 0.75, 'kappa': 0.5, 'both': 1, 'only_a': 1, 'only_b': 0, 'neither': 2}
+    """
+    n = len(a)
+    both = sum(x and y for x, y in zip(a, b))
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    neither = n - both - only_a - only_b
+    p_o = (both + neither) / n
+    p_e = ((both + only_a) * (both + only_b) + (neither + only_b) * (neither + only_a)) / n**2
+    kappa = (p_o - p_e) / (1 - p_e) if p_e < 1 else 1.0
+    return {"agreement": round(p_o, 4), "kappa": round(kappa, 4), "both": both, "only_a": only_a, "only_b": only_b, "neither": neither}
