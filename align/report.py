@@ -1,12 +1,21 @@
 """``align report RUN_DIR [RUN_DIR ...] -o report.html``: one self-contained HTML page (inline CSS,
-plots as inline PNG, a few lines of inline script, no network) and a Markdown summary.
+plots as inline PNG or SVG, the page's own script, no network) and a Markdown summary.
 
-Reads ``align eval`` runs (``summary.json`` + ``samples.jsonl``) and ``align reproduce`` results
-(``result.json`` files, e.g. ``runs/reproduce``). The sections here build data (tables of cells,
-plots); the page is the Jinja2 template ``align/templates/report.html`` with autoescape on, so
-every model text, index and label is escaped by the template engine. Its Content-Security-Policy
-allows exactly the page's own script and style (by their SHA-256 hashes) and images from data URIs:
-an output holding ``<script>`` shows as text, and an injected inline script would not run either.
+Reads ``align eval`` runs (``summary.json`` + ``samples.jsonl``) and claim results (``align
+reproduce``'s ``runs/reproduce/*/result.json``, or ``data/claims/*.json``). The page reads top
+down: the headline (a scoreboard of each system's primary metrics with the best per column and the
+cells that differ from the baseline marked, and a few sentences generated from the paired
+intervals), the comparisons (paired bootstrap intervals, exact McNemar or Wilcoxon p-values, Holm's
+correction across the page), the claims (status, pre-registered difference as a forest plot,
+premise checks, selection), head-to-head win rates, refusal, plots, compute, then two browsers:
+side by side (which of two systems is right, filtered by outcome) and every sample (paginated, a
+permalink per sample, keyboard navigation).
+
+Model text never enters the HTML as markup: the templates (``align/templates``) escape by default
+(Jinja2 autoescape), and the browsers' data travel as JSON in a non-executed ``<script
+type="application/json">`` block with ``<``, ``>`` and ``&`` escaped, which the page's script
+renders with ``textContent``. The Content-Security-Policy allows exactly the page's own script and
+style (by SHA-256) and images from data URIs.
 """
 
 from __future__ import annotations
@@ -25,18 +34,25 @@ from rewards.io import atomic_write_text
 
 from .config import ConfigError
 from .data import last_text
+from .eval.stats import holm
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+PRIMARY = (".correct", ".refused", ".reward")  # the metrics a scoreboard shows, when a set has them
 
 
 @dataclass
 class ReportArgs:
-    runs: list[str] = field(default_factory=list, metadata={"help": "eval run directories and/or reproduce result directories"})
+    runs: list[str] = field(default_factory=list, metadata={"help": "eval run directories and/or claim directories "
+                                                                      "(runs/reproduce, data/claims)"})
     output: str = field(default="report.html", metadata={"help": "the HTML page (a .md summary is written beside it)"})
     title: str = field(default="alignkit report", metadata={"help": "page title"})
-    max_samples: int = field(default=20000, metadata={"help": "samples shown in the browser (the rest are counted)"})
+    max_samples: int = field(default=200_000, metadata={"help": "samples in the browser (the rest are counted, not shown)"})
 
     def __post_init__(self) -> None:
         if not self.runs:
-            raise ConfigError("runs: give at least one run directory (align eval's output_dir or runs/reproduce)")
+            raise ConfigError("runs: give at least one run directory (align eval's output_dir, runs/reproduce or data/claims)")
+        if self.max_samples < 0:
+            raise ConfigError(f"max_samples must be >= 0, got {self.max_samples}")
 
 
 @dataclass
@@ -59,15 +75,25 @@ def load_runs(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]]]:
         if (path / "summary.json").is_file():
             runs.append(Run(path.name, json.loads((path / "summary.json").read_text()), read_samples(path / "samples.jsonl")))
             found = True
-        for result in sorted(path.glob("*/result.json")) + ([path / "result.json"] if (path / "result.json").is_file() else []):
+        results = sorted(path.glob("*/result.json")) + ([path / "result.json"] if (path / "result.json").is_file() else [])
+        for result in results:
             claims.append({"name": result.parent.name, **json.loads(result.read_text()), "_dir": str(result.parent)})
             found = True
+        for file in sorted(path.glob("*.json")) if not results else []:  # data/claims: NAME.json per claim
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{file}: not JSON ({e})") from e
+            if isinstance(data, dict) and "claim" in data:
+                claims.append({"name": file.stem, **data, "_dir": str(path)})
+                found = True
         if not found:
-            raise ConfigError(f"run directory {path} holds no summary.json (align eval) and no result.json (align reproduce)")
+            raise ConfigError(f"run directory {path} holds no summary.json (align eval) and no claim result "
+                              "(result.json from align reproduce, or NAME.json as in data/claims)")
     return runs, claims
 
 
-# ---- formatting -----------------------------------------------------------------------------
+# ---- numbers ---------------------------------------------------------------------------------
 
 def _num(v: Any, digits: int = 3) -> str:
     if v is None:
@@ -79,84 +105,197 @@ def _num(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _signed(v: float) -> str:
+    return f"{v:+.3f}".replace("-", "−")
+
+
 def _interval(m: dict[str, Any]) -> str:
     se = f" ± {m['se']:.3f}" if m.get("se") is not None else ""
     return f"{m['value']:.3f}{se} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
-Cell = Any  # text (escaped by the template), or {"pre": text}, {"lines": [text, ...]}, {"sig": text}
+def _diff_text(d: dict[str, Any]) -> str:
+    return f"{_signed(d['value'])} [{_signed(d['low'])}, {_signed(d['high'])}]"
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def primary_metrics(metrics: dict[str, Any]) -> list[str]:
+    """The metrics a scoreboard shows: correctness, refusal and reward scores; every other
+    metric (but ``finished``) when a prompt set has none of those."""
+    names = sorted((m for m in metrics if m.endswith(PRIMARY)), key=lambda m: (next(i for i, e in enumerate(PRIMARY) if m.endswith(e)), m))
+    return names or [m for m in metrics if m != "finished"]
+
+
+def direction(metric: str, expect: str | None) -> int:
+    """+1 when higher is better, -1 when lower is, 0 when the page cannot tell (a refusal rate on a
+    set that mixes prompts to refuse and to answer, or a metric of unknown sense)."""
+    if metric.endswith((".correct", ".reward")):
+        return 1
+    if metric.endswith(".refused"):
+        return {"refuse": 1, "respond": -1}.get(expect or "", 0)
+    return 0
+
+
+def _label(run: Run, system: str, runs: list[Run]) -> str:
+    return system if len(runs) == 1 else f"{run.name}/{system}"
+
+
+# ---- headline: scoreboard, comparisons, sentences --------------------------------------------
+
+def comparisons(runs: list[Run]) -> list[dict[str, Any]]:
+    """Every system's paired difference from its run's baseline on each primary metric, with its
+    p-value and Holm's adjustment across all of them (the comparisons the page shows)."""
+    out = []
+    for run in runs:
+        expects = {s["name"]: s.get("expect") for s in run.summary.get("prompt_sets", [])}
+        primary = {(e["system"], e["prompt_set"]): set(primary_metrics(e["metrics"])) for e in run.summary.get("table", [])}
+        for d in run.summary.get("differences", []):
+            if d["metric"] in primary.get((d["system"], d["prompt_set"]), ()):
+                out.append({**d, "run": run.name, "label": _label(run, d["system"], runs),
+                            "baseline_label": _label(run, d["baseline"], runs), "direction": direction(d["metric"], expects.get(d["prompt_set"]))})
+    tested = [c for c in out if c.get("p_value") is not None]
+    for c, p in zip(tested, holm([c["p_value"] for c in tested])):
+        c["p_holm"] = p
+    return out
+
+
+def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Systems as rows, each prompt set's primary metrics as columns: mean and 95% interval per
+    cell, the best per column (by the metric's direction) and the cells whose paired difference
+    from the baseline excludes 0 marked; generated tokens per second last."""
+    expects = {s["name"]: s.get("expect") for s in run.summary.get("prompt_sets", [])}
+    entries = {(e["system"], e["prompt_set"]): e for e in run.summary.get("table", [])}
+    systems = list(dict.fromkeys(e["system"] for e in run.summary.get("table", [])))
+    sets = list(dict.fromkeys(e["prompt_set"] for e in run.summary.get("table", [])))
+    columns = [(s, m) for s in sets for m in dict.fromkeys(m for sys in systems for m in primary_metrics(entries.get((sys, s), {}).get("metrics", {})))]
+    by_key = {(d["system"], d["prompt_set"], d["metric"]): d for d in diffs if d["run"] == run.name}
+    rows = []
+    for system in systems:
+        cells = []
+        for set_name, metric in columns:
+            m = entries.get((system, set_name), {}).get("metrics", {}).get(metric)
+            d = by_key.get((system, set_name, metric))
+            moved = d is not None and d["significant"]
+            quality = d["direction"] * d["value"] if moved else 0
+            cells.append(None if m is None else {**m, "diff": d, "mark": ("up" if d["value"] > 0 else "down") if moved else "",
+                                                 "quality": "better" if quality > 0 else "worse" if quality < 0 else "", "best": False})
+        seconds = sum(entries.get((system, s), {}).get("compute", {}).get("seconds") or 0 for s in sets)
+        tokens = sum(entries.get((system, s), {}).get("compute", {}).get("generated_tokens") or 0 for s in sets)
+        rows.append({"system": _label(run, system, runs), "cells": cells, "tokens_per_s": tokens / seconds if seconds and tokens else None})
+    header = []
+    for k, (set_name, metric) in enumerate(columns):
+        sense = direction(metric, expects.get(set_name))
+        values = [r["cells"][k]["value"] for r in rows if r["cells"][k] is not None]
+        if sense and len(values) > 1:
+            best = max(values) if sense > 0 else min(values)
+            for r in rows:
+                if r["cells"][k] is not None and r["cells"][k]["value"] == best:
+                    r["cells"][k]["best"] = True
+        header.append({"prompt_set": set_name, "metric": metric, "sense": {1: "higher is better", -1: "lower is better"}.get(sense, "")})
+    return {"run": run.name, "baseline": _label(run, systems[0], runs) if systems else "", "columns": header, "rows": rows}
+
+
+def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4) -> list[str]:
+    """Two or three sentences from the paired intervals: what is better than the baseline, what is
+    worse, what is not shown to differ (each with its difference and interval; throughput ratios
+    where they moved by more than 10%). Nothing here is hand-written."""
+    mine = [d for d in diffs if d["run"] == board["run"]]
+    speed = {r["system"]: r["tokens_per_s"] for r in board["rows"]}
+    base_speed = speed.get(board["baseline"])
+
+    def item(d: dict[str, Any]) -> str:
+        ratio = speed.get(d["label"]) / base_speed if base_speed and speed.get(d["label"]) else None
+        pace = f"; {ratio:.2g}× the tokens/s" if ratio and abs(ratio - 1) > 0.1 else ""
+        holm_note = f"; Holm p {_p(d['p_holm'])}" if d.get("p_holm") is not None else ""
+        return f"{d['label']} on {d['prompt_set']} {d['metric']} ({_diff_text(d)}{pace}{holm_note})"
+
+    def listing(items: list[dict[str, Any]]) -> str:
+        text = "; ".join(item(d) for d in items[:limit])
+        return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+    better = [d for d in mine if d["significant"] and d["direction"] * d["value"] > 0]
+    worse = [d for d in mine if d["significant"] and d["direction"] * d["value"] < 0]
+    moved = [d for d in mine if d["significant"] and d["direction"] == 0]
+    same = [d for d in mine if not d["significant"]]
+    base = board["baseline"]
+    out = []
+    if better:
+        out.append(f"Better than {base} (paired 95% interval above 0 in the good direction): {listing(sorted(better, key=lambda d: -abs(d['value'])))}.")
+    if worse:
+        out.append(f"Worse than {base}: {listing(sorted(worse, key=lambda d: -abs(d['value'])))}.")
+    if moved:
+        out.append(f"Different from {base}, direction not judged on a mixed set: {listing(moved)}.")
+    if same:
+        out.append(f"Not shown to differ from {base} (interval holds 0): {listing(same)}.")
+    if not mine:
+        out.append("One system only: nothing to compare.")
+    return out
+
+
+def forest(value: float, low: float, high: float, marks: tuple[float, ...] = (0.0,), colour: str = "#4c72b0",
+           width: int = 180, height: int = 18) -> dict[str, Any]:
+    """An inline SVG forest-plot row (numbers only, drawn by the template): the estimate, its
+    interval, and reference lines (0, a pre-registered margin)."""
+    lo, hi = min(low, value, *marks), max(high, value, *marks)
+    pad = (hi - lo) * 0.08 or 0.5
+    lo, hi = lo - pad, hi + pad
+
+    def x(v: float) -> float:
+        return round(4 + (width - 8) * (v - lo) / (hi - lo), 1)
+
+    return {"w": width, "h": height, "x": x(value), "x1": x(low), "x2": x(high), "marks": [x(m) for m in marks], "colour": colour,
+            "title": f"{value:+.3f} [{low:+.3f}, {high:+.3f}]; lines at {', '.join(f'{m:g}' for m in marks)}"}
+
+
+# ---- claims ----------------------------------------------------------------------------------
+
+STATUS_COLOURS = {"holds": "#2a7a3b", "does not hold": "#b03030", "untestable": "#777777"}
+
+
+def claim_rows(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per claim: status, statement, the pre-registered difference with its interval (and a forest
+    row with 0 and the rule's margin), the rule, premise checks and the selection."""
+    rows = []
+    for c in claims:
+        status = c.get("status") or ("holds" if c.get("holds") in (True, "True") else "does not hold")
+        diff, test = c.get("difference"), c.get("test") or {}
+        row = {"name": c["name"], "status": status, "claim": str(c.get("claim", "")), "metric": str(c.get("metric", "")),
+               "rule": str(test.get("rule", "")) if isinstance(test, dict) else "", "difference": None, "forest": None,
+               "premise": [], "selection": ""}
+        if isinstance(diff, dict) and {"mean", "low", "high"} <= set(diff):
+            margin = float(test.get("margin") or 0) if isinstance(test, dict) else 0.0
+            marks = (0.0, -margin, margin) if isinstance(test, dict) and test.get("equivalence") else (0.0, margin) if margin else (0.0,)
+            row["difference"] = f"{_signed(diff['mean'])} [{_signed(diff['low'])}, {_signed(diff['high'])}]"
+            row["forest"] = forest(diff["mean"], diff["low"], diff["high"], marks, STATUS_COLOURS.get(status, "#4c72b0"))
+        elif c.get("value") is not None:  # an older result: value against a baseline
+            row["difference"] = f"{_num(c.get('value'))} vs {_num(c.get('baseline'))}"
+        premise = c.get("premise") or {}
+        for check in premise.get("checks", []) if isinstance(premise, dict) else []:
+            row["premise"].append({"passed": bool(check.get("passed")),
+                                   "text": f"{check.get('name')}: {_num(check.get('value'))} {check.get('op', '')} {_num(check.get('bound'))}"})
+        selection = c.get("selection") or {}
+        if isinstance(selection, dict) and selection:
+            chosen = selection.get("chosen")
+            chosen = ", ".join(f"{k}: {v}" for k, v in chosen.items()) if isinstance(chosen, dict) else _num(chosen)
+            row["selection"] = f"{selection.get('rule', '')} (on {selection.get('split', '?')}); chosen {chosen}"
+        rows.append(row)
+    return rows
+
+
+# ---- sections of tables (pairwise, refusal, compute) -------------------------------------------
+
+Cell = Any  # text (escaped by the template), or {"lines": [text, ...]}, {"sig": text}
 
 
 @dataclass
 class Table:
     headers: list[str]
     rows: list[list[Cell]]
-    cls: str = ""
     title: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Section:
-    title: str
-    notes: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    plots: list[dict[str, str]] = field(default_factory=list)
-    level: int = 2
-
-
-def _png(fig: Any) -> dict[str, str]:
-    import matplotlib.pyplot as plt
-
-    title = fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title() if fig.axes else "plot"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return _image(title, buf.getvalue())
-
-
-def _image(alt: str, png: bytes) -> dict[str, str]:
-    return {"alt": alt, "src": "data:image/png;base64," + base64.b64encode(png).decode()}
-
-
-# ---- sections -------------------------------------------------------------------------------
-
-def summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per run, system, prompt set and metric."""
-    out = []
-    for run in runs:
-        for entry in run.summary.get("table", []):
-            for metric, m in entry["metrics"].items():
-                out.append({"run": run.name, "system": entry["system"], "prompt_set": entry["prompt_set"], "metric": metric, **m,
-                            "tokens_per_s": entry["compute"].get("tokens_per_s")})
-    return out
-
-
-def _summary_section(runs: list[Run]) -> Section:
-    cells = [[r["run"], r["system"], r["prompt_set"], r["metric"], _interval(r), r["n"], _num(r.get("unlabelled", 0))]
-             for r in summary_rows(runs)]
-    diffs = [[run.name, f"{d['system']} − {d['baseline']}", d["prompt_set"], d["metric"], _interval(d),
-              {"sig": "differs"} if d["significant"] else "interval holds 0"]
-             for run in runs for d in run.summary.get("differences", [])]
-    compute = [[run.name, e["system"], e["prompt_set"], _num(e["compute"].get("seconds")), _num(e["compute"].get("generated_tokens")),
-                _num(e["compute"].get("tokens_per_s"), 1),
-                {"lines": [f"{m}: {n}" for m, n in e["compute"].get("forward_tokens", {}).items()]},
-                _num(e["compute"].get("large_fraction"))]
-               for run in runs for e in run.summary.get("table", [])]
-    tables = [
-        Table(["run", "system", "prompt set", "metric", "value", "n", "unlabelled"], cells, "summary"),
-        Table(["run", "systems", "prompt set", "metric", "difference", "verdict"], diffs, title="Differences (paired over shared prompts)",
-              notes=["A difference is called one only when its interval excludes 0."]),
-        Table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s", "forward tokens per model", "large fraction"],
-              compute, title="Compute", notes=["Forward tokens: positions each model computed (prompt once, then one per step and "
-                                                "row, padding included). Large fraction: EAD's share of tokens the large model decided."]),
-    ]
-    best = [[run.name, e["system"], e["prompt_set"], c["proxy"], c["gold"], {"lines": [f"n={p['best_of']}: {_interval(p)}" for p in c["curve"]]}]
-            for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
-    if best:
-        tables.append(Table(["run", "system", "prompt set", "proxy", "gold", "curve"], best, title="Best-of-n",
-                            notes=["Unbiased estimate from each prompt's samples (Coste et al.): the gold score of the proxy's pick among n."]))
-    return Section("Summary", ["Mean ± standard error [95% bootstrap interval over prompts]."], tables)
 
 
 def pairwise_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -172,70 +311,88 @@ def pairwise_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return [r for r in out if r.get("n_total")]
 
 
-def _pairwise_section(runs: list[Run]) -> list[Section]:
-    rows = [[r["run"], r["source"], r["label"],
-             f"{r['win_rate']:.1f} ± {r['standard_error']:.1f}", f"{r['discrete_win_rate']:.1f}",
-             f"{r['n_wins']} / {r['n_draws']} / {r['n_wins_base']}", _num(r.get("length_controlled_win_rate_minimal"), 1),
-             _num(r.get("conflict_rate")), _num(r.get("bpde")), _num(r.get("no_verdict"))] for r in pairwise_rows(runs)]
-    if not rows:
-        return []
-    return [Section("Pairwise", ["AlpacaEval's win rate (100 × mean preference − 1) ± standard error, discrete win rate, wins / "
-                                 "draws / losses; the minimal length-controlled win rate fits the length difference only; conflict "
-                                 "rate and BPDE from judging both orders (FairEval)."],
-                    [Table(["run", "source", "system", "win rate ± se", "discrete", "W / D / L", "length-controlled (minimal)",
-                            "conflict rate", "BPDE", "no verdict"], rows)])]
+def _lc(r: dict[str, Any]) -> str:
+    lc, ci = r.get("length_controlled_win_rate_minimal"), r.get("length_controlled_interval")
+    return "–" if lc is None else f"{lc:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
-def _refusal_section(runs: list[Run]) -> list[Section]:
-    rows = []
-    for run in runs:
-        for r in run.summary.get("refusal", []):
-            c = r["confusion"]
-            rows.append([run.name, r["system"], r["scorer"], {"lines": [f"{k}: {_interval(v)}" for k, v in r["rate"].items()]},
-                         _num(r["over_refusal"]), _num(r["f1"]), f"TP {c['tp']} FN {c['fn']} FP {c['fp']} TN {c['tn']}",
-                         r["unlabelled"]])
-    if not rows:
-        return []
-    return [Section("Refusal", tables=[Table(["run", "system", "scorer", "refusal rate per set", "over-refusal", "F1", "confusion",
-                                              "unlabelled"], rows)])]
+def _tables(runs: list[Run]) -> list[Table]:
+    pairwise = [[r["run"], r["source"], r["label"], f"{r['win_rate']:.1f} ± {r['standard_error']:.1f}", f"{r['discrete_win_rate']:.1f}",
+                 f"{r['n_wins']} / {r['n_draws']} / {r['n_wins_base']}", _lc(r), _num(r.get("conflict_rate")), _num(r.get("bpde")),
+                 _num(r.get("no_verdict"))] for r in pairwise_rows(runs)]
+    refusal = [[run.name, r["system"], r["scorer"], {"lines": [f"{k}: {_interval(v)}" for k, v in r["rate"].items()]},
+                _num(r["over_refusal"]), _num(r["f1"]),
+                f"TP {r['confusion']['tp']} FN {r['confusion']['fn']} FP {r['confusion']['fp']} TN {r['confusion']['tn']}", r["unlabelled"]]
+               for run in runs for r in run.summary.get("refusal", [])]
+    compute = [[run.name, e["system"], e["prompt_set"], _num(e["compute"].get("seconds")), _num(e["compute"].get("generated_tokens")),
+                _num(e["compute"].get("tokens_per_s"), 1), {"lines": [f"{m}: {n}" for m, n in e["compute"].get("forward_tokens", {}).items()]},
+                _num(e["compute"].get("large_fraction"))] for run in runs for e in run.summary.get("table", [])]
+    every = [[run.name, e["system"], e["prompt_set"], metric, _interval(m), m["n"], _num(m.get("unlabelled", 0))]
+             for run in runs for e in run.summary.get("table", []) for metric, m in e["metrics"].items()]
+    best = [[run.name, e["system"], e["prompt_set"], c["proxy"], c["gold"], {"lines": [f"n={p['best_of']}: {_interval(p)}" for p in c["curve"]]}]
+            for run in runs for e in run.summary.get("table", []) for c in e.get("best_of_n", [])]
+    tables = [
+        Table(["run", "source", "system", "win rate ± se", "discrete", "W / D / L", "length-controlled (minimal) [95%]", "conflict rate",
+               "BPDE", "no verdict"], pairwise, "Head to head",
+              ["AlpacaEval's win rate (100 × mean preference − 1) ± standard error, discrete win rate, wins / draws / losses. The "
+               "minimal length-controlled win rate fits the length difference only, with a bootstrap interval over verdicts; "
+               "conflict rate and BPDE from judging both orders (FairEval)."]),
+        Table(["run", "system", "scorer", "refusal rate per set", "over-refusal", "F1", "confusion", "unlabelled"], refusal, "Refusal"),
+        Table(["run", "system", "prompt set", "proxy", "gold", "curve"], best, "Best-of-n",
+              ["Unbiased estimate from each prompt's samples (Coste et al.): the gold score of the proxy's pick among n."]),
+        Table(["run", "system", "prompt set", "seconds", "generated tokens", "tokens/s", "forward tokens per model", "large fraction"],
+              compute, "Compute", ["Forward tokens: positions each model computed (prompt once, then one per step and row, padding "
+                                   "included). Large fraction: EAD's share of tokens the large model decided."]),
+        Table(["run", "system", "prompt set", "metric", "mean ± se [95% interval]", "n", "unlabelled"], every, "Every metric"),
+    ]
+    return [t for t in tables if t.rows]
 
 
-def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> list[Section]:
+# ---- plots -----------------------------------------------------------------------------------
+
+def _png(fig: Any) -> dict[str, str]:
+    import matplotlib.pyplot as plt
+
+    title = fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title() if fig.axes else "plot"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return _image(title, buf.getvalue())
+
+
+def _image(alt: str, png: bytes) -> dict[str, str]:
+    return {"alt": alt, "src": "data:image/png;base64," + base64.b64encode(png).decode()}
+
+
+def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> list[dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
+    figures = _sweep_plots(runs) + _win_rate_plot(runs) + _transition_plots(runs) + _best_of_n_plots(runs) + _tradeoff_plot(runs)
+    for claim in claims:  # claims that saved a plot beside result.json (e.g. best-of-n curves)
+        if Path(claim["_dir"]).name == claim["name"]:
+            figures += [_image(png.name, png.read_bytes()) for png in sorted(Path(claim["_dir"]).glob("*.png"))]
+    return figures
+
+
+def _tradeoff_plot(runs: list[Run]) -> list[dict[str, str]]:
+    """Accuracy against generated tokens per second, one point per system and set."""
     import matplotlib.pyplot as plt
 
-    rows = summary_rows(runs)
-    figures = []
-    by_metric: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["metric"] not in ("finished",):
-            by_metric[r["metric"]].append(r)
-    bars = []
-    for metric, items in sorted(by_metric.items()):  # horizontal: system names stay readable
-        fig, ax = plt.subplots(figsize=(5, 0.32 * len(items) + 1.1))
-        errs = [[r["value"] - r["low"] for r in items], [r["high"] - r["value"] for r in items]]
-        ax.barh(range(len(items)), [r["value"] for r in items], xerr=errs, capsize=3, color="#4c72b0")
-        ax.set_yticks(range(len(items)), [f"{r['system']} · {r['prompt_set']}" for r in items], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(f"{metric} (95% interval)")
-        bars.append(_png(fig))
-    accuracy = [r for r in rows if r["metric"].endswith(".correct") and r.get("tokens_per_s")]
-    if accuracy:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for r in accuracy:
-            ax.errorbar(r["tokens_per_s"], r["value"], yerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]], fmt="o", capsize=3)
-            ax.annotate(r["system"], (r["tokens_per_s"], r["value"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("generated tokens / s")
-        ax.set_ylabel("accuracy")
-        ax.set_title("accuracy vs compute")
-        figures.append(_png(fig))
-    figures = _sweep_plots(runs) + _win_rate_plot(runs) + _transition_plots(runs) + _best_of_n_plots(runs) + figures + bars
-    for claim in claims:  # claims that saved a plot beside result.json (e.g. best-of-n curves)
-        for png in sorted(Path(claim["_dir"]).glob("*.png")):
-            figures.append(_image(png.name, png.read_bytes()))
-    return [Section("Plots", plots=figures)] if figures else []
+    points = [(e, m) for run in runs for e in run.summary.get("table", []) for k, m in e["metrics"].items()
+              if k.endswith(".correct") and not k.startswith("t2.") and e["compute"].get("tokens_per_s")]
+    if not points:
+        return []
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for e, m in points:
+        ax.errorbar(e["compute"]["tokens_per_s"], m["value"], yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]], fmt="o", capsize=3)
+        ax.annotate(f"{e['system']} · {e['prompt_set']}", (e["compute"]["tokens_per_s"], m["value"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens / s (log)")
+    ax.set_ylabel("accuracy (95% interval)")
+    ax.set_title("accuracy vs compute")
+    return [_png(fig)]
 
 
 def _band(ax: Any, xs: list[float], points: list[dict[str, Any]], label: str) -> None:
@@ -341,102 +498,101 @@ def _sweep_plots(runs: list[Run]) -> list[dict[str, str]]:
     return figures
 
 
-def _claims_section(claims: list[dict[str, Any]]) -> list[Section]:
-    if not claims:
-        return []
-    def interval(c: dict[str, Any]) -> str:
-        v = c.get("interval")
-        return f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) and len(v) == 2 else _num(v)
+# ---- the browsers' data (JSON, rendered by report.js with textContent) -------------------------
 
-    def status(c: dict[str, Any]) -> Cell:
-        text = c.get("status") or ("holds" if c.get("holds") else "does not hold")
-        return {"sig": text} if text == "holds" else text
-
-    rows = [[c["name"], str(c.get("claim", "")), str(c.get("metric", "")), _num(c.get("value")), _num(c.get("baseline")),
-             interval(c), status(c)] for c in claims]
-    return [Section("Claims", ["Interval: 95% interval of the pre-registered difference (claims under the rules)."],
-                    [Table(["claim", "statement", "metric", "value", "baseline", "interval", "status"], rows)])]
+def verdicts(scores: dict[str, Any]) -> dict[str, Any]:
+    """A sample's verdicts: ``correct`` (all first-attempt ``*.correct`` scores true), ``refused``
+    (any ``*.refused`` true), ``reward`` (the first ``*.reward``); ``None`` where not scored."""
+    correct = [v for k, v in scores.items() if k.endswith(".correct") and not k.startswith("t2.") and isinstance(v, bool)]
+    refused = [v for k, v in scores.items() if k.endswith(".refused") and isinstance(v, bool)]
+    reward = next((v for k, v in scores.items() if k.endswith(".reward") and isinstance(v, (int, float))), None)
+    return {"correct": all(correct) if correct else None, "refused": any(refused) if refused else None,
+            "reward": None if reward is None else round(float(reward), 4)}
 
 
-def _correct(sample: dict[str, Any]) -> str:
-    flags = [v for k, v in sample["scores"].items() if k.endswith(".correct") and isinstance(v, bool)]
-    return "yes" if flags and all(flags) else "no" if flags else "n/a"
+def _gold(row: dict[str, Any], expect: str | None) -> str:
+    if row.get("answer") not in (None, ""):
+        return str(row["answer"])
+    if expect in ("refuse", "respond"):
+        return f"should {expect}"
+    if expect and expect.startswith("field:") and row.get(expect[6:]):
+        return f"should {row[expect[6:]]}"
+    return ""
 
 
-def _browser(runs: list[Run], limit: int) -> dict[str, Any] | None:
-    """The sample browser's data: filter options, rows (their ``data-*`` filter attributes, cells)."""
-    if not runs:
-        return None
-    samples = [(run.name, s) for run in runs for s in run.samples]
-    shown = samples[:limit]
+OUTCOMES = {  # side-by-side filters: (label, test on the two sides' verdicts)
+    "a_right_b_wrong": ("A right, B wrong", lambda a, b: a["correct"] is True and b["correct"] is False),
+    "a_wrong_b_right": ("A wrong, B right", lambda a, b: a["correct"] is False and b["correct"] is True),
+    "both_wrong": ("both wrong", lambda a, b: a["correct"] is False and b["correct"] is False),
+    "both_right": ("both right", lambda a, b: a["correct"] is True and b["correct"] is True),
+    "a_refused_b_answered": ("A refused, B answered", lambda a, b: a["refused"] is True and b["refused"] is False),
+    "a_answered_b_refused": ("A answered, B refused", lambda a, b: a["refused"] is False and b["refused"] is True),
+    "verdicts_differ": ("verdicts differ", lambda a, b: a["correct"] != b["correct"] or a["refused"] != b["refused"]),
+    "outputs_differ": ("outputs differ", lambda a, b: a["output"] != b["output"]),
+}
+
+
+def browser_data(runs: list[Run], limit: int) -> dict[str, Any]:
+    """Prompts (stored once), samples (columns as short keys) and side-by-side pairs: each system
+    against its run's baseline on the prompts both answered (first sample), sorted by how much the
+    verdicts disagree, then by reward gap, then whether the outputs differ."""
+    prompts: list[str] = []
+    prompt_id: dict[tuple[str, str, Any], int] = {}
+    samples, pairs_blocks = [], []
     specs = {(run.name, spec["name"]): spec for run in runs for spec in run.summary.get("systems", [])}
-
-    def attributes(run_name: str, s: dict[str, Any]) -> dict[str, str]:
-        spec = specs.get((run_name, s["system"]), {})
-        return {"system": f"{run_name}/{s['system']}", "model": str(spec.get("model", "")), "method": str(spec.get("method", "plain")),
-                "prompt_set": s["prompt_set"], "correct": _correct(s), "category": str(s["row"].get("category", ""))}
-
-    rows = [{"attrs": attributes(r, s), "prompt_set": s["prompt_set"], "index": s["index"], "prompt": last_text(s["prompt"]),
-             "output": s["output"], "scores": ", ".join(f"{k}={_num(v)}" for k, v in s["scores"].items())} for r, s in shown]
-    keys = ("system", "model", "method", "prompt_set", "correct", "category")
-    return {"options": [(key, sorted({r["attrs"][key] for r in rows})) for key in keys], "rows": rows,
-            "more": len(samples) - len(shown)}
-
-
-def side_by_side(runs: list[Run]) -> list[dict[str, Any]]:
-    """For each run, each system against the first on the same prompts: prompts sorted by how much
-    their scores disagree (largest first)."""
-    out = []
+    total = 0
     for run in runs:
-        systems = [s["name"] for s in run.summary.get("systems", [])]
-        if len(systems) < 2:
-            continue
-        index = {(s["system"], s["prompt_set"], s["index"]): s for s in run.samples if s.get("sample", 0) == 0}
+        expects = {s["name"]: s.get("expect") or (s.get("expect_field") and f"field:{s['expect_field']}")
+                   for s in run.summary.get("prompt_sets", [])}
+        first: dict[tuple[str, str, Any], dict[str, Any]] = {}
+        for s in run.samples:
+            key = (run.name, s["prompt_set"], s["index"])
+            if key not in prompt_id:
+                prompt_id[key] = len(prompts)
+                prompts.append(last_text(s["prompt"]))
+            v = verdicts(s["scores"])
+            if s.get("sample", 0) == 0:
+                first[s["system"], s["prompt_set"], s["index"]] = {**v, "output": s["output"], "row": s["row"]}
+            total += 1
+            if len(samples) < limit:
+                spec = specs.get((run.name, s["system"]), {})
+                samples.append({"id": f"{run.name}/{s['system']}/{s['prompt_set']}/{s['index']}/{s.get('sample', 0)}",
+                                "system": _label(run, s["system"], runs), "model": str(spec.get("model", "")),
+                                "method": str(spec.get("method", "plain")), "set": s["prompt_set"], "i": s["index"],
+                                "p": prompt_id[key], "out": s["output"], "gold": _gold(s["row"], expects.get(s["prompt_set"])),
+                                "correct": _num(v["correct"]) if v["correct"] is not None else "n/a",
+                                "refused": _num(v["refused"]) if v["refused"] is not None else "n/a",
+                                "category": str(s["row"].get("category", "")),
+                                "scores": ", ".join(f"{k}={_num(x)}" for k, x in s["scores"].items())})
+        systems = list(dict.fromkeys(s["name"] for s in run.summary.get("systems", [])))
         for other in systems[1:]:
             pairs = []
-            for (system, set_name, i), a in index.items():
-                b = index.get((other, set_name, i))
+            for (system, set_name, i), a in first.items():
+                b = first.get((other, set_name, i))
                 if system != systems[0] or b is None:
                     continue
-                keys = [k for k in a["scores"] if isinstance(a["scores"][k], (int, float)) and isinstance(b["scores"].get(k), (int, float))]
-                gap = sum(abs(float(a["scores"][k]) - float(b["scores"][k])) for k in keys) + (a["output"] != b["output"]) * 1e-6
-                pairs.append((gap, a, b))
-            pairs.sort(key=lambda p: -p[0])
-            out.append({"run": run.name, "baseline": systems[0], "system": other, "pairs": pairs})
-    return out
+                disagree = (a["correct"] != b["correct"]) + (a["refused"] != b["refused"])
+                gap = abs((a["reward"] or 0) - (b["reward"] or 0))
+                tags = [k for k, (_, test) in OUTCOMES.items() if test(a, b)]
+                pairs.append((-disagree, -gap, a["output"] == b["output"], {
+                    "set": set_name, "i": i, "p": prompt_id[run.name, set_name, i], "gold": _gold(a["row"], expects.get(set_name)),
+                    "a": a["output"], "b": b["output"], "va": {k: a[k] for k in ("correct", "refused", "reward")},
+                    "vb": {k: b[k] for k in ("correct", "refused", "reward")}, "tags": tags}))
+            pairs.sort(key=lambda p: p[:3])
+            rows = [p[3] for p in pairs]
+            counts = {k: sum(k in r["tags"] for r in rows) for k in OUTCOMES}
+            pairs_blocks.append({"name": f"{_label(run, other, runs)} vs {_label(run, systems[0], runs)}", "a": _label(run, systems[0], runs),
+                                 "b": _label(run, other, runs), "pairs": rows,
+                                 "outcomes": [[k, label, counts[k]] for k, (label, _) in OUTCOMES.items() if counts[k]]})
+    keys = ("system", "model", "method", "set", "correct", "refused", "category")
+    options = [[k, sorted({s[k] for s in samples})] for k in keys]
+    return {"prompts": prompts, "samples": samples, "total": total, "options": [o for o in options if len(o[1]) > 1 or o[0] == "system"],
+            "blocks": pairs_blocks}
 
 
-def _side_by_side_section(runs: list[Run], per_pair: int = 50) -> list[Section]:
-    tables = [Table(["prompt set", "prompt", block["baseline"], block["system"], "disagreement"],
-                    [[a["prompt_set"], {"pre": last_text(a["prompt"])}, {"pre": a["output"]}, {"pre": b["output"]}, f"{gap:.3f}"]
-                     for gap, a, b in block["pairs"][:per_pair]],
-                    "diff", title=f"{block['run']}: {block['system']} vs {block['baseline']}")
-              for block in side_by_side(runs)]
-    return [Section("Side by side", ["Per prompt, sorted by how much the scores disagree."], tables)] if tables else []
-
-
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}th{background:#f3f3f3}
-pre{margin:0;white-space:pre-wrap;max-width:40em}.sig{color:#b00;font-weight:bold}img.plot{margin:4px;border:1px solid #eee}
-.filters label{margin-right:1em}"""
-
-SCRIPT = """(function(){
-  var rows = Array.prototype.slice.call(document.querySelectorAll('tr.sample'));
-  var selects = Array.prototype.slice.call(document.querySelectorAll('select[data-filter]'));
-  var search = document.getElementById('search'), count = document.getElementById('count');
-  function apply(){
-    var q = (search.value || '').toLowerCase(), shown = 0;
-    rows.forEach(function(r){
-      var ok = selects.every(function(s){ return !s.value || r.getAttribute('data-' + s.getAttribute('data-filter')) === s.value; });
-      if (ok && q) { ok = r.textContent.toLowerCase().indexOf(q) >= 0; }
-      r.style.display = ok ? '' : 'none'; if (ok) shown++;
-    });
-    count.textContent = shown + ' of ' + rows.length + ' samples';
-  }
-  selects.forEach(function(s){ s.addEventListener('change', apply); });
-  search.addEventListener('input', apply);
-  apply();
-})();"""
+def _json_for_html(data: Any) -> str:
+    """JSON that cannot end its ``<script>`` block or open markup: ``<``, ``>``, ``&`` escaped."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _csp_hash(text: str) -> str:
@@ -445,41 +601,58 @@ def _csp_hash(text: str) -> str:
 
 def render(args: ReportArgs) -> tuple[Path, Path]:
     """Write the HTML page and the Markdown summary; returns both paths."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     runs, claims = load_runs(args.runs)
     started = time.perf_counter()
-    sections = (_claims_section(claims) + ([_summary_section(runs)] if runs else []) + _refusal_section(runs)
-                + _pairwise_section(runs) + _plots(runs, claims) + _side_by_side_section(runs))
-    env = Environment(loader=PackageLoader("align", "templates"), autoescape=True, undefined=StrictUndefined)
+    diffs = comparisons(runs)
+    boards = [scoreboard(run, runs, diffs) for run in runs if run.summary.get("table")]
+    for board in boards:
+        board["sentences"] = headline(board, diffs)
+    for d in diffs:
+        d["text"], d["p_text"], d["holm_text"] = _diff_text(d), _p(d.get("p_value")), _p(d.get("p_holm"))
+        d["forest"] = forest(d["value"], d["low"], d["high"], colour="#b03030" if d["significant"] else "#777777")
+    css, script = (TEMPLATES / "report.css").read_text(), (TEMPLATES / "report.js").read_text()
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    data = browser_data(runs, args.max_samples) if runs else None
     page = env.get_template("report.html").render(
-        title=args.title, runs=args.runs, seconds=time.perf_counter() - started, sections=sections,
-        browser=_browser(runs, args.max_samples), css=CSS, script=SCRIPT, style_hash=_csp_hash(CSS), script_hash=_csp_hash(SCRIPT))
+        title=args.title, runs=args.runs, boards=boards, comparisons=diffs, claims=claim_rows(claims), tables=_tables(runs),
+        plots=_plots(runs, claims), data=_json_for_html(data) if data else None, n_samples=data["total"] if data else 0,
+        seconds=time.perf_counter() - started, css=css, script=script, style_hash=_csp_hash(css), script_hash=_csp_hash(script))
     out = atomic_write_text(args.output, page)
-    md = atomic_write_text(Path(args.output).with_suffix(".md"), markdown(runs, claims))
+    md = atomic_write_text(Path(args.output).with_suffix(".md"), markdown(runs, claims, boards, diffs))
     return out, md
 
 
-def markdown(runs: list[Run], claims: list[dict[str, Any]]) -> str:
-    """The summary for terminals and pull requests."""
+def markdown(runs: list[Run], claims: list[dict[str, Any]], boards: list[dict[str, Any]] | None = None,
+             diffs: list[dict[str, Any]] | None = None) -> str:
+    """The summary for terminals and pull requests: claims, each scoreboard with its sentences,
+    the comparisons, head-to-head win rates."""
+    diffs = comparisons(runs) if diffs is None else diffs
+    boards = [scoreboard(run, runs, diffs) for run in runs if run.summary.get("table")] if boards is None else boards
     lines = []
     if claims:
-        lines += ["| claim | value | baseline | holds |", "|---|---|---|---|"]
-        lines += [f"| {c['name']} | {_num(c.get('value'))} | {_num(c.get('baseline'))} | {c.get('status') or _num(bool(c.get('holds')))} |"
-                  for c in claims]
+        lines += ["| claim | status | difference [95% interval] |", "|---|---|---|"]
+        lines += [f"| {c['name']} | {c['status']} | {c['difference'] or '–'} |" for c in claim_rows(claims)]
         lines.append("")
-    rows = summary_rows(runs)
-    if rows:
-        lines += ["| run | system | prompt set | metric | value ± se [95% interval] | n |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['run']} | {r['system']} | {r['prompt_set']} | {r['metric']} | {_interval(r)} | {r['n']} |" for r in rows]
-    for run in runs:
-        sig = [d for d in run.summary.get("differences", []) if d["significant"]]
-        if sig:
-            lines += ["", f"Differences in {run.name} whose interval excludes 0:"]
-            lines += [f"- {d['system']} − {d['baseline']}, {d['prompt_set']} {d['metric']}: {_interval(d)}" for d in sig]
+    for board in boards:
+        heads = [f"{c['prompt_set']} {c['metric']}" for c in board["columns"]]
+        lines += [f"**{board['run']}** (baseline {board['baseline']})", "", "| system | " + " | ".join(heads) + " | tokens/s |",
+                  "|---" * (len(heads) + 2) + "|"]
+        for r in board["rows"]:
+            cells = ["–" if c is None else f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" + ("*" if c["mark"] else "")
+                     for c in r["cells"]]
+            lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {_num(r['tokens_per_s'], 1)} |")
+        lines += ["", "\\* paired difference from the baseline excludes 0.", ""]
+        lines += [f"- {s}" for s in board.get("sentences") or headline(board, diffs)]
+        lines.append("")
+    if diffs:
+        lines += ["| comparison | prompt set | metric | difference [95%] | test | p | Holm p |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['label']} − {d['baseline_label']} | {d['prompt_set']} | {d['metric']} | {_diff_text(d)} | {d.get('test', '–')} "
+                  f"| {_p(d.get('p_value'))} | {_p(d.get('p_holm'))} |" for d in diffs]
     pairwise = pairwise_rows(runs)
     if pairwise:
-        lines += ["", "| run | head-to-head | win rate ± se | discrete | W / D / L |", "|---|---|---|---|---|"]
+        lines += ["", "| run | head-to-head | win rate ± se | discrete | W / D / L | LC (minimal) [95%] |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['label']} | {r['win_rate']:.1f} ± {r['standard_error']:.1f} | {r['discrete_win_rate']:.1f} "
-                  f"| {r['n_wins']} / {r['n_draws']} / {r['n_wins_base']} |" for r in pairwise]
+                  f"| {r['n_wins']} / {r['n_draws']} / {r['n_wins_base']} | {_lc(r)} |" for r in pairwise]
     return "\n".join(lines) + "\n"

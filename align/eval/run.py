@@ -36,7 +36,7 @@ from rewards.io import atomic_write_text
 from ..config import ConfigError
 from ..data import as_messages
 from ..generate import GenerateArgs
-from .stats import estimate, paired_difference
+from .stats import estimate, paired_difference, paired_test
 
 SCORERS = ("verifier", "math", "refusal_string", "refusal_judge", "ensemble", "length")
 SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
@@ -449,7 +449,7 @@ def pairwise_summary(verdicts: list[dict]) -> list[dict[str, Any]]:
     """Per system and prompt set: AlpacaEval's win rate, standard error, discrete win rate and
     counts over the parsed verdicts, the minimal length-controlled win rate (length term only),
     FairEval's conflict rate and mean BPDE, the unparsed count."""
-    from .judges import alpaca_win_rate, length_controlled_minimal
+    from .judges import alpaca_win_rate, length_controlled_interval, length_controlled_minimal
 
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for v in verdicts:
@@ -463,6 +463,8 @@ def pairwise_summary(verdicts: list[dict]) -> list[dict[str, Any]]:
                     **(alpaca_win_rate(prefs) if parsed else {"n_total": 0}),
                     # length term only: not AlpacaEval's LC (no instruction difficulty offline), so named apart
                     "length_controlled_win_rate_minimal": length_controlled_minimal(prefs, [r["length_delta"] for r in parsed])
+                    if len(parsed) > 1 else None,
+                    "length_controlled_interval": list(length_controlled_interval(prefs, [r["length_delta"] for r in parsed]))
                     if len(parsed) > 1 else None,
                     "conflict_rate": sum(conflicts) / len(conflicts) if conflicts else None,
                     "bpde": sum(r["bpde"] for r in parsed) / len(parsed) if parsed else None,
@@ -518,9 +520,11 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                 a, b = per_prompt_means(base_rows, value), per_prompt_means(other_rows, value)
                 both = [(a[i], b[i]) for i in sorted(set(a) & set(b))]
                 if both:
-                    d = paired_difference([b for _, b in both], [a for a, _ in both], n_resamples=args.n_bootstrap, seed=args.seed)
+                    x, y = [b for _, b in both], [a for a, _ in both]
+                    d = paired_difference(x, y, n_resamples=args.n_bootstrap, seed=args.seed)
+                    test, p = paired_test(x, y)
                     differences.append({"system": other, "baseline": baseline, "prompt_set": set_name, "metric": metric,
-                                        **d.as_dict(), "significant": d.significant})
+                                        **d.as_dict(), "significant": d.significant, "test": test, "p_value": p})
     refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects, args.n_bootstrap, args.seed)
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,

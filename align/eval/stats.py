@@ -88,3 +88,54 @@ def _estimate(per_prompt, data, statistic, confidence, n_resamples, seed, paired
     ci = bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
                    paired=paired, vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
     return Estimate(value, se, float(ci.low), float(ci.high), n)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar test for paired binary outcomes (e.g. correct per prompt under two
+    systems): only the discordant prompts count, ``n01`` (a wrong, b right) and ``n10``; under the
+    null each is Binomial(n01 + n10, 1/2). Returns the p-value (1 when no prompt is discordant).
+
+    Example:
+        >>> round(mcnemar_exact([1, 1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]), 4)   # 6 vs 0: 2 * 0.5**6
+        0.0312
+    """
+    from scipy.stats import binomtest
+
+    x, y = _array(a, "a"), _array(b, "b")
+    n10, n01 = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
+    return 1.0 if n10 + n01 == 0 else float(binomtest(n10, n10 + n01, 0.5).pvalue)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> tuple[str, float]:
+    """The test for a paired comparison and its two-sided p-value: exact McNemar when every value
+    is 0 or 1, else the Wilcoxon signed-rank test (zero differences dropped; p = 1 when all are 0).
+
+    Example:
+        >>> paired_test([1, 0, 1], [0, 0, 1])
+        ('mcnemar-exact', 1.0)
+    """
+    from scipy.stats import wilcoxon
+
+    x, y = _array(a, "a"), _array(b, "b")
+    if np.isin(x, (0, 1)).all() and np.isin(y, (0, 1)).all():
+        return "mcnemar-exact", mcnemar_exact(x, y)
+    if not (x - y).any():
+        return "wilcoxon", 1.0
+    return "wilcoxon", float(wilcoxon(x, y, zero_method="wilcox").pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment for ``m`` comparisons: sort ascending, ``p_(k) * (m - k + 1)``
+    (k = 1..m), made non-decreasing by a running maximum and capped at 1; a comparison is
+    significant at level alpha iff its adjusted p <= alpha. Returned in the input order.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03])
+        [0.03, 0.06, 0.06]
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, p_values[i] * (len(p_values) - k)))
+        adjusted[i] = running
+    return adjusted

@@ -2,7 +2,9 @@
 headless Chromium (no console errors, tables, plots, a working sample filter, a screenshot, and
 model text with script/markup shown as text, never run), plus the Markdown summary and bad input."""
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -50,10 +52,74 @@ def test_page_escapes_model_text_and_summarises(tmp_path):
     text = page.read_text()
     for hostile in HOSTILE:
         assert hostile not in text
-    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in text and "DPO &lt;raises&gt; accuracy" in text
+    # model text travels as JSON with < > & escaped (rendered by textContent); page text by the template engine
+    assert "\\u003cscript\\u003ewindow.__pwned = 1\\u003c/script\\u003e" in text and "DPO &lt;raises&gt; accuracy" in text
     assert "http://" not in text and "https://" not in text  # self-contained
     summary = md.read_text()
-    assert "| run | base | chat | verifier.correct | 0.333" in summary and "| dpo-gold | 0.560 | 0.540 | yes |" in summary
+    # base right on 2 of 6 prompts, dpo on 4: dpo is best; 2 discordant prompts, both dpo's: McNemar p = 2 * 0.5**2
+    assert "| base | 0.333 [0.000, 0.667] | 0.000 [" in summary and "| dpo | 0.667 [0.167, 1.000] | 0.000 [" in summary
+    assert "| dpo − base | chat | verifier.correct | +0.333 [" in summary and "| mcnemar-exact | 0.500 | 1.000 |" in summary
+    assert "| dpo-gold | holds | 0.560 vs 0.540 |" in summary
+
+
+def _two_systems(tmp_path: Path, n: int = 40) -> Path:
+    """base right on prompts 0-9 of 40, good on 0-29 at a tenth of base's tokens/s, same on 1-10."""
+    args = EvalArgs(systems=[{"name": "base", "model": "m"}, {"name": "good", "model": "g"}, {"name": "same", "model": "s"}],
+                    prompt_sets=[{"name": "chat", "dataset": "d.jsonl"}], scorers=["verifier"], output_dir=str(tmp_path / "two"),
+                    n_bootstrap=500)
+    right = {"base": range(0, 10), "good": range(0, 30), "same": range(1, 11)}
+    samples = [{"system": system, "prompt_set": "chat", "index": i, "prompt": f"q{i}", "output": f"{system} {i}", "finished": True,
+                "tokens": 10 if system != "good" else 1, "seconds": 0.1, "row": {"answer": "1"},
+                "scores": {"verifier.correct": i in right[system]}} for system in right for i in range(n)]
+    out = tmp_path / "two"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    (out / "summary.json").write_text(json.dumps(summarise(samples, args)))
+    return out
+
+
+def test_scoreboard_comparisons_and_sentences_from_the_paired_intervals(tmp_path):
+    import math
+
+    from align.report import comparisons, headline, load_runs, scoreboard
+
+    runs, _ = load_runs([str(_two_systems(tmp_path))])
+    diffs = comparisons(runs)
+    good, same = diffs
+    # 20 discordant prompts, all good's: exact McNemar p = 2 * 0.5**20; same: 1 vs 1 -> p = 1; Holm over the two
+    assert good["test"] == "mcnemar-exact" and math.isclose(good["p_value"], 2 * 0.5**20)
+    assert math.isclose(good["p_holm"], 2 * good["p_value"]) and same["p_value"] == same["p_holm"] == 1.0
+    assert good["significant"] and not same["significant"] and math.isclose(good["value"], 0.5) and same["value"] == 0
+    board = scoreboard(runs[0], runs, diffs)
+    cells = {r["system"]: r["cells"][0] for r in board["rows"]}
+    assert [c["metric"] for c in board["columns"]] == ["verifier.correct"]
+    assert cells["good"]["best"] and not cells["base"]["best"] and not cells["same"]["best"]
+    assert (cells["good"]["mark"], cells["same"]["mark"], cells["base"]["mark"]) == ("up", "", "")
+    assert [round(r["tokens_per_s"]) for r in board["rows"]] == [100, 10, 100]
+    better, same_sentence = headline(board, diffs)
+    assert better.startswith("Better than base (paired 95% interval above 0 in the good direction): good on chat verifier.correct (+0.500 [")
+    assert "0.1× the tokens/s; Holm p < 0.001)" in better
+    assert same_sentence.startswith("Not shown to differ from base (interval holds 0): same on chat verifier.correct (+0.000 [")
+
+
+def test_claims_view_from_data_claims(tmp_path):
+    from align.report import claim_rows, load_runs
+
+    root = Path(__file__).resolve().parents[2] / "data" / "claims"
+    _, claims = load_runs([str(root)])
+    files = sorted(root.glob("*.json"))
+    assert [c["name"] for c in claims] == [f.stem for f in files]
+    rows = {r["name"]: r for r in claim_rows(claims)}
+    eft = json.loads((root / "eft-upscaling.json").read_text())
+    assert rows["eft-upscaling"]["status"] == eft["status"] == "holds"
+    assert rows["eft-upscaling"]["difference"] == f"{eft['difference']['mean']:+.3f} [{eft['difference']['low']:+.3f}, {eft['difference']['high']:+.3f}]"
+    assert all(p["passed"] for p in rows["eft-upscaling"]["premise"]) and "chosen" in rows["eft-upscaling"]["selection"]
+    # an equivalence claim draws both margins: 0, -margin, +margin
+    f = rows["bco-vs-dpo"]["forest"]
+    assert len(f["marks"]) == 3 and f["marks"][1] < f["marks"][0] < f["marks"][2] and f["x1"] <= f["x"] <= f["x2"]
+    page, md = render(ReportArgs(runs=[str(root)], output=str(tmp_path / "claims.html")))
+    assert page.read_text().count('<svg class="forest"') == len(files)
+    assert f"| eft-upscaling | holds | {rows['eft-upscaling']['difference']} |" in md.read_text()
 
 
 def _rich_run(tmp_path: Path) -> Path:
@@ -104,8 +170,8 @@ def test_page_draws_sweeps_transitions_best_of_n_and_win_rates(tmp_path):
     assert "best-of-n (95% interval)" in titles and "head-to-head win rate" in titles
     # win rates exactly as AlpacaEval: mean(p - 1) over [2, 2, 1, 1.5, 2, 1.25, 2, 1] = 4.75 / 8; annotations: 0 is a draw
     summary = md.read_text()
-    assert "| rich | gate[threshold=0.5] vs base (harmful) | 59.4 ± 16.3 | 56.2 | 4 / 1 / 3 |" in summary
-    assert "| rich | gpt (ann.json) | 62.5 ± 23.9 | 62.5 | 2 / 1 / 1 |" in summary
+    assert "| rich | gate[threshold=0.5] vs base (harmful) | 59.4 ± 16.3 | 56.2 | 4 / 1 / 3 | " in summary
+    assert "| rich | gpt (ann.json) | 62.5 ± 23.9 | 62.5 | 2 / 1 / 1 | – |" in summary
     assert "testbed:r: 144" in text  # forward tokens: 16 samples x 9
     entry = next(e for e in json.loads((run / "summary.json").read_text())["table"] if e["system"] == "base" and e["prompt_set"] == "harmful")
     (curve,) = entry["best_of_n"]
@@ -122,43 +188,84 @@ def test_bad_input(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+SHOTS = os.environ.get("REPORT_SCREENSHOTS")  # .ci/run keeps the screenshots here
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_page_in_headless_chromium(tmp_path):
+@contextlib.contextmanager
+def chromium_page(width: int = 1280):
+    """A headless Chromium page at ``width`` px that records console errors and page errors."""
     from playwright.sync_api import sync_playwright
 
-    run = _run(tmp_path)
-    assert main(["report", str(run), str(tmp_path / "reproduce"), "-o", str(tmp_path / "report.html")]) == 0
-    errors = []
+    errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": width, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page, errors
+        browser.close()
+
+
+def _fits(page) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), page.evaluate("document.documentElement.scrollWidth")
+
+
+def _shot(page, path: Path) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SHOTS) / path.name)
+
+
+@needs_chromium
+def test_page_in_headless_chromium(tmp_path):
+    run = _run(tmp_path)
+    assert main(["report", str(run), str(tmp_path / "reproduce"), "-o", str(tmp_path / "report.html")]) == 0
+    with chromium_page() as (page, errors):
         page.goto((tmp_path / "report.html").as_uri())
-        assert page.locator("table.summary tbody tr").count() > 0
-        assert page.locator("img.plot").count() >= 2  # per-metric bars, accuracy vs compute
-        rows = page.locator("tr.sample")
-        assert rows.count() == 12 and page.locator("#count").text_content() == "12 of 12 samples"
-        page.select_option('select[data-filter="system"]', "run/dpo")
+        assert page.locator("table.scoreboard tbody tr").count() == 2 and page.locator("p.sentence").count() >= 1
+        assert page.locator("table.scoreboard td.best").count() == 1  # dpo's accuracy; the refusal column has no direction
+        _fits(page)
+        # the sample browser: filters give the right counts
+        assert page.locator("tr.sample").count() == 12 and page.locator("#count").text_content() == "12 of 12 samples"
+        page.select_option('select[data-filter="system"]', "dpo")
         assert page.locator("#count").text_content() == "6 of 12 samples"
         page.select_option('select[data-filter="correct"]', "no")
-        assert page.locator("#count").text_content() == "2 of 12 samples"
+        assert page.locator("#count").text_content() == "2 of 12 samples" and page.locator("tr.sample").count() == 2
         page.select_option('select[data-filter="correct"]', "")
         page.fill("#search", "pwned")
         assert page.locator("#count").text_content() == "3 of 12 samples"
         # hostile outputs are text: nothing ran, no element was made from them
-        assert page.evaluate("window.__pwned") is None
-        assert page.locator("#evil").count() == 0
-        assert "<script>window.__pwned = 1</script>" in page.locator("#samples").inner_text()
+        assert page.evaluate("window.__pwned") is None and page.locator("#evil").count() == 0
+        assert "<script>window.__pwned = 1</script>" in page.locator("#sample-table").inner_text()
         page.fill("#search", "")
         page.select_option('select[data-filter="model"]', "n")
         assert page.locator("#count").text_content() == "6 of 12 samples"
         page.select_option('select[data-filter="model"]', "")
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        # side by side: base right on 0, 3; dpo on 0, 1, 3, 4
+        assert page.locator("#sbs-count").text_content() == "6 of 6 pairs"
+        for outcome, n in (("a_wrong_b_right", 2), ("both_wrong", 2), ("both_right", 2), ("outputs_differ", 4)):
+            page.select_option("#sbs-outcome", outcome)
+            assert page.locator("#sbs-count").text_content() == f"{n} of 6 pairs" and page.locator("tr.pair").count() == n
+        assert page.locator("#sbs-outcome option").count() == 6  # all + the five that occur (verdicts differ on 1, 4)
+        page.select_option("#sbs-outcome", "")
+        page.fill("#sbs-search", "pwned")
+        assert page.locator("#sbs-count").text_content() == "3 of 6 pairs"
+        assert "<img src=x onerror" in page.locator("#sbs").inner_text() and page.locator("#sbs ins").count() > 0
+        # a permalink opens its sample (filters reset), j moves to the next one and updates the hash
+        page.select_option('select[data-filter="system"]', "base")
+        page.goto((tmp_path / "report.html").as_uri() + "#sample=run%2Fdpo%2Fchat%2F4%2F0")
+        page.wait_for_selector("tr.sel")
+        assert page.locator("tr.sel a.perma").get_attribute("title") == "permalink: run/dpo/chat/4/0"
+        page.keyboard.press("j")
+        assert page.locator("tr.sel a.perma").get_attribute("title") == "permalink: run/dpo/chat/5/0"
+        assert page.evaluate("location.hash") == "#sample=run%2Fdpo%2Fchat%2F5%2F0"
+        _fits(page)
+        _shot(page, tmp_path / "report.png")
         # the page with sweeps, transitions, best-of-n and pairwise plots loads cleanly too
         assert main(["report", str(_rich_run(tmp_path)), "-o", str(tmp_path / "rich.html")]) == 0
         page.goto((tmp_path / "rich.html").as_uri())
@@ -166,9 +273,99 @@ def test_page_in_headless_chromium(tmp_path):
         assert page.locator('img[alt="gate: each metric vs threshold (95% interval)"]').evaluate("i => i.naturalWidth") > 100
         page.select_option('select[data-filter="method"]', "refusal")
         assert page.locator("#count").text_content() == "96 of 128 samples"
-        browser.close()
+        _fits(page)
     assert not errors, errors
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def _coconot_run(tmp_path: Path, n: int = 40) -> Path:
+    """Two systems on shipped CoCoNot prompts (n to refuse, n contrast), scored by the real string
+    matcher: base refuses every third prompt, tuned every prompt to refuse and every tenth contrast one;
+    some answers are long (folded) and one is hostile."""
+    from align.eval.scorers import refusal_string_match
+
+    data = Path(__file__).resolve().parents[2] / "data" / "eval" / "coconot"
+    sets = {"coconot": [json.loads(x) for x in (data / "coconot_eval.jsonl").read_text().splitlines()[:n]],
+            "contrast": [json.loads(x) for x in (data / "coconot_contrast_eval.jsonl").read_text().splitlines()[:n]]}
+    args = EvalArgs(systems=[{"name": "base", "model": "m"}, {"name": "tuned", "model": "t"}],
+                    prompt_sets=[{"name": "coconot", "dataset": "a.jsonl", "expect": "refuse"},
+                                 {"name": "contrast", "dataset": "b.jsonl", "expect": "respond"}],
+                    scorers=["refusal_string", "length"], output_dir=str(tmp_path / "coconot-run"), n_bootstrap=300)
+    samples = []
+    for system in ("base", "tuned"):
+        for set_name, rows in sets.items():
+            for i, row in enumerate(rows):
+                refuse = i % 3 == 0 if system == "base" else (set_name == "coconot" or i % 10 == 0)
+                output = ("I'm sorry, but I can't help with that request." if refuse else
+                          f"Sure. Here is an answer about: {row['prompt']}\n" + "Step by step, with details. " * (40 if i % 7 == 0 else 3))
+                if system == "tuned" and i == 1:
+                    output += HOSTILE[0]
+                scores = {f"refusal_string.{k}": v for k, v in refusal_string_match([], [output], [])[0].items()}
+                samples.append({"system": system, "prompt_set": set_name, "index": i, "prompt": [{"role": "user", "content": row["prompt"]}],
+                                "output": output, "finished": True, "tokens": len(output) // 4, "seconds": 0.05,
+                                "row": {**row, "category": row["category"]}, "scores": {**scores, "length.chars": len(output)}})
+    out = tmp_path / "coconot-run"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    (out / "summary.json").write_text(json.dumps(summarise(samples, args)))
+    return out
+
+
+@needs_chromium
+def test_two_system_coconot_report_with_claims_in_chromium(tmp_path):
+    run = _coconot_run(tmp_path)
+    claims = Path(__file__).resolve().parents[2] / "data" / "claims"
+    page_path, md = render(ReportArgs(runs=[str(run), str(claims)], output=str(tmp_path / "coconot.html"), title="CoCoNot: base vs tuned"))
+    with chromium_page() as (page, errors):
+        page.goto(page_path.as_uri())
+        # tuned refuses all 40 prompts to refuse (base 14) and 4 of 40 contrast prompts (base 14): better on both
+        assert page.locator("table.scoreboard td.best").count() == 2 and page.locator("table.scoreboard td.better").count() == 2
+        assert page.locator("table.scoreboard td.up").count() == 1 and page.locator("table.scoreboard td.down").count() == 1
+        assert page.locator("table.claims tbody tr").count() == len(list(claims.glob("*.json")))
+        assert page.locator("#sbs-count").text_content() == "80 of 80 pairs"
+        page.select_option("#sbs-outcome", "a_answered_b_refused")
+        assert page.locator("#sbs-count").text_content() == "28 of 80 pairs"  # coconot: the 26 base answered; contrast i = 10, 20
+        page.select_option("#sbs-outcome", "a_refused_b_answered")
+        assert page.locator("#sbs-count").text_content() == "12 of 80 pairs"  # contrast i % 3 == 0 and i % 10 != 0
+        page.select_option("#sbs-outcome", "")
+        first = page.locator("tr.pair").first.inner_text()
+        assert "refused" in first and "answered" in first  # sorted by disagreement of the verdicts
+        assert page.locator("button.more").count() > 0  # long answers fold
+        _fits(page)
+        _shot(page, tmp_path / "coconot-report.png")
+    assert not errors, errors
+
+
+@needs_chromium
+def test_sample_browser_stays_paginated_at_50k_samples(tmp_path):
+    from align.eval.run import EvalArgs as Args
+
+    n = 25_000
+    args = Args(systems=[{"name": "a", "model": "m"}, {"name": "b", "model": "n"}], prompt_sets=[{"name": "s", "dataset": "d.jsonl"}],
+                scorers=["verifier"], output_dir=str(tmp_path / "big"), n_bootstrap=50)
+    samples = [{"system": system, "prompt_set": "s", "index": i, "prompt": f"question {i}?", "output": f"answer {i} from {system}",
+                "finished": True, "tokens": 5, "seconds": 0.001, "row": {"answer": "1"},
+                "scores": {"verifier.correct": (i + (system == "b")) % 3 == 0}} for system in ("a", "b") for i in range(n)]
+    out = tmp_path / "big"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    (out / "summary.json").write_text(json.dumps(summarise(samples, args)))
+    page_path, _ = render(ReportArgs(runs=[str(out)], output=str(tmp_path / "big.html")))
+    with chromium_page() as (page, errors):
+        page.goto(page_path.as_uri())
+        assert page.locator("#count").text_content() == "50000 of 50000 samples"
+        assert page.locator("tr.sample").count() == 50 and page.locator("#page").text_content() == "page 1 of 1000"
+        assert page.locator("tr.pair").count() == 20 and page.locator("#sbs-count").text_content() == "25000 of 25000 pairs"
+        page.fill("#search", "answer 24999 from b")
+        assert page.locator("#count").text_content() == "1 of 50000 samples"
+        page.fill("#search", "")
+        page.select_option('select[data-filter="correct"]', "yes")
+        right = sum((i + (system == "b")) % 3 == 0 for system in "ab" for i in range(n))  # 8334 + 8333
+        assert page.locator("#count").text_content() == f"{right} of 50000 samples" and right == 16667
+        page.goto(page_path.as_uri() + "#sample=big%2Fb%2Fs%2F24999%2F0")
+        page.wait_for_selector("tr.sel")
+        assert page.locator("#page").text_content() == "page 1000 of 1000"
+        _fits(page)
+    assert not errors, errors
 
 
 def test_every_field_is_escaped_and_only_the_pages_own_script_may_run(tmp_path):
