@@ -236,7 +236,7 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
 
 
 def forest(value: float, low: float, high: float, marks: tuple[float, ...] = (0.0,), colour: str = "#4c72b0",
-           width: int = 180, height: int = 18) -> dict[str, Any]:
+           width: int = 140, height: int = 18) -> dict[str, Any]:
     """An inline SVG forest-plot row (numbers only, drawn by the template): the estimate, its
     interval, and reference lines (0, a pre-registered margin)."""
     lo, hi = min(low, value, *marks), max(high, value, *marks)
@@ -279,7 +279,11 @@ def claim_rows(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
         selection = c.get("selection") or {}
         if isinstance(selection, dict) and selection:
             chosen = selection.get("chosen")
-            chosen = ", ".join(f"{k}: {v}" for k, v in chosen.items()) if isinstance(chosen, dict) else _num(chosen)
+            if isinstance(chosen, dict) and all(str(k).isdigit() for k in chosen):  # per seed: said once when all chose the same
+                values = {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v for v in chosen.values()}
+                chosen = f"at every seed {values.pop()}" if len(values) == 1 else "; ".join(f"seed {k}: {v}" for k, v in chosen.items())
+            else:
+                chosen = _num(chosen)
             row["selection"] = f"{selection.get('rule', '')} (on {selection.get('split', '?')}); chosen {chosen}"
         rows.append(row)
     return rows
@@ -611,7 +615,9 @@ def render(args: ReportArgs) -> tuple[Path, Path]:
         board["sentences"] = headline(board, diffs)
     for d in diffs:
         d["text"], d["p_text"], d["holm_text"] = _diff_text(d), _p(d.get("p_value")), _p(d.get("p_holm"))
-        d["forest"] = forest(d["value"], d["low"], d["high"], colour="#b03030" if d["significant"] else "#777777")
+        sense = d["direction"] * d["value"] if d["significant"] else 0
+        d["forest"] = forest(d["value"], d["low"], d["high"], colour="#2a7a3b" if sense > 0 else "#b03030" if sense < 0 else
+                             "#4c72b0" if d["significant"] else "#999999")
     css, script = (TEMPLATES / "report.css").read_text(), (TEMPLATES / "report.js").read_text()
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     data = browser_data(runs, args.max_samples) if runs else None

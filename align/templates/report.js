@@ -66,6 +66,11 @@
         dp[i * w + j] = A[i] === B[j] ? dp[(i + 1) * w + j + 1] + 1 : Math.max(dp[(i + 1) * w + j], dp[i * w + j + 1]);
       }
     }
+    if (dp[0] < 0.3 * Math.max(n, m)) {  // little in common: a different answer, not an edit of it
+      for (i = 0; i < n; i++) ma[p + i] = 1;
+      for (j = 0; j < m; j++) mb[p + j] = 1;
+      return [ma, mb];
+    }
     i = 0; j = 0;
     while (i < n && j < m) {
       if (A[i] === B[j]) { i++; j++; }
@@ -74,7 +79,19 @@
     }
     for (; i < n; i++) ma[p + i] = 1;
     for (; j < m; j++) mb[p + j] = 1;
-    return [ma, mb];
+    return [absorb(ma), absorb(mb)];
+  }
+
+  // Unchanged runs of under 4 characters between changes read as noise: mark them changed.
+  function absorb(mask) {
+    var k = 0;
+    while (k < mask.length) {
+      if (mask[k]) { k++; continue; }
+      var start = k;
+      while (k < mask.length && !mask[k]) k++;
+      if (start > 0 && k < mask.length && k - start < 4) for (var t = start; t < k; t++) mask[t] = 1;
+    }
+    return mask;
   }
 
   function verdictTags(v, into) {
@@ -162,11 +179,10 @@
     var all = el("option", null, "all"); all.value = ""; s.appendChild(all);
     o[1].forEach(function (v) { var opt = el("option", null, v); opt.value = v; s.appendChild(opt); });
     label.appendChild(s);
-    filters.insertBefore(label, filters.firstChild);
+    filters.insertBefore(label, search.parentNode);
     selects.push(s);
     s.addEventListener("change", apply);
   });
-  selects.reverse();
   function sampleText(s) { return s._text || (s._text = lower(prompts[s.p] + "\n" + s.out + "\n" + s.gold)); }
   function apply() {
     var q = lower(search.value), active = selects.filter(function (s) { return s.value; });
@@ -192,7 +208,8 @@
       who.appendChild(el("div", null, s.system)); who.appendChild(el("div", "small", s.set + (s.category ? " · " + s.category : "")));
       promptCell(tdp, s.p, s.gold);
       out.appendChild(textBlock(s.out));
-      sc.appendChild(el("div", null, "correct: " + s.correct + " · refused: " + s.refused));
+      verdictTags({correct: s.correct === "n/a" ? null : s.correct === "yes", refused: s.refused === "n/a" ? null : s.refused === "yes",
+                   reward: null}, sc);
       sc.appendChild(el("div", null, s.scores));
       [id, who, tdp, out, sc].forEach(function (td) { tr.appendChild(td); });
       body.appendChild(tr);
