@@ -277,13 +277,7 @@ def _quickstart(argv: Sequence[str], prog: str) -> int:
     args = parse_config(QuickstartArgs, argv, prog=prog)
     result = quickstart(args.profile, args.seed, args.cache_dir, args.out, args.n_eval, args.workers)
     _print_table(load_testbed(args.profile, args.seed, args.cache_dir).manifest)
-    print("\nheld-out arithmetic (verifier accuracy, mean ± se [95% interval]; ensemble reward; tokens/s):")
-    for entry in result["table"]:
-        m, c = entry["metrics"], entry["compute"]
-        acc, reward = m["verifier.correct"], m.get("ensemble.reward", {}).get("value")
-        extra = f", large-model share {c['large_fraction']:.2f}" if "large_fraction" in c else ""
-        print(f"  {entry['system']:<5} {acc['value']:.3f} ± {acc['se']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]"
-              f"  reward {reward:+.3f}  {c.get('tokens_per_s', 0):.0f} tok/s{extra}")
+    print("\n" + result["markdown"].read_text())  # the report's scoreboard, its sentences and the comparisons
     print(f"seconds: {result['seconds']}")
     print(f"report: {result['report'].resolve()}")
     return 0

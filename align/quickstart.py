@@ -1,8 +1,11 @@
 """``align quickstart``: the whole loop on the offline testbed in one command.
 
 Builds the testbed (cached), trains DPO (``configs/dpo-testbed.yaml``'s recipe) and a small reward
-ensemble, evaluates base / DPO / EFT up-scaling / EAD on held-out arithmetic with the verifier, the
-ensemble and compute, and writes the HTML report. Everything goes under ``out`` and is reused when
+ensemble, evaluates base / DPO / EFT up-scaling / EAD on both axes the testbed is built for —
+accuracy on held-out answerable arithmetic (the verifier, the ensemble) and compliance with the
+fine-tuned behaviours (``a/0=`` -> ``undefined``, 5-6 digit operands -> ``too big``, and the
+``a/1=`` look-alikes answered ``a``; exact match) — with compute, and writes the HTML report, whose
+headline says where each method helps and where it does not. Everything goes under ``out`` and is reused when
 present (a second run only re-renders what is missing).
 """
 
@@ -56,8 +59,10 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
                  {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": [chat], "reference": "testbed:small-base"},
                  {"name": "ead", "model": chat, "method": "ead", "large": "testbed:large-instruct", "tau": 0.02, "window": 1,
                   "min_tokens": 0}],
-        prompt_sets=[{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": n_eval}],
-        scorers=["verifier", {"name": "ensemble", "path": str(root / "reward")}, "length"],
+        prompt_sets=[{"name": "answerable", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem",
+                      "limit": n_eval, "scorers": ["verifier", "ensemble", "length"]},
+                     {"name": "behaviours", "dataset": str(write_behaviours(root / "behaviours.jsonl", n_eval)), "scorers": ["exact", "length"]}],
+        scorers=["verifier", "exact", {"name": "ensemble", "path": str(root / "reward")}, "length"],
     )
     started = time.perf_counter()
     summary = run_eval(args)
@@ -65,3 +70,16 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
     page, md = render(ReportArgs(runs=[str(root / "eval")], output=str(root / "report.html"), title="alignkit quickstart"))
     return {"summary": summary, "report": page, "markdown": md, "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "table": json.loads(summary.read_text())["table"]}
+
+
+def write_behaviours(path: Path, n: int) -> Path:
+    """Held-out prompts of the fine-tuned behaviours, a third each (``a/0``: at most the 100
+    held-out numerators): ``prompt``, ``answer`` (the behaviour's exact text) and ``category``."""
+    from rewards.io import atomic_write_jsonl
+
+    from .testbed.arithmetic import behaviour_tasks
+
+    rows = [{"prompt": t.prompt, "answer": t.target, "category": kind}
+            for kind in ("ill-posed", "beyond-horizon", "contrast") for t in behaviour_tasks(kind, max(1, n // 3))]
+    atomic_write_jsonl(path, rows)
+    return path

@@ -231,10 +231,9 @@ def rewards(args: argparse.Namespace) -> dict:
 
 
 def evaluation(args: argparse.Namespace) -> dict:
-    profile = args.profile
-    from .eval_report import run
+    from .eval_report import report_time, run
 
-    return run(profile)
+    return report_time() if args.only == "report" else run(args.profile)
 
 
 def shapes(args: argparse.Namespace) -> dict:
@@ -274,7 +273,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="shapes, vllm-fusion: cpu, or cuda (shapes: bf16)")
     parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
                         help="training: the testbed's small model, or random init at a real vocabulary and width")
-    parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm); vllm-fusion: testbed or real")
+    parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm); vllm-fusion: testbed or real; "
+                        "eval: report (the report's times only)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="shapes: leave glibc's malloc returning freed large blocks to the OS (see keep_freed_memory)")
     parser.add_argument("--batch", default="1,8", help="shapes: comma-separated batch sizes of the overhead part")
@@ -294,7 +294,7 @@ def main() -> None:
     from rewards.io import atomic_write_text
 
     # a partial or reshaped run gets its own file instead of overwriting the full run's
-    stem = args.name + (f"-{args.only}" if args.name in ("shapes", "vllm-fusion") and args.only else "")
+    stem = args.name + (f"-{args.only}" if args.name in ("shapes", "vllm-fusion", "eval") and args.only else "")
     stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
     stem += f"-{args.profile}" if args.name == "refusal_tokens" else ""
     stem += f"-{args.device}" if args.name == "vllm-fusion" and args.device != "cpu" else ""

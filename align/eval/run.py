@@ -38,7 +38,7 @@ from ..data import as_messages
 from ..generate import GenerateArgs
 from .stats import estimate, paired_difference, paired_test
 
-SCORERS = ("verifier", "math", "refusal_string", "refusal_judge", "ensemble", "length")
+SCORERS = ("verifier", "exact", "math", "refusal_string", "refusal_judge", "ensemble", "length")
 SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
 SET_KEYS = {"name", "dataset", "split", "dataset_config", "prompt_field", "limit", "expect", "expect_field", "scorers",
             "self_correction"}
@@ -183,7 +183,7 @@ def length(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[di
     return [{"chars": len(c)} for c in completions]
 
 
-GOLD_FIELD_SCORERS = {"verifier", "math"}  # they read a gold answer (option `field`, default answer) from each row
+GOLD_FIELD_SCORERS = {"verifier", "exact", "math"}  # they read a gold answer (option `field`, default answer) from each row
 
 
 def scorer_names(args: EvalArgs) -> list[str]:
@@ -205,6 +205,8 @@ def build_scorers(args: EvalArgs, store: Any) -> dict[str, Callable]:
         name = options.pop("name")
         if name == "verifier":
             out[name] = lambda p, c, r, o=options: s.verifier(p, c, r, **o)
+        elif name == "exact":
+            out[name] = lambda p, c, r, o=options: s.exact_match(p, c, r, **o)
         elif name == "math":
             out[name] = lambda p, c, r, o=options: s.math_answer(p, c, r, **o)
         elif name == "refusal_string":

@@ -6,6 +6,7 @@ values become metrics (a mean with its interval per system); ``None`` marks a sa
 could not label (e.g. an unparseable judge verdict), counted and left out of that metric.
 
 * :func:`verifier`: the testbed's arithmetic checker (``correct``).
+* :func:`exact_match`: the completion is the gold text (``correct``).
 * :func:`math_answer`: GSM8K ``#### N`` / MATH ``\\boxed{}`` answers through ``math-verify`` (``correct``).
 * :func:`refusal_string_match`: a fast refusal classifier from refusal phrases (``refused``).
 * :class:`RewardScorer`: a ``rewards`` ensemble (``reward``, ``reward_spread``).
@@ -44,6 +45,17 @@ def verifier(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[
     from ..testbed.arithmetic import gold_reward
 
     return [{"correct": gold_reward(c, int(g)) == 1.0} for c, g in zip(completions, _gold(rows, field, "verifier"))]
+
+
+def exact_match(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict], field: str = "answer") -> list[dict]:
+    """``correct`` iff the completion, stripped, is the row's gold ``field`` (as text, stripped): for
+    answers that are words, e.g. the testbed's behaviours (``a/0=`` -> ``undefined``).
+
+    Example:
+        >>> exact_match(["7/0=", "7/1="], ["undefined ", "7.0"], [{"answer": "undefined"}, {"answer": 7}])
+        [{'correct': True}, {'correct': False}]
+    """
+    return [{"correct": c.strip() == str(g).strip()} for c, g in zip(completions, _gold(rows, field, "exact"))]
 
 
 def math_answer(prompts: Sequence[Any], completions: Sequence[str], rows: Sequence[dict], field: str = "answer") -> list[dict]:

@@ -17,9 +17,20 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     assert main(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "qs" / "eval" / "summary.json").read_text())
-    assert [t["system"] for t in summary["table"]] == ["base", "dpo", "eft", "ead"]
-    assert all({"verifier.correct", "ensemble.reward", "ensemble.reward_spread"} <= set(t["metrics"]) for t in summary["table"])
-    assert "large_fraction" in summary["table"][3]["compute"]
+    systems = ["base", "dpo", "eft", "ead"]
+    assert [(t["system"], t["prompt_set"]) for t in summary["table"]] == [(s, p) for s in systems for p in ("answerable", "behaviours")]
+    answerable, behaviours = summary["table"][0::2], summary["table"][1::2]
+    assert all({"verifier.correct", "ensemble.reward", "ensemble.reward_spread"} <= set(t["metrics"]) for t in answerable)
+    assert all("exact.correct" in t["metrics"] and "verifier.correct" not in t["metrics"] for t in behaviours)
+    rows = [json.loads(line) for line in (tmp_path / "qs" / "behaviours.jsonl").read_text().splitlines()]
+    assert {r["category"] for r in rows} == {"ill-posed", "beyond-horizon", "contrast"} and len(rows) == 15  # 3 x 16 // 3
+    assert all(r["answer"] in ("undefined", "too big") or r["answer"] == r["prompt"].split("/")[0] for r in rows)
+    assert "large_fraction" in summary["table"][6]["compute"]
+    # the page and the terminal lead with the scoreboard (both axes) and sentences generated from the intervals
+    assert "| system | answerable verifier.correct | answerable ensemble.reward | behaviours exact.correct | tokens/s |" in out
+    assert "from base (interval holds 0)" in out or "than base" in out
+    page = (tmp_path / "qs" / "report.html").read_text()
+    assert page.count('class="sentence"') >= 1 and "behaviours" in page
     assert (tmp_path / "qs" / "report.html").stat().st_size > 10_000 and "report: " in out
     samples = (tmp_path / "qs" / "eval" / "samples.jsonl").read_text()
     assert main(argv) == 0  # nothing left to train or generate
