@@ -94,7 +94,7 @@ commands:
   reproduce NAME      check a paper claim on the testbed ({claims});
                       --all runs every one (reusing finished results) into one table, claims.json;
                       --all --group real: the real-model claims (SmolLM2 + CoCoNot), claims-real.json;
-                      --readme [DIR] publishes DIR's results to data/claims and regenerates the README table
+                      --readme [DIR] publishes DIR's results to data/claims and regenerates the claims tables (README, docs)
 Every command takes --config file.yaml; flags given on the command line override its keys.
 Run `align <command> --help` for a command's options.
 """
@@ -238,7 +238,7 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
         from .claims.table import publish, update_readme
 
         names = publish(argv[1] if len(argv) > 1 else "runs/reproduce", "data/claims")  # run from the repository root
-        print(f"published {', '.join(names) or 'nothing'}; written: {update_readme('README.md', 'data/claims')}")
+        print(f"published {', '.join(names) or 'nothing'}; written: {update_readme('README.md', 'data/claims', 'docs/claims.md')}")
         return 0
     if argv and argv[0] == "--all":
         from .claims import reproduce_all

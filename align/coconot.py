@@ -219,7 +219,8 @@ def matcher_agreement(model: str = "testbed:smollm2-135m-instruct", cache_dir: s
     The judge is :class:`~align.eval.judges.RefusalJudge` with CoCoNot's rubric, run by ``model``
     itself in likelihood mode (offline there is no GPT-4 judge); NEITHER verdicts are left out.
     Also scored: the previous rule, any refusal phrase anywhere in the answer. Returns per rule the
-    raw agreement, Cohen's kappa and the confusion against the judge, and the refusal rates.
+    raw agreement, Cohen's kappa and the confusion against the judge, the refusal rates, and every
+    row (prompt, answer, the judge's and each rule's verdict) for labelling by hand.
 
     Example::
 
@@ -248,8 +249,8 @@ def matcher_agreement(model: str = "testbed:smollm2-135m-instruct", cache_dir: s
                               "judge_refused": sum(judged[i] for i in keep) / len(keep)}
     for name, flags in rules.items():
         result[name] = {"refused": sum(flags) / len(flags), **agreement([flags[i] for i in keep], [bool(judged[i]) for i in keep])}
-    result["examples"] = [{"prompt": rows[i]["prompt"], "answer": answers[i], "judge": judged[i], "opening": rules["opening"][i]}
-                          for i in keep if rules["opening"][i] != judged[i]][:20]
+    result["rows"] = [{"id": r["id"], "category": r["category"], "prompt": r["prompt"], "answer": a, "judge": j,
+                       **{name: flags[i] for name, flags in rules.items()}} for i, (r, a, j) in enumerate(zip(rows, answers, judged))]
     return result
 
 

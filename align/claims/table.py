@@ -1,9 +1,11 @@
-"""The README's claims table, generated from result files (never written by hand).
+"""The claims tables, generated from result files (never written by hand).
 
 ``align reproduce --readme [RESULTS_DIR]`` copies each ``RESULTS_DIR/NAME/result.json`` that follows
-the claim rules (it has a ``status``) to ``data/claims/NAME.json`` and rewrites the block between the
-markers in ``README.md`` from every file there, plus ``data/claims/notes.yaml``: a short diagnosis
-per claim, the one thing in the table a person writes. A test keeps README and files in step.
+the claim rules (it has a ``status``) to ``data/claims/NAME.json`` and rewrites, from every file
+there, the block between the markers in ``README.md`` (one line per claim: status and the
+pre-registered difference with its interval) and in ``docs/claims.md`` (every arm, the premise
+checks, the selection and ``data/claims/notes.yaml``'s diagnosis, the one thing a person writes).
+A test keeps both in step with the files.
 """
 
 from __future__ import annotations
@@ -66,18 +68,35 @@ def _selection(s: dict[str, Any] | None) -> str:
     return f"{chosen}{grid} ({s['rule']})"
 
 
+def render_compact(results: dict[str, dict[str, Any]]) -> str:
+    """One line per claim: its name and statement, status, and the pre-registered difference
+    (treated − control) with its 95% interval."""
+    lines = ["| claim | status | treated − control [95% interval] |", "|---|---|---|"]
+    for name, r in results.items():
+        d, test = r["difference"], r["test"]
+        lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(test['treated'])} − {_cell(test['control'])}: "
+                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
+    return "\n".join(lines)
+
+
 def readme_block(directory: str | Path) -> str:
+    return f"{START}\n{render_compact(load_results(directory))}\n{END}"
+
+
+def details_block(directory: str | Path) -> str:
     return f"{START}\n{render_table(load_results(directory), load_notes(directory))}\n{END}"
 
 
-def update_readme(readme: str | Path, directory: str | Path) -> Path:
-    """Rewrite the marked block of ``readme`` from the files in ``directory``."""
-    text = Path(readme).read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no claims-table markers ({START!r} ... {END!r})")
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    return atomic_write_text(readme, head + readme_block(directory) + tail)
+def update_readme(readme: str | Path, directory: str | Path, details: str | Path | None = None) -> Path:
+    """Rewrite the marked block of ``readme`` (compact) and of ``details`` (full) from the files in
+    ``directory``."""
+    for path, block in ((readme, readme_block(directory)), *(((details, details_block(directory)),) if details else ())):
+        text = Path(path).read_text()
+        if START not in text or END not in text:
+            raise ValueError(f"{path} has no claims-table markers ({START!r} ... {END!r})")
+        head, rest = text.split(START, 1)
+        atomic_write_text(path, head + block + rest.split(END, 1)[1])
+    return Path(readme)
 
 
 def publish(results_dir: str | Path, directory: str | Path) -> list[str]:

@@ -83,10 +83,11 @@ def test_readme_table_is_generated_from_the_result_files(tmp_path):
     import json
     from pathlib import Path
 
-    from align.claims.table import END, START, publish, readme_block, update_readme
+    from align.claims.table import END, START, details_block, publish, readme_block, update_readme
 
     root = Path(__file__).resolve().parents[2]
     assert readme_block(root / "data" / "claims") in (root / "README.md").read_text()
+    assert details_block(root / "data" / "claims") in (root / "docs" / "claims.md").read_text()
     runs = tmp_path / "runs"
     arms = _arms(shift=0.3, noise=0.1)
     result = judge(claim="a | b", metric="m", premise=OK, arms=arms, treated="treated", control="control",
@@ -96,12 +97,17 @@ def test_readme_table_is_generated_from_the_result_files(tmp_path):
         (runs / name / "result.json").write_text(json.dumps(r))
     assert publish(runs, tmp_path / "claims") == ["new"]
     (tmp_path / "claims" / "notes.yaml").write_text("new: the note\n")
-    readme = tmp_path / "README.md"
+    readme, details = tmp_path / "README.md", tmp_path / "claims.md"
     readme.write_text(f"intro\n{START}\nstale\n{END}\nrest\n")
-    text = update_readme(readme, tmp_path / "claims").read_text()
+    details.write_text(f"# claims\n{START}\nstale\n{END}\n")
+    text = update_readme(readme, tmp_path / "claims", details).read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "stale" not in text
-    row = next(line for line in text.splitlines() if line.startswith("| `new`"))
     d = result["difference"]
+    line = next(line for line in text.splitlines() if line.startswith("| `new`"))
+    assert line == f"| `new`: a \\| b | **{result['status']}** | treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+    text = details.read_text()
+    assert text.startswith("# claims\n") and "stale" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| `new`"))
     assert f"treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (3 seeds × 200 prompts" in row
     assert "**holds**" in row and "a \\| b" in row and "2 from 1, 2 (max)" in row and "the note" in row
     assert "base answers something: 0.5 > 0.1 ✓" in row
