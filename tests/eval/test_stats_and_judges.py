@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from align.config import ConfigError
-from align.eval.judges import alpaca_win_rate, bpc_verdict, length_controlled_minimal, parse_pair_scores, parse_refusal_verdict
+from align.eval.judges import (alpaca_win_rate, bpc_verdict, length_controlled_interval, length_controlled_minimal, parse_pair_scores,
+                               parse_refusal_verdict)
 from align.eval.scorers import math_answer, refusal_string_match, verifier
-from align.eval.stats import estimate, paired_difference
+from align.eval.stats import estimate, holm, mcnemar_exact, paired_difference, paired_test
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
 
@@ -171,3 +173,32 @@ def test_refusal_rates_resample_prompts_not_samples():
     assert rate == estimate([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], n_resamples=200, seed=1).as_dict()
     per_sample_se = (0.25 / 24) ** 0.5
     assert rate["se"] > 1.5 * per_sample_se  # six clustered prompts are less certain than 24 independent draws
+
+
+def test_exact_mcnemar_wilcoxon_and_holm_against_hand_values():
+    # 7 prompts only a right, 2 only b right, 11 tied: two-sided exact binomial on the 9 discordant
+    a = [1] * 7 + [0] * 2 + [1] * 5 + [0] * 6
+    b = [0] * 7 + [1] * 2 + [1] * 5 + [0] * 6
+    by_hand = min(1.0, 2 * sum(math.comb(9, k) for k in range(0, 3)) / 2**9)
+    assert abs(mcnemar_exact(a, b) - by_hand) < 1e-12 and paired_test(a, b) == ("mcnemar-exact", mcnemar_exact(a, b))
+    # Wilcoxon signed-rank, exact: enumerate every sign pattern of the ranked |differences|
+    x, y = [3.1, 2.0, 5.5, 4.2, 1.0, 6.3, 2.2], [2.0, 2.4, 3.0, 4.0, 1.7, 3.1, 1.0]
+    d = [p - q for p, q in zip(x, y)]
+    ranks = rankdata([abs(v) for v in d])
+    observed = sum(r for r, v in zip(ranks, d) if v > 0)
+    stats = [sum(r for k, r in enumerate(ranks) if mask >> k & 1) for mask in range(2 ** len(d))]
+    low, high = sum(s <= observed for s in stats) / len(stats), sum(s >= observed for s in stats) / len(stats)
+    test, p = paired_test(x, y)
+    assert test == "wilcoxon" and abs(p - min(1.0, 2 * min(low, high))) < 1e-12
+    assert paired_test([0.5, 0.5], [0.5, 0.5]) == ("wilcoxon", 1.0)
+    # Holm: sorted 0.001, 0.01, 0.02, 0.04 times 4, 3, 2, 1, then a running maximum
+    assert holm([0.04, 0.001, 0.02, 0.01]) == pytest.approx([0.04, 0.004, 0.04, 0.03])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_length_controlled_interval_covers_the_estimate_and_shrinks_with_data():
+    prefs, delta = [2.0, 1.0, 2.0, 1.5, 2.0, 1.0, 2.0, 2.0, 1.0, 2.0], [3, -2, 1, 0, -4, 5, 2, -1, 3, -3]
+    low, high = length_controlled_interval(prefs, delta, n_resamples=300)
+    assert low < length_controlled_minimal(prefs, delta) < high
+    low4, high4 = length_controlled_interval(prefs * 4, delta * 4, n_resamples=300)
+    assert 0.3 < (high4 - low4) / (high - low) < 0.75  # ~ 1/sqrt(4)
