@@ -3,6 +3,8 @@ a second run reuses the trained models and the finished samples."""
 
 import json
 
+from browser import CHROMIUM, chromium_page, fits, shot
+
 from align.cli import main
 
 
@@ -31,6 +33,13 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     assert "from base (interval holds 0)" in out or "than base" in out
     page = (tmp_path / "qs" / "report.html").read_text()
     assert page.count('class="sentence"') >= 1 and "behaviours" in page
+    if CHROMIUM is not None:  # the page as people see it: 1280 px, no console errors; the screenshot is kept
+        with chromium_page() as (tab, errors):
+            tab.goto((tmp_path / "qs" / "report.html").as_uri())
+            assert tab.locator("table.scoreboard tbody tr").count() == 4 and tab.locator("#sbs-block option").count() == 3
+            fits(tab)
+            shot(tab, tmp_path / "quickstart-report.png")
+        assert not errors, errors
     assert (tmp_path / "qs" / "report.html").stat().st_size > 10_000 and "report: " in out
     samples = (tmp_path / "qs" / "eval" / "samples.jsonl").read_text()
     assert main(argv) == 0  # nothing left to train or generate

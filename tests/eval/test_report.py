@@ -2,13 +2,12 @@
 headless Chromium (no console errors, tables, plots, a working sample filter, a screenshot, and
 model text with script/markup shown as text, never run), plus the Markdown summary and bad input."""
 
-import contextlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+from browser import chromium_page, fits, needs_chromium, shot
 
 from align.cli import main
 from align.config import ConfigError
@@ -187,40 +186,6 @@ def test_bad_input(tmp_path):
     assert main(["report", str(tmp_path / "empty"), "-o", str(tmp_path / "x.html")]) == 2
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-SHOTS = os.environ.get("REPORT_SCREENSHOTS")  # .ci/run keeps the screenshots here
-
-
-@contextlib.contextmanager
-def chromium_page(width: int = 1280):
-    """A headless Chromium page at ``width`` px that records console errors and page errors."""
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": width, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        yield page, errors
-        browser.close()
-
-
-def _fits(page) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), page.evaluate("document.documentElement.scrollWidth")
-
-
-def _shot(page, path: Path) -> None:
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(SHOTS) / path.name)
-
-
 @needs_chromium
 def test_page_in_headless_chromium(tmp_path):
     run = _run(tmp_path)
@@ -229,7 +194,7 @@ def test_page_in_headless_chromium(tmp_path):
         page.goto((tmp_path / "report.html").as_uri())
         assert page.locator("table.scoreboard tbody tr").count() == 2 and page.locator("p.sentence").count() >= 1
         assert page.locator("table.scoreboard td.best").count() == 1  # dpo's accuracy; the refusal column has no direction
-        _fits(page)
+        fits(page)
         # the sample browser: filters give the right counts
         assert page.locator("tr.sample").count() == 12 and page.locator("#count").text_content() == "12 of 12 samples"
         page.select_option('select[data-filter="system"]', "dpo")
@@ -264,8 +229,8 @@ def test_page_in_headless_chromium(tmp_path):
         page.keyboard.press("j")
         assert page.locator("tr.sel a.perma").get_attribute("title") == "permalink: run/dpo/chat/5/0"
         assert page.evaluate("location.hash") == "#sample=run%2Fdpo%2Fchat%2F5%2F0"
-        _fits(page)
-        _shot(page, tmp_path / "report.png")
+        fits(page)
+        shot(page, tmp_path / "report.png")
         # the page with sweeps, transitions, best-of-n and pairwise plots loads cleanly too
         assert main(["report", str(_rich_run(tmp_path)), "-o", str(tmp_path / "rich.html")]) == 0
         page.goto((tmp_path / "rich.html").as_uri())
@@ -273,7 +238,7 @@ def test_page_in_headless_chromium(tmp_path):
         assert page.locator('img[alt="gate: each metric vs threshold (95% interval)"]').evaluate("i => i.naturalWidth") > 100
         page.select_option('select[data-filter="method"]', "refusal")
         assert page.locator("#count").text_content() == "96 of 128 samples"
-        _fits(page)
+        fits(page)
     assert not errors, errors
 
 
@@ -330,8 +295,8 @@ def test_two_system_coconot_report_with_claims_in_chromium(tmp_path):
         first = page.locator("tr.pair").first.inner_text()
         assert "refused" in first and "answered" in first  # sorted by disagreement of the verdicts
         assert page.locator("button.more").count() > 0  # long answers fold
-        _fits(page)
-        _shot(page, tmp_path / "coconot-report.png")
+        fits(page)
+        shot(page, tmp_path / "coconot-report.png")
     assert not errors, errors
 
 
@@ -364,7 +329,7 @@ def test_sample_browser_stays_paginated_at_50k_samples(tmp_path):
         page.goto(page_path.as_uri() + "#sample=big%2Fb%2Fs%2F24999%2F0")
         page.wait_for_selector("tr.sel")
         assert page.locator("#page").text_content() == "page 1000 of 1000"
-        _fits(page)
+        fits(page)
     assert not errors, errors
 
 
