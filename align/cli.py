@@ -74,7 +74,8 @@ USAGE = """usage: align <command> [options]
 
 commands:
   quickstart          build the full testbed (cached), train DPO and a reward ensemble, evaluate base /
-                      DPO / EFT / EAD with intervals and write runs/quickstart/report.html
+                      DPO / EFT / EAD / the large base on accuracy and the fine-tuned behaviours, with
+                      intervals, and write runs/quickstart/report.html
   testbed build       build the offline testbed (--profile full|tiny|tiny-bpe|smollm2)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
@@ -269,7 +270,7 @@ class QuickstartArgs(BuildArgs):
 
 
 def _quickstart(argv: Sequence[str], prog: str) -> int:
-    """Build the testbed, train DPO and a reward ensemble, evaluate four systems, write the report."""
+    """Build the testbed, train DPO and a reward ensemble, evaluate five systems on both axes, write the report."""
     from .quickstart import quickstart
 
     from .testbed import load_testbed

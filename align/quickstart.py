@@ -1,7 +1,8 @@
 """``align quickstart``: the whole loop on the offline testbed in one command.
 
 Builds the testbed (cached), trains DPO (``configs/dpo-testbed.yaml``'s recipe) and a small reward
-ensemble, evaluates base / DPO / EFT up-scaling / EAD on both axes the testbed is built for —
+ensemble, evaluates base (small-instruct) / DPO / EFT up-scaling / EAD, and the large base EFT
+starts from, on both axes the testbed is built for —
 accuracy on held-out answerable arithmetic (the verifier, the ensemble) and compliance with the
 fine-tuned behaviours (``a/0=`` -> ``undefined``, 5-6 digit operands -> ``too big``, and the
 ``a/1=`` look-alikes answered ``a``; exact match) — with compute, and writes the HTML report, whose
@@ -56,9 +57,12 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
         output_dir=str(root / "eval"), max_new_tokens=16, batch_size=64, **testbed,
         systems=[{"name": "base", "model": chat},
                  {"name": "dpo", "model": str(root / "dpo")},
-                 {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": [chat], "reference": "testbed:small-base"},
+                 # w = 0.5: what the eft-upscaling claim chose on dev at every seed (w = 1 gave dev accuracy 0.51)
+                 {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": [chat], "reference": "testbed:small-base",
+                  "weights": [0.5]},
                  {"name": "ead", "model": chat, "method": "ead", "large": "testbed:large-instruct", "tau": 0.02, "window": 1,
-                  "min_tokens": 0}],
+                  "min_tokens": 0},
+                 {"name": "large-base", "model": "testbed:large-base"}],  # skill without the behaviours: what EFT starts from
         prompt_sets=[{"name": "answerable", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem",
                       "limit": n_eval, "scorers": ["verifier", "ensemble", "length"]},
                      {"name": "behaviours", "dataset": str(write_behaviours(root / "behaviours.jsonl", n_eval)), "scorers": ["exact", "length"]}],

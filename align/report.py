@@ -199,37 +199,41 @@ def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[s
 
 
 def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4) -> list[str]:
-    """Two or three sentences from the paired intervals: what is better than the baseline, what is
-    worse, what is not shown to differ (each with its difference and interval; throughput ratios
-    where they moved by more than 10%). Nothing here is hand-written."""
+    """Two or three sentences from the paired intervals: which systems are better than the
+    baseline and where, which are worse, what is not shown to differ (each difference with its
+    interval and Holm-adjusted p; a system's throughput ratio once, where it moved by over 10%).
+    Nothing here is hand-written."""
     mine = [d for d in diffs if d["run"] == board["run"]]
     speed = {r["system"]: r["tokens_per_s"] for r in board["rows"]}
-    base_speed = speed.get(board["baseline"])
+    base = board["baseline"]
 
-    def item(d: dict[str, Any]) -> str:
-        ratio = speed.get(d["label"]) / base_speed if base_speed and speed.get(d["label"]) else None
-        pace = f"; {ratio:.2g}× the tokens/s" if ratio and abs(ratio - 1) > 0.1 else ""
-        holm_note = f"; Holm p {_p(d['p_holm'])}" if d.get("p_holm") is not None else ""
-        return f"{d['label']} on {d['prompt_set']} {d['metric']} ({_diff_text(d)}{pace}{holm_note})"
-
-    def listing(items: list[dict[str, Any]]) -> str:
-        text = "; ".join(item(d) for d in items[:limit])
-        return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+    def system_items(items: list[dict[str, Any]]) -> str:
+        by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for d in sorted(items, key=lambda d: -abs(d["value"])):
+            by_system[d["label"]].append(d)
+        parts = []
+        for label, ds in list(by_system.items())[:limit]:
+            ratio = speed.get(label) / speed[base] if speed.get(base) and speed.get(label) else None
+            pace = f", at {ratio:.2g}× {base}'s tokens/s" if ratio and abs(ratio - 1) > 0.1 else ""
+            metrics = ", ".join(f"{d['prompt_set']} {d['metric']} {_diff_text(d)}"
+                                + (f" (Holm p {_p(d['p_holm'])})" if d.get("p_holm") is not None else "") for d in ds)
+            parts.append(f"{label} on {metrics}{pace}")
+        more = len(by_system) - limit
+        return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
     better = [d for d in mine if d["significant"] and d["direction"] * d["value"] > 0]
     worse = [d for d in mine if d["significant"] and d["direction"] * d["value"] < 0]
     moved = [d for d in mine if d["significant"] and d["direction"] == 0]
     same = [d for d in mine if not d["significant"]]
-    base = board["baseline"]
     out = []
     if better:
-        out.append(f"Better than {base} (paired 95% interval above 0 in the good direction): {listing(sorted(better, key=lambda d: -abs(d['value'])))}.")
+        out.append(f"Better than {base} (paired 95% interval above 0 in the good direction): {system_items(better)}.")
     if worse:
-        out.append(f"Worse than {base}: {listing(sorted(worse, key=lambda d: -abs(d['value'])))}.")
+        out.append(f"Worse than {base}: {system_items(worse)}.")
     if moved:
-        out.append(f"Different from {base}, direction not judged on a mixed set: {listing(moved)}.")
+        out.append(f"Different from {base}, direction not judged on a mixed set: {system_items(moved)}.")
     if same:
-        out.append(f"Not shown to differ from {base} (interval holds 0): {listing(same)}.")
+        out.append(f"Not shown to differ from {base} (interval holds 0): {system_items(same)}.")
     if not mine:
         out.append("One system only: nothing to compare.")
     return out

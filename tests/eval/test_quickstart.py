@@ -1,4 +1,4 @@
-"""`align quickstart` on the tiny profile: trains, evaluates the four systems, writes the report;
+"""`align quickstart` on the tiny profile: trains, evaluates the five systems on both axes, writes the report;
 a second run reuses the trained models and the finished samples."""
 
 import json
@@ -19,7 +19,7 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     assert main(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "qs" / "eval" / "summary.json").read_text())
-    systems = ["base", "dpo", "eft", "ead"]
+    systems = ["base", "dpo", "eft", "ead", "large-base"]
     assert [(t["system"], t["prompt_set"]) for t in summary["table"]] == [(s, p) for s in systems for p in ("answerable", "behaviours")]
     answerable, behaviours = summary["table"][0::2], summary["table"][1::2]
     assert all({"verifier.correct", "ensemble.reward", "ensemble.reward_spread"} <= set(t["metrics"]) for t in answerable)
@@ -36,7 +36,7 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     if CHROMIUM is not None:  # the page as people see it: 1280 px, no console errors; the screenshot is kept
         with chromium_page() as (tab, errors):
             tab.goto((tmp_path / "qs" / "report.html").as_uri())
-            assert tab.locator("table.scoreboard tbody tr").count() == 4 and tab.locator("#sbs-block option").count() == 3
+            assert tab.locator("table.scoreboard tbody tr").count() == 5 and tab.locator("#sbs-block option").count() == 4
             fits(tab)
             shot(tab, tmp_path / "quickstart-report.png")
         assert not errors, errors
