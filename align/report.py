@@ -207,16 +207,16 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
     speed = {r["system"]: r["tokens_per_s"] for r in board["rows"]}
     base = board["baseline"]
 
-    def system_items(items: list[dict[str, Any]]) -> str:
+    def system_items(items: list[dict[str, Any]], detail: bool = True) -> str:
         by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for d in sorted(items, key=lambda d: -abs(d["value"])):
             by_system[d["label"]].append(d)
         parts = []
         for label, ds in list(by_system.items())[:limit]:
             ratio = speed.get(label) / speed[base] if speed.get(base) and speed.get(label) else None
-            pace = f", at {ratio:.2g}× {base}'s tokens/s" if ratio and abs(ratio - 1) > 0.1 else ""
+            pace = f", at {ratio:.2g}× {base}'s tokens/s" if detail and ratio and abs(ratio - 1) > 0.1 else ""
             metrics = ", ".join(f"{d['prompt_set']} {d['metric']} {_diff_text(d)}"
-                                + (f" (Holm p {_p(d['p_holm'])})" if d.get("p_holm") is not None else "") for d in ds)
+                                + (f" (Holm p {_p(d['p_holm'])})" if detail and d.get("p_holm") is not None else "") for d in ds)
             parts.append(f"{label} on {metrics}{pace}")
         more = len(by_system) - limit
         return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
@@ -233,7 +233,7 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
     if moved:
         out.append(f"Different from {base}, direction not judged on a mixed set: {system_items(moved)}.")
     if same:
-        out.append(f"Not shown to differ from {base} (interval holds 0): {system_items(same)}.")
+        out.append(f"Not shown to differ from {base} (interval holds 0): {system_items(same, detail=False)}.")
     if not mine:
         out.append("One system only: nothing to compare.")
     return out
@@ -611,8 +611,8 @@ def render(args: ReportArgs) -> tuple[Path, Path]:
     """Write the HTML page and the Markdown summary; returns both paths."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    runs, claims = load_runs(args.runs)
     started = time.perf_counter()
+    runs, claims = load_runs(args.runs)
     diffs = comparisons(runs)
     boards = [scoreboard(run, runs, diffs) for run in runs if run.summary.get("table")]
     for board in boards:
