@@ -541,61 +541,61 @@ OUTCOMES = {  # side-by-side filters: (label, test on the two sides' verdicts)
 
 
 def browser_data(runs: list[Run], limit: int) -> dict[str, Any]:
-    """Prompts (stored once), samples (columns as short keys) and side-by-side pairs: each system
-    against its run's baseline on the prompts both answered (first sample), sorted by how much the
-    verdicts disagree, then by reward gap, then whether the outputs differ."""
+    """The browsers' data: prompts (stored once), samples (short keys; ``v`` the verdicts) and, per
+    system against its run's baseline, side-by-side pairs of the first samples on the prompts both
+    answered, as ``[sample A, sample B, outcome bits]``, sorted by how much the verdicts disagree,
+    then by reward gap, then whether the outputs differ."""
     prompts: list[str] = []
     prompt_id: dict[tuple[str, str, Any], int] = {}
-    samples, pairs_blocks = [], []
+    samples: list[dict[str, Any]] = []
+    blocks = []
     specs = {(run.name, spec["name"]): spec for run in runs for spec in run.summary.get("systems", [])}
+    bits = {k: 1 << n for n, k in enumerate(OUTCOMES)}
     total = 0
     for run in runs:
         expects = {s["name"]: s.get("expect") or (s.get("expect_field") and f"field:{s['expect_field']}")
                    for s in run.summary.get("prompt_sets", [])}
-        first: dict[tuple[str, str, Any], dict[str, Any]] = {}
+        first: dict[tuple[str, str, Any], int] = {}  # (system, set, index) -> its first sample's place in samples
         for s in run.samples:
+            total += 1
+            if len(samples) >= limit:
+                continue
             key = (run.name, s["prompt_set"], s["index"])
             if key not in prompt_id:
                 prompt_id[key] = len(prompts)
                 prompts.append(last_text(s["prompt"]))
-            v = verdicts(s["scores"])
+            v, spec = verdicts(s["scores"]), specs.get((run.name, s["system"]), {})
             if s.get("sample", 0) == 0:
-                first[s["system"], s["prompt_set"], s["index"]] = {**v, "output": s["output"], "row": s["row"]}
-            total += 1
-            if len(samples) < limit:
-                spec = specs.get((run.name, s["system"]), {})
-                samples.append({"id": f"{run.name}/{s['system']}/{s['prompt_set']}/{s['index']}/{s.get('sample', 0)}",
-                                "system": _label(run, s["system"], runs), "model": str(spec.get("model", "")),
-                                "method": str(spec.get("method", "plain")), "set": s["prompt_set"], "i": s["index"],
-                                "p": prompt_id[key], "out": s["output"], "gold": _gold(s["row"], expects.get(s["prompt_set"])),
-                                "correct": _num(v["correct"]) if v["correct"] is not None else "n/a",
-                                "refused": _num(v["refused"]) if v["refused"] is not None else "n/a",
-                                "category": str(s["row"].get("category", "")),
-                                "scores": ", ".join(f"{k}={_num(x)}" for k, x in s["scores"].items())})
+                first[s["system"], s["prompt_set"], s["index"]] = len(samples)
+            samples.append({"id": f"{run.name}/{s['system']}/{s['prompt_set']}/{s['index']}/{s.get('sample', 0)}",
+                            "system": _label(run, s["system"], runs), "model": str(spec.get("model", "")),
+                            "method": str(spec.get("method", "plain")), "set": s["prompt_set"], "i": s["index"],
+                            "p": prompt_id[key], "out": s["output"], "gold": _gold(s["row"], expects.get(s["prompt_set"])),
+                            "correct": "n/a" if v["correct"] is None else _num(v["correct"]),
+                            "refused": "n/a" if v["refused"] is None else _num(v["refused"]),
+                            "category": str(s["row"].get("category", "")), "v": v,
+                            "scores": ", ".join(f"{k}={_num(x)}" for k, x in s["scores"].items())})
         systems = list(dict.fromkeys(s["name"] for s in run.summary.get("systems", [])))
         for other in systems[1:]:
-            pairs = []
-            for (system, set_name, i), a in first.items():
-                b = first.get((other, set_name, i))
-                if system != systems[0] or b is None:
+            ranked = []
+            for (system, set_name, i), ka in first.items():
+                kb = first.get((other, set_name, i))
+                if system != systems[0] or kb is None:
                     continue
+                a, b = ({**samples[k]["v"], "output": samples[k]["out"]} for k in (ka, kb))
                 disagree = (a["correct"] != b["correct"]) + (a["refused"] != b["refused"])
                 gap = abs((a["reward"] or 0) - (b["reward"] or 0))
-                tags = [k for k, (_, test) in OUTCOMES.items() if test(a, b)]
-                pairs.append((-disagree, -gap, a["output"] == b["output"], {
-                    "set": set_name, "i": i, "p": prompt_id[run.name, set_name, i], "gold": _gold(a["row"], expects.get(set_name)),
-                    "a": a["output"], "b": b["output"], "va": {k: a[k] for k in ("correct", "refused", "reward")},
-                    "vb": {k: b[k] for k in ("correct", "refused", "reward")}, "tags": tags}))
-            pairs.sort(key=lambda p: p[:3])
-            rows = [p[3] for p in pairs]
-            counts = {k: sum(k in r["tags"] for r in rows) for k in OUTCOMES}
-            pairs_blocks.append({"name": f"{_label(run, other, runs)} vs {_label(run, systems[0], runs)}", "a": _label(run, systems[0], runs),
-                                 "b": _label(run, other, runs), "pairs": rows,
-                                 "outcomes": [[k, label, counts[k]] for k, (label, _) in OUTCOMES.items() if counts[k]]})
+                mask = sum(bit for k, bit in bits.items() if OUTCOMES[k][1](a, b))
+                ranked.append((-disagree, -gap, a["output"] == b["output"], ka, kb, mask))
+            ranked.sort()
+            pairs = [[ka, kb, mask] for *_, ka, kb, mask in ranked]
+            outcomes = [[k, label, bits[k], sum(1 for p in pairs if p[2] & bits[k])] for k, (label, _) in OUTCOMES.items()]
+            blocks.append({"name": f"{_label(run, other, runs)} vs {_label(run, systems[0], runs)}", "a": _label(run, systems[0], runs),
+                           "b": _label(run, other, runs), "pairs": pairs, "outcomes": [o for o in outcomes if o[3]]})
     keys = ("system", "model", "method", "set", "correct", "refused", "category")
     options = [[k, sorted({s[k] for s in samples})] for k in keys]
     return {"prompts": prompts, "samples": samples, "total": total, "options": [o for o in options if len(o[1]) > 1 or o[0] == "system"],
-            "blocks": pairs_blocks}
+            "blocks": blocks}
 
 
 def _json_for_html(data: Any) -> str:

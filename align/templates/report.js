@@ -2,7 +2,7 @@
   "use strict";
   // Every model text reaches the page through textContent / text nodes, never as markup.
   var data = JSON.parse(document.getElementById("report-data").textContent);
-  var prompts = data.prompts;
+  var prompts = data.prompts, samples = data.samples;
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -136,16 +136,17 @@
     var block = data.blocks[+blockSelect.value];
     outcome.textContent = "";
     var all = el("option", null, "all (" + block.pairs.length + ")"); all.value = ""; outcome.appendChild(all);
-    block.outcomes.forEach(function (o) { var opt = el("option", null, o[1] + " (" + o[2] + ")"); opt.value = o[0]; outcome.appendChild(opt); });
+    block.outcomes.forEach(function (o) { var opt = el("option", null, o[1] + " (" + o[3] + ")"); opt.value = o[0]; opt.setAttribute("data-bit", String(o[2])); outcome.appendChild(opt); });
     document.getElementById("sbs-a").textContent = "A: " + block.a;
     document.getElementById("sbs-b").textContent = "B: " + block.b;
   }
-  function pairText(p) { return p._text || (p._text = lower(prompts[p.p] + "\n" + p.gold + "\n" + p.a + "\n" + p.b)); }
+  function pairText(p) { return p[3] || (p[3] = sampleText(samples[p[0]]) + "\n" + lower(samples[p[1]].out)); }
   function applySbs() {
     if (!data.blocks.length) return;
-    var block = data.blocks[+blockSelect.value], want = outcome.value, q = lower(sbsSearch.value);
+    var block = data.blocks[+blockSelect.value], q = lower(sbsSearch.value);
+    var want = outcome.value ? +outcome.selectedOptions[0].getAttribute("data-bit") : 0;
     sbs.items = block.pairs.filter(function (p) {
-      return (!want || p.tags.indexOf(want) >= 0) && (!q || pairText(p).indexOf(q) >= 0);
+      return (!want || (p[2] & want)) && (!q || pairText(p).indexOf(q) >= 0);
     });
     sbsCount.textContent = sbs.items.length + " of " + block.pairs.length + " pairs";
     sbs.go(0);
@@ -153,13 +154,13 @@
   sbs.draw = function (items) {
     sbsBody.textContent = "";
     items.forEach(function (p) {
-      var tr = el("tr", "pair"), tdp = el("td"), ta = el("td"), tb = el("td");
-      tdp.appendChild(el("div", "small", p.set + " #" + p.i));
-      promptCell(tdp, p.p, p.gold);
-      var masks = p.a === p.b ? [null, null] : charDiff(p.a, p.b);
-      verdictTags(p.va, ta); verdictTags(p.vb, tb);
-      ta.appendChild(textBlock(p.a, masks[0], "del"));
-      tb.appendChild(textBlock(p.b, masks[1], "ins"));
+      var a = samples[p[0]], b = samples[p[1]], tr = el("tr", "pair"), tdp = el("td"), ta = el("td"), tb = el("td");
+      tdp.appendChild(el("div", "small", a.set + " #" + a.i));
+      promptCell(tdp, a.p, a.gold);
+      var masks = a.out === b.out ? [null, null] : charDiff(a.out, b.out);
+      verdictTags(a.v, ta); verdictTags(b.v, tb);
+      ta.appendChild(textBlock(a.out, masks[0], "del"));
+      tb.appendChild(textBlock(b.out, masks[1], "ins"));
       tr.appendChild(tdp); tr.appendChild(ta); tr.appendChild(tb);
       sbsBody.appendChild(tr);
     });
@@ -170,7 +171,7 @@
   if (data.blocks.length) { fillOutcomes(); applySbs(); }
 
   // ---- every sample: filters, pages, permalinks, keys ---------------------------------------------
-  var samples = data.samples, filters = document.getElementById("sample-filters"), search = document.getElementById("search");
+  var filters = document.getElementById("sample-filters"), search = document.getElementById("search");
   var count = document.getElementById("count"), body = document.querySelector("#sample-table tbody"), list = new Pager("", 50);
   var selects = [], selected = -1;
   data.options.forEach(function (o) {
@@ -208,8 +209,7 @@
       who.appendChild(el("div", null, s.system)); who.appendChild(el("div", "small", s.set + (s.category ? " · " + s.category : "")));
       promptCell(tdp, s.p, s.gold);
       out.appendChild(textBlock(s.out));
-      verdictTags({correct: s.correct === "n/a" ? null : s.correct === "yes", refused: s.refused === "n/a" ? null : s.refused === "yes",
-                   reward: null}, sc);
+      verdictTags(s.v, sc);
       sc.appendChild(el("div", null, s.scores));
       [id, who, tdp, out, sc].forEach(function (td) { tr.appendChild(td); });
       body.appendChild(tr);
