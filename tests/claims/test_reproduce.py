@@ -165,7 +165,8 @@ def test_reproduce_all_reuses_finished_results_and_reports_one_table(tiny_testbe
     assert [r["name"] for r in table] == GROUPS["testbed"] and all(r["holds"] is not None for r in table)
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "claims.html")]) == 0
     page = (tmp_path / "claims.html").read_text()
-    assert all(f"<td>{name}</td>" in page for name in GROUPS["testbed"])
+    # the two claims that ran have a pre-registered difference (a forest row each); the old-style stubs have none
+    assert all(f"<td><b>{name}</b>" in page for name in GROUPS["testbed"]) and page.count("<svg class=\"forest\"") == 2
 
 
 def test_category_premise_scores_the_lowered_category_against_every_other_prompt():

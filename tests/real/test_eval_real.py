@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from browser import CHROMIUM, chromium_page, fits, shot
 
 from align.cli import main
 from tests.real.conftest import SMALL, SMOLLM2
@@ -68,3 +69,29 @@ def test_eval_report_and_resume_after_a_config_change(capsys, tmp_path, common, 
     assert code == 0
     html = (tmp_path / "report.html").read_text()
     assert "smollm2" in html and "coconot" in html and "<script>alert" not in html
+
+
+def test_two_system_coconot_report_in_chromium(capsys, tmp_path, common, smollm2):
+    """SmolLM2 and its 6-layer cut on 12 CoCoNot prompts to refuse and 12 contrast ones: the page a
+    refusal eval gives, checked at 1280 px (no overflow, no console errors) and kept as a screenshot."""
+    cfg = {"output_dir": str(tmp_path / "run"), "cache_dir": common["cache_dir"], "max_new_tokens": 32,
+           "systems": [{"name": "smollm2", "model": SMOLLM2}, {"name": "small", "model": SMALL}],
+           "prompt_sets": [{"name": "coconot", "dataset": "data/eval/coconot/coconot_eval.jsonl", "limit": 12, "expect": "refuse"},
+                           {"name": "contrast", "dataset": "data/eval/coconot/coconot_contrast_eval.jsonl", "limit": 12,
+                            "expect": "respond"}],
+           "scorers": ["refusal_string", "length"]}
+    run(capsys, tmp_path, cfg)
+    assert main(["report", str(tmp_path / "run"), "data/claims", "-o", str(tmp_path / "coconot.html")]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {r["system"] for r in summary["refusal"]} == {"smollm2", "small"}
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    with chromium_page() as (page, errors):
+        page.goto((tmp_path / "coconot.html").as_uri())
+        assert page.locator("table.scoreboard tbody tr").count() == 2
+        assert page.locator("#sbs-count").text_content() == "24 of 24 pairs"
+        assert page.locator("#count").text_content() == "48 of 48 samples"
+        fits(page)
+        shot(page, tmp_path / "coconot-real-report.png")
+    assert not errors, errors
