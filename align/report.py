@@ -295,7 +295,7 @@ def claim_rows(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---- sections of tables (pairwise, refusal, compute) -------------------------------------------
 
-Cell = Any  # text (escaped by the template), or {"lines": [text, ...]}, {"sig": text}
+Cell = Any  # text (escaped by the template), or {"lines": [text, ...]}
 
 
 @dataclass
