@@ -189,7 +189,7 @@ def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[s
     for k, (set_name, metric) in enumerate(columns):
         sense = direction(metric, expects.get(set_name))
         values = [r["cells"][k]["value"] for r in rows if r["cells"][k] is not None]
-        if sense and len(values) > 1:
+        if sense and len(set(values)) > 1:  # a column where every system ties has no best
             best = max(values) if sense > 0 else min(values)
             for r in rows:
                 if r["cells"][k] is not None and r["cells"][k]["value"] == best:
