@@ -46,7 +46,8 @@ class ReportArgs:
                                                                       "(runs/reproduce, data/claims)"})
     output: str = field(default="report.html", metadata={"help": "the HTML page (a .md summary is written beside it)"})
     title: str = field(default="alignkit report", metadata={"help": "page title"})
-    max_samples: int = field(default=200_000, metadata={"help": "samples in the browser (the rest are counted, not shown)"})
+    max_samples: int = field(default=200_000, metadata={"help": "samples carried into the page, in run order: the browser and "
+                                                                    "side by side show these (the rest are counted, not shown)"})
 
     def __post_init__(self) -> None:
         if not self.runs:

@@ -95,6 +95,9 @@ def test_scoreboard_comparisons_and_sentences_from_the_paired_intervals(tmp_path
     assert cells["good"]["best"] and not cells["base"]["best"] and not cells["same"]["best"]
     assert (cells["good"]["mark"], cells["same"]["mark"], cells["base"]["mark"]) == ("up", "", "")
     assert [round(r["tokens_per_s"]) for r in board["rows"]] == [100, 10, 100]
+    for row in runs[0].summary["table"]:  # every system ties: the column has no best
+        row["metrics"]["verifier.correct"]["value"] = 0.5
+    assert not any(r["cells"][0]["best"] for r in scoreboard(runs[0], runs, diffs)["rows"])
     better, same_sentence = headline(board, diffs)
     assert better.startswith("Better than base (paired 95% interval above 0 in the good direction): good on chat verifier.correct +0.500 [")
     assert better.endswith("] (Holm p < 0.001), at 0.1× base's tokens/s.")
