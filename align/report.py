@@ -385,22 +385,33 @@ def _plots(runs: list[Run], claims: list[dict[str, Any]]) -> list[dict[str, str]
 
 
 def _tradeoff_plot(runs: list[Run]) -> list[dict[str, str]]:
-    """Accuracy against generated tokens per second, one point per system and set."""
+    """Accuracy against generated tokens per second, one panel per prompt set, one point per system."""
     import matplotlib.pyplot as plt
 
-    points = [(e, m) for run in runs for e in run.summary.get("table", []) for k, m in e["metrics"].items()
-              if k.endswith(".correct") and not k.startswith("t2.") and e["compute"].get("tokens_per_s")]
-    if not points:
+    by_set: dict[str, list[tuple[str, float, dict[str, Any]]]] = defaultdict(list)
+    for run in runs:
+        for e in run.summary.get("table", []):
+            for k, m in e["metrics"].items():
+                if k.endswith(".correct") and not k.startswith("t2.") and e["compute"].get("tokens_per_s"):
+                    by_set[f"{e['prompt_set']} ({k})"].append((_label(run, e["system"], runs), e["compute"]["tokens_per_s"], m))
+    if not by_set:
         return []
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for e, m in points:
-        ax.errorbar(e["compute"]["tokens_per_s"], m["value"], yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]], fmt="o", capsize=3)
-        ax.annotate(f"{e['system']} · {e['prompt_set']}", (e["compute"]["tokens_per_s"], m["value"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens / s (log)")
-    ax.set_ylabel("accuracy (95% interval)")
-    ax.set_title("accuracy vs compute")
+    from matplotlib.ticker import NullFormatter
+
+    colours = {system: f"C{i % 10}" for i, system in enumerate(dict.fromkeys(p[0] for ps in by_set.values() for p in ps))}
+    fig, axes = plt.subplots(1, len(by_set), figsize=(4.2 * len(by_set), 3.2), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, by_set.items()):
+        for system, speed, m in points:  # a system keeps its colour across panels
+            ax.errorbar(speed, m["value"], yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]], fmt="o", capsize=3,
+                        color=colours[system])
+            ax.annotate(system, (speed, m["value"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("generated tokens / s (log)")
+        ax.set_title(name, fontsize=9)
+    axes.flat[0].set_ylabel("accuracy (95% interval)")
+    fig.suptitle("accuracy vs compute")
+    fig.tight_layout()
     return [_png(fig)]
 
 
