@@ -47,6 +47,7 @@ def dlf_select(
     experts: Sequence[torch.Tensor],
     grid: torch.Tensor,
     block: int | None = None,
+    search: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Choose one (expert, α) per row and return ``(fused log-probs [B,V], expert [B], alpha [B])``.
 
@@ -55,7 +56,13 @@ def dlf_select(
         grid: candidate α values ``[G]``; ties go to the first (expert-major, grid order).
         block: vocabulary ids per pass of the moment sums (default: about 128k row-ids on CPU, so a
             block stays in cache; 1M on GPU). Only speed depends on it.
+        search: ``dense`` (every candidate's ``log Z_α`` and tilted mean over ``[G, n, B, V]``;
+            cheapest when that is small, e.g. the testbed's 96 ids), ``moments`` (the blocked
+            moment sums above, for real vocabularies) or ``auto`` (dense up to ``DENSE_LIMIT``
+            elements). Both give the same choice; only speed differs.
     """
+    if search not in ("auto", "dense", "moments"):
+        raise ValueError(f"search must be auto, dense or moments, got {search!r}")
     experts = list(experts)
     (batch, vocab), n = small.shape, len(experts)
     device, dot = large.device, torch.linalg.vecdot
@@ -74,30 +81,37 @@ def dlf_select(
     alphas = grid.tolist()  # the processor keeps its grid on the CPU: no device sync per step
     order = sorted(range(len(alphas)), key=alphas.__getitem__)
     first, g = alphas[order[0]], len(alphas)
-    if first == 0.0:  # log Z_0 is exactly 0: an expert equal to the small base ties every α
-        log_z0 = torch.zeros(n, batch, device=device)
-        tilted = p.expand(n, batch, vocab)
-    else:
-        z = large + first * shift
-        log_z0 = torch.logsumexp(z, -1) - torch.logsumexp(large, -1)
-        tilted = torch.softmax(z, -1)
-    offsets = [alphas[i] - first for i in order]
-    sums, dots = _tilted_moments(tilted, shift, offsets, block)
     alpha_sorted = torch.tensor([alphas[i] for i in order], device=device)[:, None, None]  # [G, 1, 1]
-    sums, dots = sums.T.reshape(g, n, batch), dots.T.reshape(g, n, batch)
-    log_z = log_z0 + torch.log(sums / sums[:1])
-    fwd = alpha_sorted * dots / sums - log_z  # KL(P̃_α‖P)  [G, n, B]
-    rev = log_z - alpha_sorted * mean_p  # KL(P‖P̃_α)
-    # The shared centring cannot hold every candidate in fp32's range when the tilt moves the mass
-    # onto tokens far from max s (e.g. log P of -200 and -80 next to 0: the dominant token's e^{o s}
-    # underflows): a sum of 0 gives a NaN objective, which argmin would pick.
-    # On CPU those rows' KLs are recomputed exactly in log space (rare); on accelerators, where
-    # asking whether there are any would stall every step on a sync, their candidates are dropped.
-    lost = ~((sums > _MIN_SUM) & torch.isfinite(dots))  # [G, n, B]
-    if syncs_are_free(device):
-        rows = lost.any(0)
-        if bool(rows.any()):
-            _exact_kls(large, shift, alpha_sorted[:, 0, 0], mean_p, rows, fwd, rev)
+    if search == "dense" or (search == "auto" and g * n * batch * vocab <= DENSE_LIMIT):
+        # log P is normalised, so log Z_α = logsumexp(l + α s); exact in log space, nothing is lost
+        z = large + alpha_sorted[..., None] * shift  # [G, n, B, V]
+        log_z = torch.logsumexp(z, -1)
+        fwd = alpha_sorted * dot(torch.softmax(z, -1), shift) - log_z  # KL(P̃_α‖P)  [G, n, B]
+        rev = log_z - alpha_sorted * mean_p  # KL(P‖P̃_α)
+        lost = torch.zeros_like(fwd, dtype=torch.bool)
+    else:
+        if first == 0.0:  # log Z_0 is exactly 0: an expert equal to the small base ties every α
+            log_z0 = torch.zeros(n, batch, device=device)
+            tilted = p.expand(n, batch, vocab)
+        else:
+            z = large + first * shift
+            log_z0 = torch.logsumexp(z, -1) - torch.logsumexp(large, -1)
+            tilted = torch.softmax(z, -1)
+        sums, dots = _tilted_moments(tilted, shift, [alphas[i] - first for i in order], block)
+        sums, dots = sums.T.reshape(g, n, batch), dots.T.reshape(g, n, batch)
+        log_z = log_z0 + torch.log(sums / sums[:1])
+        fwd = alpha_sorted * dots / sums - log_z  # KL(P̃_α‖P)  [G, n, B]
+        rev = log_z - alpha_sorted * mean_p  # KL(P‖P̃_α)
+        # The shared centring cannot hold every candidate in fp32's range when the tilt moves the mass
+        # onto tokens far from max s (e.g. log P of -200 and -80 next to 0: the dominant token's e^{o s}
+        # underflows): a sum of 0 gives a NaN objective, which argmin would pick.
+        # On CPU those rows' KLs are recomputed exactly in log space (rare); on accelerators, where
+        # asking whether there are any would stall every step on a sync, their candidates are dropped.
+        lost = ~((sums > _MIN_SUM) & torch.isfinite(dots))  # [G, n, B]
+        if syncs_are_free(device):
+            rows = lost.any(0)
+            if bool(rows.any()):
+                _exact_kls(large, shift, alpha_sorted[:, 0, 0], mean_p, rows, fwd, rev)
 
     by_sorted = ((fwd[:, :, None] - target_fwd) ** 2 + (rev[:, :, None] - target_rev) ** 2).sum(2)  # Σ over targets
     if not syncs_are_free(device):
@@ -113,6 +127,10 @@ def dlf_select(
 
 
 _MIN_SUM = 1e-30  # well inside fp32's normal range (1.2e-38): smaller sums have lost their precision
+# the dense search's [G, n, B, V] temporaries up to this many elements (16 MiB in fp32): below it one
+# logsumexp over them beats the blocked moment sums' per-block passes (the testbed's 96 ids: batch 1
+# to 64); a real vocabulary is far above it at any batch
+DENSE_LIMIT = 1 << 22
 
 
 def _exact_kls(

@@ -118,12 +118,15 @@ def dense_dlf_select(large, small, experts, grid):
     return fused[best // g, best % g, torch.arange(batch)], best // g, grid[best % g]
 
 
+@pytest.mark.parametrize("search", ["moments", "dense"])
 @pytest.mark.parametrize(
     "grid",
     [GRID, [1.7, 0.0, 0.3, 2.0, 0.5], [-0.5, 0.0, 0.5, 1.0], [0.0, 1 / 3, 1.0, 2**0.5]],
     ids=["uniform", "unsorted-lattice", "negative", "off-lattice"],
 )
-def test_streaming_search_equals_dense_search_at_a_large_vocabulary(grid):
+def test_streaming_search_equals_dense_search_at_a_large_vocabulary(grid, search):
+    """Both of dlf_select's searches (the blocked moment sums, and its own dense one) against the
+    direct materialisation of every fused distribution."""
     gen = torch.Generator().manual_seed(0)
     batch, vocab = 4, 50_000
 
@@ -133,7 +136,7 @@ def test_streaming_search_equals_dense_search_at_a_large_vocabulary(grid):
     large, small = lp(3.0), lp(2.0)
     experts = [(small + 0.5 * lp(2.0)).log_softmax(-1), (small + 0.2 * lp(4.0)).log_softmax(-1)]
     grid_t = torch.tensor(grid)
-    fused, expert, alpha = dlf_select(large, small, experts, grid_t)
+    fused, expert, alpha = dlf_select(large, small, experts, grid_t, search=search)
     want_fused, want_expert, want_alpha = dense_dlf_select(large, small, experts, grid_t)
     assert torch.equal(expert, want_expert) and torch.equal(alpha, want_alpha)
     if grid == GRID:  # rows choose differently: not a degenerate case
@@ -158,7 +161,7 @@ def test_a_search_whose_moments_underflow_picks_what_the_dense_search_picks():
     small = torch.log_softmax(torch.tensor([[0.0, -49.5886, -59.0108]]), -1)
     expert = torch.log_softmax(torch.tensor([[-13.040, -2.1458e-06, -46.719]]), -1)
     grid = torch.tensor(GRID)
-    fused, chosen, alpha = dlf_select(large, small, [expert], grid)
+    fused, chosen, alpha = dlf_select(large, small, [expert], grid, search="moments")  # 3 ids: auto would go dense
     for dtype in (torch.float32, torch.float64):
         want_fused, want_expert, want_alpha = dense_dlf_select(large.to(dtype), small.to(dtype), [expert.to(dtype)], grid.to(dtype))
         assert float(alpha) == float(want_alpha) and torch.equal(chosen, want_expert)
@@ -175,5 +178,22 @@ def test_the_accelerator_path_never_picks_a_lost_candidate(monkeypatch):
     large = torch.log_softmax(torch.tensor([[0.0, -209.1721, -98.5989]]), -1)
     small = torch.log_softmax(torch.tensor([[0.0, -49.5886, -59.0108]]), -1)
     expert = torch.log_softmax(torch.tensor([[-13.040, -2.1458e-06, -46.719]]), -1)
-    fused, _, alpha = dlf_select(large, small, [expert], torch.tensor(GRID))
+    fused, _, alpha = dlf_select(large, small, [expert], torch.tensor(GRID), search="moments")
     assert float(alpha) < 1.7 and torch.isfinite(fused[:, 0]).all()
+
+
+def test_auto_search_is_dense_at_the_testbed_size_and_moments_at_a_real_vocabulary(monkeypatch):
+    import decoding.dlf as dlf_module
+
+    calls = []
+    real = dlf_module._tilted_moments
+    monkeypatch.setattr(dlf_module, "_tilted_moments", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(1)
+    for vocab, moments in ((96, False), (152_000, True)):
+        large, small, expert = (torch.log_softmax(torch.randn(8, vocab, generator=gen), -1) for _ in range(3))
+        calls.clear()
+        dlf_select(large, small, [expert], torch.tensor(GRID))
+        assert bool(calls) is moments, vocab
+    with pytest.raises(ValueError, match="search must be"):
+        dlf_select(large, small, [expert], torch.tensor(GRID), search="fast")
+
