@@ -164,6 +164,15 @@ class AuxiliaryModel:
             self._mask = self._mask[:, :-n]
             self._seen -= n
 
+    def hide(self, kept: torch.Tensor, width: int) -> None:
+        """Of the last ``width`` generated tokens fed, keep row ``b``'s first ``kept[b]`` visible and
+        mask the rest out of every later forward (their cache entries stay, unattended). Speculative
+        decoding lets each row keep its own accepted drafts without making the cache ragged;
+        positions come from the mask, so a token after a hole sits where it would without it."""
+        if width:
+            hidden = torch.arange(width, device=self._mask.device)[None] >= kept.to(self._mask.device)[:, None]
+            self._mask[:, -width:] = self._mask[:, -width:].masked_fill(hidden, 0)
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Log-probs ``[B, V]`` for the next token; with ``keep > 1``, ``[B, keep, V]`` for the

@@ -538,7 +538,8 @@ def spec_eft_equivalence(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 
     def speculative(plain_prompts: list[str], chat_prompts: list, **kw: Any):
         return speculative_eft_generate(
             AuxiliaryModel(large, tok, plain_prompts, "base"), AuxiliaryModel(instruct, tok, chat_prompts, "tuned"),
-            AuxiliaryModel(small, tok, plain_prompts, "ref"), tok(plain_prompts, return_tensors="pt")["input_ids"], k=k, **kw,
+            AuxiliaryModel(small, tok, plain_prompts, "ref"), tok(plain_prompts, return_tensors="pt")["input_ids"], k=k,
+            k_schedule="constant", **kw,  # the published run drafted a fixed k
         )
 
     reference = generate_with(large, tok, prompts, plain, do_sample=False, max_new_tokens=8)

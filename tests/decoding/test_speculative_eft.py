@@ -77,10 +77,11 @@ def test_a_limit_that_cuts_before_eos_keeps_every_token(tiny_testbed, models, pr
         assert out == full[:limit], limit
 
 
+@pytest.mark.parametrize("k_schedule", ["constant", "heuristic"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k):
-    """Three left-padded rows advancing together (each by the fewest accepted drafts) decode
-    exactly what the EFT processor decodes for the same batch."""
+def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k, k_schedule):
+    """Three left-padded rows, each keeping its own accepted drafts (the others' hidden in the
+    caches), decode exactly what the EFT processor decodes for the same batch."""
     tok = load_tokenizer(tiny_testbed.path("small-base"))  # pad = EOS when it has none (TRL rule)
     proc = EFTLogitsProcessor(
         tok,
@@ -88,10 +89,42 @@ def test_batched_greedy_identical_to_plain_eft(tiny_testbed, models, k):
         reference=AuxiliaryModel(models["small-base"], tok, PROMPTS, "ref"),
     )
     expected = [ids for ids, _ in processor_greedy(models["large-base"], tok, PROMPTS, proc, 12)]
-    out = spec(tok, models, PROMPTS, k=k, max_new_tokens=12)
+    out = spec(tok, models, PROMPTS, k=k, max_new_tokens=12, k_schedule=k_schedule)
     width = tok(PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape[1]
     for row, want in zip(out.sequences[:, width:].tolist(), expected):
         assert row[: len(want)] == want and set(row[len(want) :]) <= {tok.pad_token_id}
+
+
+def test_rows_advance_independently(tiny_testbed, models):
+    """A batch takes as many rounds as its slowest row alone, not one round per least-accepting
+    row (the old batch-wide rollback took 1 + the fewest accepted drafts per round)."""
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    solo = [spec(tok, models, p, k=3, max_new_tokens=12, eos_token_id=None, k_schedule="constant") for p in PROMPTS]
+    out = spec(tok, models, PROMPTS, k=3, max_new_tokens=12, eos_token_id=None, k_schedule="constant")
+    assert out.rounds == max(o.rounds for o in solo)
+    width = tok(PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape[1]
+    for row, one, prompt in zip(out.sequences[:, width:].tolist(), solo, PROMPTS):
+        assert row == one.sequences[0, len(tok(prompt)["input_ids"]) :].tolist()
+
+
+def test_hidden_tokens_are_invisible(tiny_testbed, models):
+    """After ``hide`` the next distribution equals a fresh model's that never read the hidden
+    tokens (a naive no-cache recomputation), per row."""
+    tok = load_tokenizer(tiny_testbed.path("small-base"))
+    model, prompts = models["small-base"], ["7+8=", "37+485="]
+    main = tok(prompts, return_tensors="pt", padding=True)["input_ids"]
+    a, b, c = (torch.tensor([[t], [t]]) for t in (tok(d, add_special_tokens=False)["input_ids"][0] for d in "123"))
+    aux = AuxiliaryModel(model, tok, prompts)
+    aux.bind(main)
+    aux(torch.cat([main, a], 1))
+    aux(torch.cat([main, a, b, c], 1))
+    aux.hide(torch.tensor([0, 2]), 2)  # row 0 hides b c, row 1 keeps both
+    got = aux(torch.cat([main, a, b, c, c], 1))
+    for row, (prompt, seen) in enumerate(zip(prompts, ([a, c], [a, b, c, c]))):
+        ids = torch.tensor([tok(prompt)["input_ids"] + [int(t[row]) for t in seen]])
+        with torch.no_grad():
+            want = torch.log_softmax(model(input_ids=ids).logits[0, -1, : len(tok)].float(), -1)
+        torch.testing.assert_close(got[row], want, atol=1e-4, rtol=1e-4)
 
 
 def exact_two_token_distribution(tok, models, prompt, weight):
