@@ -1,9 +1,11 @@
 """Benchmark entry point: ``python -m benchmarks NAME [--profile full|tiny]``.
 
 Every benchmark reports ratios measured in one run (same process, same load), never absolute
-timings compared across runs. Results go to ``benchmarks/results/NAME.json`` (``NAME-PART.json``
-for ``shapes --only PART``, ``training-small-real.json`` for that shape); a row with the command is
-appended to the history table of ``benchmarks/RESULTS.md``.
+timings compared across runs: contenders race interleaved and each ratio is the median [IQR] of
+its per-round ratios (:mod:`benchmarks`). Results go to ``benchmarks/results/NAME.json``
+(``NAME-PART.json`` for ``--only PART``, ``training-small-real.json`` for that shape, ``-cuda``
+on a GPU), every run also as a line of ``benchmarks/results/history.jsonl``, and
+``benchmarks/RESULTS.md`` is regenerated from the results files (:mod:`benchmarks.report`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from . import best_seconds, meets, race, ratio
+from . import judged, race, ratio, report, summarise
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NEW_TOKENS = 64
 
 
@@ -34,18 +35,17 @@ def _decode(model, enc, tok, processors=()):
 
 
 def testbed(args: argparse.Namespace) -> dict:
-    """Per-token decoding cost of each testbed model relative to small-base (KV cache, greedy)."""
-    profile = args.profile
+    """Per-token decoding cost of each testbed model relative to small-base (KV cache, greedy),
+    raced interleaved: median [IQR] of per-round ratios on process CPU time."""
     from align.testbed import build_testbed
 
-    tb = build_testbed(profile)
+    tb = build_testbed(args.profile)
     tok = tb.tokenizer()
-    out = {}
+    out: dict[str, dict] = {}
     for batch in (1, 64):
         enc = tok(["12+34="] * batch, return_tensors="pt")
-        times = {name: best_seconds(_decode(tb.model(name), enc, tok)) for name in tb.models}
-        base = times["small-base"]
-        out[f"b{batch}"] = {name: round(t / base, 3) for name, t in times.items()}
+        result = race({name: _decode(tb.model(name), enc, tok) for name in tb.models}, rounds=args.rounds_decoding)
+        out[f"b{batch}"] = {name: ratio(result, name, "small-base") for name in tb.models if name != "small-base"}
     out["flops"] = {name: info["cost_ratio"] for name, info in tb.models.items()}
     return out
 
@@ -99,7 +99,7 @@ def decoding(args: argparse.Namespace) -> dict:
             out["dlf_over_eft"] = ratio(result, "dlf", "eft")
             out["naive_over_eft"] = ratio(result, "naive", "eft")
     for name, (op, goal) in DECODING_GOALS.items():
-        out[name].update(goal=f"{op} {goal}", met=meets(out[name], goal, op))
+        out[name] = judged(out[name], op, goal)
     return out
 
 
@@ -123,7 +123,8 @@ def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
 
 
 def switching(args: argparse.Namespace) -> dict:
-    """Speculative EFT speed-up, EAD wall-clock vs its cost formula, and vLLM throughput ratios."""
+    """Speculative EFT speed-up over plain EFT (batch 1 and 8; k by transformers' heuristic, and a
+    fixed k = 3), EAD time vs its cost formula, and vLLM throughput ratios."""
     profile = args.profile
     from align.testbed import build_testbed, eval_problems
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
@@ -142,33 +143,46 @@ def switching(args: argparse.Namespace) -> dict:
             procs = [EFTLogitsProcessor(tok, [AuxiliaryModel(instruct, tok, chat[rows])], AuxiliaryModel(small, tok, prompts[rows]))]
             generate_with(large, tok, prompts[rows], lambda _r, p=procs: p, do_sample=False, max_new_tokens=8, batch_size=batch)
 
-    def spec_eft(batch: int):
+    paths: dict[str, dict[str, int]] = {}
+
+    def spec_eft(batch: int, schedule: str):
+        count = paths.setdefault(f"b{batch}_{schedule}", {"rows": 0, "drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0})
         for i in range(0, len(prompts), batch):
             rows = slice(i, i + batch)
-            speculative_eft_generate(
+            out = speculative_eft_generate(
                 AuxiliaryModel(large, tok, prompts[rows]), AuxiliaryModel(instruct, tok, chat[rows]),
                 AuxiliaryModel(small, tok, prompts[rows]), tok(prompts[rows], return_tensors="pt", padding=True)["input_ids"],
-                max_new_tokens=8, eos_token_id=tok.eos_token_id,  # default k (3)
+                max_new_tokens=8, eos_token_id=tok.eos_token_id, k_schedule=schedule,  # k = 3 to start
             )
+            if count["rows"] < len(prompts):  # greedy: every call draws the same, count one
+                count["rows"] += out.sequences.shape[0]
+                count.update(drafted=count["drafted"] + out.drafted, accepted=count["accepted"] + out.accepted,
+                             rounds=count["rounds"] + out.rounds,
+                             tokens=count["tokens"] + int((out.sequences[:, -8:] != tok.pad_token_id).sum()))
 
     # interleaved rounds; a speed-up is plain / speculative per round, met by its lower quartile
-    result = race({"plain_b1": lambda: plain_eft(1), "spec_b1": lambda: spec_eft(1),
-                   "plain_b8": lambda: plain_eft(8), "spec_b8": lambda: spec_eft(8)}, rounds=args.rounds_decoding)
+    contenders = {}
+    for batch in (1, 8):
+        contenders[f"plain_b{batch}"] = lambda b=batch: plain_eft(b)
+        for schedule in ("heuristic", "constant"):
+            contenders[f"spec_b{batch}_{schedule}"] = lambda b=batch, s=schedule: spec_eft(b, s)
+    result = race(contenders, rounds=args.rounds_decoding)
     for batch, key, goal in ((1, "spec_eft_speedup", 1.5), (8, "spec_eft_speedup_b8", 1.0)):
-        out[key] = ratio(result, f"plain_b{batch}", f"spec_b{batch}")
-        out[key].update(goal=f">= {goal}", met=meets(out[key], goal, ">="))
-
+        out[key] = judged(ratio(result, f"plain_b{batch}", f"spec_b{batch}_heuristic"), ">=", goal)
+        out[f"{key}_constant_k3"] = ratio(result, f"plain_b{batch}", f"spec_b{batch}_constant")
+    out["spec_eft_paths"] = {key: {"acceptance": round(c["accepted"] / max(1, c["drafted"]), 3), "rounds": c["rounds"],
+                                   "rows": c["rows"]} for key, c in paths.items()}
     out.update(_ead_over_formula(tb, tok, chat))
     out.update(_vllm_ratios(tb, tok))
     return out
 
 
 def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> dict:
-    """EAD wall-clock against ``C x`` large-only wall-clock at the claim's τ (batch 1, as in the paper).
+    """EAD time against its cost formula ``n_S c_S + n_L c_L`` at the claim's τ (batch 1, as in the paper).
 
-    Per-token costs c_S, c_L come from the same loop with one model only. The contenders run in
-    interleaved rounds and each keeps its fastest round, so slow drift of the machine hits all of
-    them alike. EOS is suppressed: every answer is ``new_tokens`` long (decode-dominated).
+    Per-token costs c_S, c_L come from the same loop with one model only, in the same round: the
+    contenders race interleaved and every ratio is the median [IQR] of its per-round values on
+    process CPU time. EOS is suppressed: every answer is ``new_tokens`` long (decode-dominated).
     Two switching rules at τ=0.02: the spec's (window 5, >= 10 tokens per model), and the one the
     ``ead-tradeoff`` claim uses on 2-5 token answers (window 1, no minimum run), which switches on
     ~40% of steps; every switch makes the incoming model read what it missed in a multi-token
@@ -182,40 +196,42 @@ def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> d
     no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id])])
     ids = [torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]]) for i in range(len(chat))]
 
-    def run(first, second, tau, **rule) -> tuple[float, int, int, int]:
-        start, n_s, n_l, switches = time.perf_counter(), 0, 0, 0
+    def run(first, second, tau, **rule) -> tuple[int, int, int]:
+        n_s, n_l, switches = 0, 0, 0
         for i in range(len(chat)):
             r = entropy_adaptive_generate(
                 AuxiliaryModel(first, tok, chat[i : i + 1]), AuxiliaryModel(second, tok, chat[i : i + 1]), ids[i],
                 tau=tau, max_new_tokens=new_tokens, logits_processor=no_eos, eos_token_id=tok.eos_token_id, **rule,
             )
             n_s, n_l, switches = n_s + int(r.tokens_small.sum()), n_l + int(r.tokens_large.sum()), switches + int(r.switches.sum())
-        return time.perf_counter() - start, n_s, n_l, switches
+        return n_s, n_l, switches
+
+    counts: dict[str, tuple[int, int, int]] = {}
+
+    def counted(name: str, *a, **kw):
+        def fn():
+            counts[name] = run(*a, **kw)  # greedy: the same tokens every round
+        return fn
 
     contenders = {
-        "small": lambda: run(small, large, 1e9),  # never switches: small only
-        "large": lambda: run(large, small, 1e9),  # the large model in the small seat
-        "": lambda: run(small, large, 0.02),  # the spec's rule (window 5, min 10)
-        "_window1": lambda: run(small, large, 0.02, window=1, min_tokens=0),
+        "small": counted("small", small, large, 1e9),  # never switches: small only
+        "large": counted("large", large, small, 1e9),  # the large model in the small seat
+        "": counted("", small, large, 0.02),  # the spec's rule (window 5, min 10)
+        "_window1": counted("_window1", small, large, 0.02, window=1, min_tokens=0),
     }
-    for fn in contenders.values():  # warm-up
-        fn()
-    best: dict[str, tuple] = {}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            result = fn()
-            if name not in best or result[0] < best[name][0]:
-                best[name] = result
-    c_s = best["small"][0] / (best["small"][1] + best["small"][2])
-    c_l = best["large"][0] / (best["large"][1] + best["large"][2])
-    out = {"ead_measured_cost_small_over_large": round(c_s / c_l, 3)}
+    result = race(contenders, rounds=rounds)
+    per_token = {name: sum(counts[name][:2]) for name in counts}
+    # per round: c_S, c_L from the one-model runs; C prices the switching run's tokens with them
+    c_s = [t / per_token["small"] for t in result.cpu["small"]]
+    c_l = [t / per_token["large"] for t in result.cpu["large"]]
+    out = {"ead_measured_cost_small_over_large": summarise([s / l for s, l in zip(c_s, c_l)])}
     for suffix in ("", "_window1"):
-        seconds, n_s, n_l, switches = best[suffix]
-        cost_ratio = (n_s * c_s + n_l * c_l) / ((n_s + n_l) * c_l)
+        n_s, n_l, switches = counts[suffix]
+        formula = [n_s * s + n_l * l for s, l in zip(c_s, c_l)]
         out[f"ead_large_fraction{suffix}"] = round(n_l / (n_s + n_l), 3)
         out[f"ead_switches_per_token{suffix}"] = round(switches / (n_s + n_l), 3)
-        out[f"ead_cost_ratio_C{suffix}"] = round(cost_ratio, 3)
-        out[f"ead_time_over_formula{suffix}"] = round((seconds / (n_s + n_l)) / (cost_ratio * c_l), 3)
+        out[f"ead_cost_ratio_C{suffix}"] = round(statistics.median(f / ((n_s + n_l) * l) for f, l in zip(formula, c_l)), 3)
+        out[f"ead_time_over_formula{suffix}"] = summarise([t / f for t, f in zip(result.cpu[suffix], formula)])
     return out
 
 
@@ -275,9 +291,9 @@ BENCHMARKS = {"testbed": testbed, "decoding": decoding, "switching": switching, 
               "eval": evaluation, "shapes": shapes, "refusal_tokens": refusal_tokens, "vllm-fusion": vllm_fusion}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument("name", choices=sorted(BENCHMARKS) + ["results"], help="a suite, or results: regenerate RESULTS.md only")
     parser.add_argument("--profile", default="full", choices=["full", "tiny", "smollm2"],
                         help="testbed profile; smollm2 (refusal_tokens only): the real model")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
@@ -290,69 +306,59 @@ def main() -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="shapes: leave glibc's malloc returning freed large blocks to the OS (see keep_freed_memory)")
     parser.add_argument("--batch", default="1,8", help="shapes: comma-separated batch sizes of the overhead part")
-    parser.add_argument("--rounds", type=int, default=2, help="shapes, vllm-fusion: timed rounds per contender after a warm-up")
+    parser.add_argument("--rounds", type=int, default=5, help="shapes, vllm-fusion: interleaved rounds (median [IQR] over them)")
+    parser.add_argument("--shape-threads", default="1", help="shapes on CPU: comma-separated torch thread counts to run the parts at")
     parser.add_argument("--rounds-decoding", type=int, default=9,
                         help="decoding, switching (speculative EFT): interleaved rounds (median [IQR] over them)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.profile == "smollm2" and args.name != "refusal_tokens":
         parser.error("--profile smollm2 is for refusal_tokens only")
     torch.set_num_threads(args.threads)
+    if args.name == "results":
+        print(f"written: {report.write()}")
+        return
+    started = time.perf_counter()
     result = {
         "benchmark": args.name,
+        "command": command_line(args),
+        "date": time.strftime("%Y-%m-%d"),
         "profile": args.profile,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
         "results": BENCHMARKS[args.name](args),
     }
-    RESULTS.mkdir(exist_ok=True)
+    result["seconds"] = round(time.perf_counter() - started)
     from rewards.io import atomic_write_text
 
     # a partial or reshaped run gets its own file instead of overwriting the full run's
     stem = args.name + (f"-{args.only}" if args.name in ("shapes", "vllm-fusion", "eval") and args.only else "")
     stem += f"-{args.shape}" if args.name == "training" and args.shape != "testbed" else ""
     stem += f"-{args.profile}" if args.name == "refusal_tokens" else ""
-    stem += f"-{args.device}" if args.name == "vllm-fusion" and args.device != "cpu" else ""
-    path = atomic_write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2))
-    record_row(args, result["results"])
+    stem += f"-b{args.batch.replace(',', '-')}" if args.name == "shapes" and args.batch != "1,8" else ""
+    stem += f"-{args.device.split(':')[0]}" if args.device != "cpu" else ""
+    path = atomic_write_text(report.RESULTS / f"{stem}.json", json.dumps(result, indent=2))
+    with open(report.RESULTS / "history.jsonl", "a") as history:  # every run, in order, never rewritten
+        history.write(json.dumps(result) + "\n")
+    report.write()
     print(json.dumps(result["results"], indent=2))
-    print(f"written: {path} and a row in {RESULTS_MD}")
+    print("\n".join(report.summary_lines(result["results"])))
+    print(f"written: {path}, a line in {report.RESULTS / 'history.jsonl'}; {report.RESULTS_MD} regenerated")
 
 
-RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-HISTORY = "## History (one row per run, appended by `python -m benchmarks`)"
-
-
-def _flatten(values: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={value}")
-    return out
-
-
-def record_row(args: argparse.Namespace, results: dict) -> None:
-    """Append this run to the history table of RESULTS.md (atomically)."""
-    from rewards.io import atomic_write_text
-
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
-    if HISTORY not in text:
-        text = text.rstrip("\n") + f"\n\n{HISTORY}\n\n| date | command | results |\n|---|---|---|\n"
-    command = f"python -m benchmarks {args.name} --profile {args.profile} --threads {args.threads}"
-    if args.name == "training" and args.shape != "testbed":
-        command += f" --shape {args.shape}"
-    if args.name == "vllm-fusion":
-        command = f".venv-vllm/bin/python -m benchmarks vllm-fusion --profile {args.profile} --rounds {args.rounds}"
-        command += f" --only {args.only}" if args.only else ""
-        command += f" --device {args.device}" if args.device != "cpu" else ""
-    if args.name == "shapes":
-        command = f"python -m benchmarks shapes --device {args.device} --rounds {args.rounds}"
-        command += f" --only {args.only}" if args.only else ""
-        command += f" --batch {args.batch}" if args.batch != "1,8" else ""
-        command += " --default-malloc" if args.default_malloc else ""
-    row = f"| {time.strftime('%Y-%m-%d')} | `{command}` | {', '.join(_flatten(results))} |\n"
-    atomic_write_text(RESULTS_MD, text.rstrip("\n") + "\n" + row)
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (the options that differ from their defaults)."""
+    python = ".venv-vllm/bin/python" if args.name == "vllm-fusion" else "python"
+    command, parser = f"{python} -m benchmarks {args.name}", build_parser()
+    for option in ("profile", "threads", "device", "shape", "only", "batch", "rounds", "shape_threads", "rounds_decoding"):
+        value, default = getattr(args, option), parser.get_default(option)
+        if value != default:
+            command += f" --{option.replace('_', '-')} {value}"
+    return command + (" --default-malloc" if args.default_malloc else "") + (" --build" if args.build else "")
 
 
 if __name__ == "__main__":

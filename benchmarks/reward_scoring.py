@@ -1,13 +1,15 @@
 """``python -m benchmarks rewards``: the cost of scoring with a 5-member ensemble vs one member.
 
 Members are small-instruct sequence-classification models (seeded score heads); a batch of 256
-chat conversations. Single and ensemble calls alternate over rounds, best round each.
+chat conversations. Single and ensemble calls race interleaved (``benchmarks.race``): the ratio
+is the median [IQR] of per-round ratios on process CPU time.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
+
+from . import judged, race, ratio, seconds
 
 ROUNDS, BATCH = 7, 256
 
@@ -30,11 +32,7 @@ def reward_scoring(profile: str) -> dict[str, Any]:
     problems = eval_problems(BATCH)
     prompts = [[{"role": "user", "content": p.prompt}] for p in problems]
     completions = [[{"role": "assistant", "content": str(p.answer)}] for p in problems]
-    best = {"single": float("inf"), "ensemble": float("inf")}
-    for _ in range(ROUNDS):
-        for name, ens in (("single", single), ("ensemble", ensemble)):
-            start = time.perf_counter()
-            ens.score(prompts, completions)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {"ensemble5_over_single": round(best["ensemble"] / best["single"], 3),
-            "ms": {k: round(v * 1e3, 2) for k, v in best.items()}, "batch": BATCH}
+    result = race({"single": lambda: single.score(prompts, completions),
+                   "ensemble": lambda: ensemble.score(prompts, completions)}, rounds=ROUNDS)
+    return {"ensemble5_over_single": judged(ratio(result, "ensemble", "single"), "<=", 5.25),  # 5 members: 5x, 5% for the rest
+            "ms": {k: seconds(result, k, scale=1e3) for k in ("single", "ensemble")}, "batch": BATCH}

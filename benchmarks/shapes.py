@@ -8,9 +8,11 @@ tokenizer with 151,936 logit rows (Qwen2.5's sizes, so the padded-logit path run
 **Weights are random: only time and memory mean anything here.** They are built once and cached
 like the testbed (``$ALIGNKIT_CACHE/shapes``).
 
-Every ratio comes from one run: the contenders of a setting run in interleaved rounds and each
-keeps its fastest round, so drift of the machine hits them alike. A contender's time is per new
-token over ``NEW_TOKENS`` greedy tokens (EOS suppressed by ``min_new_tokens``).
+Every ratio comes from one run: the contenders of a setting race interleaved (``benchmarks.race``)
+and each ratio is the median [IQR] of its per-round ratios, on process CPU time (wall time on
+CUDA), so drift of the machine and other tenants hit them alike. A contender is one end-to-end
+greedy decode of ``NEW_TOKENS`` tokens (EOS suppressed by ``min_new_tokens``). The math timed in
+parts (``diagnosis_parts``) and the speculative cost model are diagnoses, not headlines.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,9 @@ from typing import Any
 
 import torch
 
-NEW_TOKENS = 64
+from . import judged, race, ratio, seconds
+
+NEW_TOKENS = 32
 PROMPT_WORDS = 24
 TOKENIZER_SIZE = 151_665  # len(tokenizer) of Qwen2.5
 LOGIT_ROWS = 151_936  # its embedding rows (padded to a multiple of 128)
@@ -156,21 +159,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def race(contenders: dict[str, Callable[[], Any]], rounds: int, device: str, warm_tokens: int | None = None) -> dict[str, float]:
-    """Fastest wall time of each contender over ``rounds`` interleaved rounds (the order rotates),
-    after one warm-up call each (``fn(warm_tokens)`` when given: a short decode warms up as well)."""
-    names = list(contenders)
-    for name in names:
-        contenders[name]() if warm_tokens is None else contenders[name](warm_tokens)
-    best = {name: math.inf for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            _sync(device)
-            start = time.perf_counter()
-            contenders[name]()
-            _sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+def clock(device: str) -> str:
+    """Process CPU time on CPU (another tenant's load does not count); wall time on CUDA."""
+    return "wall" if device.startswith("cuda") else "cpu"
+
+
+def warm(contenders: dict[str, Callable[..., Any]], tokens: int = 4) -> None:
+    """One short call each (a few tokens warm up every kernel a long decode runs)."""
+    for fn in contenders.values():
+        fn(tokens)
 
 
 def peak_memory(fn: Callable[[], Any], device: str) -> int:
@@ -249,36 +246,39 @@ def overhead(s: Shapes, batch: int, rounds: int) -> dict[str, float]:
         "cfg": s.decode("small-tuned", chat, cfg),
         "gedi": s.decode("large", plain, gedi),
     }
-    t = race(contenders, rounds, s.device, warm_tokens=4)
-    out = {
-        "eft_over_sum": t["eft"] / (t["large"] + t["small-tuned"] + t["small-ref"]),
-        "eft2_over_sum": t["eft2"] / (t["large"] + 2 * t["small-tuned"] + t["small-ref"]),
-        "dlf_over_eft": t["dlf"] / t["eft"],
-        "dlf2_over_eft2": t["dlf2"] / t["eft2"],
-        "steer_over_sum": t["steer"] / (3 * t["small-tuned"]),
-        "cfg_over_sum": t["cfg"] / (2 * t["small-tuned"]),
-        "gedi_over_sum": t["gedi"] / (t["large"] + t["small-ref-guide"]),
-        "large_over_small": t["large"] / t["small-ref"],
-        "ms_per_token_large": 1000 * t["large"] / NEW_TOKENS,
+    warm(contenders)
+    result = race(contenders, rounds, warmup=0, device=s.device)
+    c = clock(s.device)
+    out: dict[str, Any] = {
+        "eft_over_sum": judged(ratio(result, "eft", ["large", "small-tuned", "small-ref"], c), "<=", 1.05),
+        "eft2_over_sum": judged(ratio(result, "eft2", {"large": 1, "small-tuned": 2, "small-ref": 1}, c), "<=", 1.05),
+        "dlf_over_eft": judged(ratio(result, "dlf", "eft", c), "<=", 1.10),
+        "dlf2_over_eft2": judged(ratio(result, "dlf2", "eft2", c), "<=", 1.10),
+        "steer_over_sum": judged(ratio(result, "steer", {"small-tuned": 3}, c), "<=", 1.10),
+        "cfg_over_sum": judged(ratio(result, "cfg", {"small-tuned": 2}, c), "<=", 1.10),
+        "gedi_over_sum": judged(ratio(result, "gedi", ["large", "small-ref-guide"], c), "<=", 1.10),
+        "large_over_small": ratio(result, "large", "small-ref", c),
+        "ms_per_token_large": seconds(result, "large", c, scale=1e3 / NEW_TOKENS),
     }
     # memory: weights + caches + activations resident during EFT (two tuned) vs the same with DLF (two experts)
     resident = resident_bytes(s.device)
     eft_peak = peak_memory(lambda: contenders["eft2"](16), s.device)
     dlf_peak = peak_memory(lambda: contenders["dlf2"](16), s.device)
-    out["dlf2_extra_peak_mb"] = (dlf_peak - eft_peak) / 2**20
-    out["dlf2_extra_peak_over_eft2_total"] = (dlf_peak - eft_peak) / (resident + eft_peak)
-    out |= fusion_parts(batch, {name: value / NEW_TOKENS for name, value in t.items()}, s.device)
-    return {k: round(v, 3) for k, v in out.items()}
+    out["dlf2_extra_peak_mb"] = round((dlf_peak - eft_peak) / 2**20, 3)
+    out["dlf2_extra_peak_over_eft2_total"] = round((dlf_peak - eft_peak) / (resident + eft_peak), 4)
+    step_s = {name: seconds(result, name, c)["median"] / NEW_TOKENS for name in contenders}
+    out["diagnosis_parts"] = fusion_parts(batch, step_s, s.device)
+    return out
 
 
 def fusion_parts(batch: int, step_s: dict[str, float], device: str, repeats: int = 15) -> dict[str, float]:
-    """The decoders' per-step math alone, timed on ``[batch, V]`` log-probs, and the ratios it implies.
+    """Diagnosis, not a headline: the decoders' per-step math alone, timed on ``[batch, V]``
+    log-probs, and the ratios it implies (a model of the overhead, not what a decode takes).
 
     DLF and EFT run the same forwards and differ only in the fusion math, so
     ``dlf_over_eft ≈ 1 + (t_dlf_select - t_eft_logprobs) / t_eft_step``; GeDi adds its posterior and
     filter to the large and guide forwards. Each piece is timed best-of-``repeats``, interleaved, a
-    few milliseconds apiece: on a shared machine whose memory bandwidth drifts over minutes this is
-    steadier than a race of whole decodes. GeDi's filter depends on the distribution: near-uniform
+    few milliseconds apiece; each is the median of its interleaved rounds. GeDi's filter depends on the distribution: near-uniform
     rows (random weights) need the radix-select fallback, peaked ones decide among the top 256.
     """
     from decoding import dlf_select, eft_logprobs, gedi_filter, gedi_posterior
@@ -311,14 +311,15 @@ def fusion_parts(batch: int, step_s: dict[str, float], device: str, repeats: int
         "gedi_flat": gedi(0.02),  # random-init logits are about this flat
         "gedi_peaked": gedi(3.0),
     }
-    t = race(pieces, repeats, device)
+    result = race(pieces, repeats, device=device)
+    t = {name: seconds(result, name, clock(device))["median"] for name in pieces}
     guided = step_s["large"] + step_s["small-ref-guide"]
-    out = {f"ms.{name}": 1000 * value for name, value in t.items()}
+    out = {f"ms.{name}": round(1000 * value, 3) for name, value in t.items()}
     out["dlf_over_eft_parts"] = 1 + (t["dlf"] - t["eft"]) / step_s["eft"]
     out["dlf2_over_eft2_parts"] = 1 + (t["dlf2"] - t["eft2"]) / step_s["eft2"]
     out["gedi_over_sum_parts_flat"] = 1 + t["gedi_flat"] / guided
     out["gedi_over_sum_parts_peaked"] = 1 + t["gedi_peaked"] / guided
-    return out
+    return {k: round(v, 3) for k, v in out.items()}
 
 
 def ead_forced(s: Shapes, batch: int, rounds: int, fractions=(0.25, 0.5, 0.75), period: int = 16) -> dict[str, float]:
@@ -338,12 +339,12 @@ def ead_forced(s: Shapes, batch: int, rounds: int, fractions=(0.25, 0.5, 0.75), 
             schedule=schedule, eos_token_id=None, pad_token_id=s.tok.pad_token_id,
         )
 
-    t = race({f: run(f) for f in (0.0, 1.0, *fractions)}, rounds, s.device)
-    c_s, c_l = t[0.0], t[1.0]
-    out = {"small_over_large": c_s / c_l}
+    result = race({str(f): run(f) for f in (0.0, 1.0, *fractions)}, rounds, device=s.device)
+    c = clock(s.device)
+    out = {"small_over_large": ratio(result, "0.0", "1.0", c)}
     for f in fractions:
-        out[f"time_over_formula_f{f}"] = t[f] / (f * c_l + (1 - f) * c_s)
-    return {k: round(v, 3) for k, v in out.items()}
+        out[f"time_over_formula_f{f}"] = judged(ratio(result, str(f), {"1.0": f, "0.0": 1 - f}, c), "<=", 1.10)
+    return out
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -353,7 +354,7 @@ def expected_tokens(acceptance: float, k: int) -> float:
 
 
 def speculative_costs(base, tuned, ref, tok, plain, chat, device: str, rounds: int, ks=range(1, 7)) -> dict[str, Any]:
-    """Speculative EFT's round cost from its parts, at batch 1: ``k`` one-token drafter forwards,
+    """Diagnosis (a cost model, not a headline): speculative EFT's round cost from its parts, at batch 1: ``k`` one-token drafter forwards,
     one ``k + 1``-position forward each of base and reference (through the same
     :class:`~decoding.AuxiliaryModel` calls the generator makes, log-softmax included) and the
     target's log-softmax over ``k`` positions; plain EFT and the base alone per token, raced with
@@ -401,7 +402,8 @@ def speculative_costs(base, tuned, ref, tok, plain, chat, device: str, rounds: i
         contenders[f"verify_base{k}"] = forward("base", k + 1, keep=k + 1)
         contenders[f"verify_ref{k}"] = forward("ref", k + 1, keep=k + 1)
         contenders[f"math{k}"] = target_math(k)
-    t = race(contenders, rounds, device)
+    result = race(contenders, rounds, device=device)
+    t = {name: seconds(result, name, clock(device))["median"] for name in contenders}
     t_eft, t_base = t["eft"] / NEW_TOKENS, t["base_alone"] / NEW_TOKENS
     round_time = {k: k * t["draft"] + t[f"verify_base{k}"] + t[f"verify_ref{k}"] + t[f"math{k}"] for k in ks}
     table = {
@@ -454,6 +456,7 @@ def speculative_testbed_check(rounds: int, k: int = 3, n_prompts: int = 16, new_
             out = speculative_eft_generate(
                 AuxiliaryModel(base, tok, [prompt]), AuxiliaryModel(tuned, tok, [chat]), AuxiliaryModel(ref, tok, [prompt]),
                 tok([prompt], return_tensors="pt")["input_ids"], k=k, max_new_tokens=new_tokens, eos_token_id=None,
+                k_schedule="constant",  # the cost model prices a fixed k
             )
             stats.update(drafted=stats["drafted"] + out.drafted, accepted=stats["accepted"] + out.accepted,
                          rounds=stats["rounds"] + out.rounds, tokens=stats["tokens"] + new_tokens)
@@ -464,7 +467,7 @@ def speculative_testbed_check(rounds: int, k: int = 3, n_prompts: int = 16, new_
             base.generate(**tok([prompt], return_tensors="pt"), logits_processor=[proc], do_sample=False,
                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id)
 
-    t = race({"spec": spec, "plain": plain}, rounds, "cpu")
+    result = race({"spec": spec, "plain": plain}, rounds)
     costs = speculative_costs(base, tuned, ref, tok, prompts[:1], chats[:1], "cpu", rounds, ks=[k])
     acceptance = stats["accepted"] / stats["drafted"]
     per_round = stats["tokens"] / stats["rounds"]
@@ -473,7 +476,7 @@ def speculative_testbed_check(rounds: int, k: int = 3, n_prompts: int = 16, new_
         "k": k,
         "acceptance": round(acceptance, 3),
         "tokens_per_round": round(per_round, 3),
-        "measured_speedup": round(t["plain"] / t["spec"], 3),
+        "measured_speedup": ratio(result, "plain", "spec"),
         "predicted_from_tokens_per_round": round(per_round * eft_ms / round_ms, 3),
         "predicted_from_acceptance": round(expected_tokens(acceptance, k) * eft_ms / round_ms, 3),
     }
@@ -503,7 +506,7 @@ PARTS = ("overhead", "ead", "speculative", "check", "vllm")
 
 def shapes(args) -> dict[str, Any]:
     """The suite: overheads at batch 1 and 8, EAD against its formula, speculative EFT's cost
-    model (and its testbed check) in bf16 at one and two threads (CPU) or once (CUDA), and the
+    model (and its testbed check) in bf16 at ``--shape-threads`` threads (CPU; default 1) or once (CUDA), and the
     vLLM refusal processor at batch 64 (only where vLLM imports). ``--only PART`` runs one part."""
     device = args.device
     root = build() if args.build else shapes_dir()
@@ -519,7 +522,7 @@ def shapes(args) -> dict[str, Any]:
         out["gpu"] = torch.cuda.get_device_name()
     if {"overhead", "ead", "speculative"} & set(parts):
         s = Shapes(root, device, dtype)
-        for threads in ([torch.get_num_threads()] if device.startswith("cuda") else [1, 2]):
+        for threads in ([torch.get_num_threads()] if device.startswith("cuda") else [int(t) for t in args.shape_threads.split(",")]):
             torch.set_num_threads(threads)
             key = f"threads{threads}"
             out[key] = {}

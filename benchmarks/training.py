@@ -4,19 +4,21 @@
 disabled) saves over a separate reference model.
 
 A step is ``trainer.training_step`` (forward, loss, backward: where the objectives differ; the
-optimizer step is the same for all). The contenders take turns step by step (the order rotates),
-so drift of this shared machine hits all alike; each reports its median step after warm-up.
+optimizer step is the same for all). The contenders take turns step by step (``benchmarks.race``:
+one round = one step of each), so drift of this shared machine hits all alike; every ratio is the
+median [IQR] of its per-step ratios on process CPU time, wall time beside it.
 Same model (small-instruct), same pairs and batches, same sequences per step (BCO gets each pair
 as two unpaired rows, twice the rows).
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-import statistics
 import tempfile
-import time
 from typing import Any
+
+from . import Race, judged, race, ratio, seconds
 
 WARMUP, TIMED, PAIRS_PER_STEP = 10, 200, 8
 # ``--shape small-real``: random init at a real vocabulary and width (Qwen2.5's 151,936 logit rows,
@@ -109,13 +111,13 @@ def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
     contenders = {"trl_sigmoid": trl(["sigmoid"]), "trl_sigmoid_sft": trl(["sigmoid", "sft"], [1.0, 1.0]),
                   "dpo": ours_dpo(False), "rpo": ours_dpo(True), "bco": ours_bco}
     trainers = {name: make() for name, make in contenders.items()}
-    best = _alternate(trainers, warmup, timed)
+    steps = _alternate(trainers, warmup, timed)
     result = {
         "shape": shape,
-        "dpo_over_trl": round(best["dpo"] / best["trl_sigmoid"], 3),
-        "rpo_over_trl": round(best["rpo"] / best["trl_sigmoid_sft"], 3),
-        "bco_over_trl": round(best["bco"] / best["trl_sigmoid"], 3),
-        "step_ms": {k: round(v * 1e3, 2) for k, v in best.items()},
+        "dpo_over_trl": judged(ratio(steps, "dpo", "trl_sigmoid"), "<=", 1.05),
+        "rpo_over_trl": judged(ratio(steps, "rpo", "trl_sigmoid_sft"), "<=", 1.05),
+        "bco_over_trl": judged(ratio(steps, "bco", "trl_sigmoid"), "<=", 1.05),
+        "step_ms": {k: seconds(steps, k, scale=1e3) for k in trainers},
     }
     result["reward_over_trl"] = 1.0  # `align train reward` runs TRL's RewardTrainer itself: nothing of ours in its step
     result.update(_refusal_and_score(load_tokenizer, load_model, shape == "testbed"))
@@ -124,29 +126,30 @@ def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
     return result
 
 
-def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> dict[str, float]:
-    """Median ``training_step`` time of each trainer after ``warmup`` steps, the trainers taking
-    turns step by step (the order rotates) so drift of this shared machine hits all alike."""
-    for trainer in trainers.values():
+def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> Race:
+    """Per-step times of each trainer over ``timed`` rounds after ``warmup``, the trainers taking
+    turns step by step so drift of this shared machine hits all alike."""
+    def stepper(trainer):
         trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
-    batches = {name: list(t.get_train_dataloader()) for name, t in trainers.items()}
-    times: dict[str, list[float]] = {name: [] for name in trainers}
-    names = list(trainers)
-    for step in range(warmup + timed):
-        for name in names[step % len(names):] + names[: step % len(names)]:
-            trainer = trainers[name]
-            start = time.perf_counter()
-            trainer.training_step(trainer.model, batches[name][step % len(batches[name])], None)
-            times[name].append(time.perf_counter() - start)
+        batches, step = list(trainer.get_train_dataloader()), itertools.count()
+
+        def run():
+            trainer.training_step(trainer.model, batches[next(step) % len(batches)], None)
             trainer.model.zero_grad(set_to_none=True)
-    return {name: statistics.median(t[warmup:]) for name, t in times.items()}
+        return run
+
+    return race({name: stepper(t) for name, t in trainers.items()}, rounds=timed, warmup=warmup)
 
 
 def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) -> dict[str, Any]:
     """Refusal-token SFT vs TRL's SFTTrainer on the same tagged rows; one SCoRe step (two-turn
-    rollouts, rewards, loss, backward) vs one TRL GRPOTrainer step generating as many tokens (twice
-    the prompts, one turn; EOS held off so every completion is the full length; β > 0 so GRPO also
-    runs its reference)."""
+    rollouts, rewards, loss, backward) vs one TRL GRPOTrainer step. The headline compares equal
+    sequential decode steps: GRPO generates the same episodes' worth of completions (P x G) of two
+    turns' length in one turn, so both decode ``2 x tokens`` steps in sequence and generate as many
+    tokens. Beside it, GRPO at equal generated tokens but half the sequential steps (twice the
+    prompts, one turn of ``tokens``): SCoRe's turn 2 waits for turn 1, which that ratio charges
+    it for. EOS held off so every completion is the full length; β > 0 so GRPO also runs its
+    reference."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
@@ -171,24 +174,28 @@ def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) 
 
     problems, g, tokens = (4, 4, 16) if full else (2, 2, 8)  # small-real: 8 two-turn episodes a step
     prompts = self_correction(64, 2, seed=0, conversational=True)["train"]
-    fixed = {"min_new_tokens": tokens}
+    fixed = {"min_new_tokens": tokens}  # every turn the full length
     tok = load_tokenizer()
     score = ScoreTrainer(
         model=load_model(), processing_class=tok, train_dataset=prompts, data_collator=lambda r: {"rows": r},
         ref_model=load_model(), reward_fn=verifier_reward,
         args=ScoreArgs(**base, dataset="x", per_device_train_batch_size=problems, num_generations=g, max_new_tokens=tokens,
                        generation_kwargs=fixed, stage1_steps=0, stage2_steps=100))
-    grpo = GRPOTrainer(
-        model=load_model(), processing_class=load_tokenizer(), train_dataset=prompts, reward_funcs=verifier_reward,
-        args=GRPOConfig(**base, per_device_train_batch_size=2 * problems * g, num_generations=g, max_completion_length=tokens,
-                        generation_kwargs=fixed, beta=0.04, temperature=1.0))
-    rl = {"score": score, "trl_grpo": grpo}
+    def grpo(rows: int, length: int):
+        return GRPOTrainer(
+            model=load_model(), processing_class=load_tokenizer(), train_dataset=prompts, reward_funcs=verifier_reward,
+            args=GRPOConfig(**base, per_device_train_batch_size=rows, num_generations=g, max_completion_length=length,
+                            generation_kwargs={"min_new_tokens": length}, beta=0.04, temperature=1.0))
+
+    rl = {"score": score, "trl_grpo_equal_steps": grpo(problems * g, 2 * tokens), "trl_grpo_equal_tokens": grpo(2 * problems * g, tokens)}
     rl_times = _alternate(rl, 2, 10) if full else _alternate(rl, 1, 4)
     return {
-        "refusal_sft_over_trl_sft": round(sft_times["refusal"] / sft_times["trl_sft"], 3),
-        "score_step_over_trl_grpo": round(rl_times["score"] / rl_times["trl_grpo"], 3),
-        "rl_step_ms": {k: round(v * 1e3, 1) for k, v in rl_times.items()},
+        "refusal_sft_over_trl_sft": judged(ratio(sft_times, "refusal", "trl_sft"), "<=", 1.05),
+        "score_step_over_trl_grpo_equal_steps": judged(ratio(rl_times, "score", "trl_grpo_equal_steps"), "<=", 1.2),
+        "score_step_over_trl_grpo_equal_tokens": ratio(rl_times, "score", "trl_grpo_equal_tokens"),
+        "rl_step_ms": {k: seconds(rl_times, k, scale=1e3) for k in rl},
         "rl_generated_tokens_per_step": 2 * problems * g * tokens,
+        "rl_sequential_decode_steps": {"score": 2 * tokens, "trl_grpo_equal_steps": 2 * tokens, "trl_grpo_equal_tokens": tokens},
     }
 
 
