@@ -108,7 +108,7 @@ def ratio(result: Race, numerator: Terms, denominator: Terms, clock: str = "cpu"
 
 def seconds(result: Race, name: str, clock: str = "cpu", scale: float = 1.0) -> dict:
     """Median [IQR] of one contender's per-round time (times ``scale``: 1e3 for ms)."""
-    return summarise([scale * t for t in (result.cpu if clock == "cpu" else result.wall)[name]], 4)
+    return {**summarise([scale * t for t in (result.cpu if clock == "cpu" else result.wall)[name]], 4), "clock": clock}
 
 
 def meets(stat: dict, goal: float, op: str) -> bool:

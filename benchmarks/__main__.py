@@ -19,6 +19,7 @@ import time
 import torch
 
 from . import judged, race, ratio, report, summarise
+from .shapes import clock
 
 NEW_TOKENS = 64
 
@@ -64,12 +65,13 @@ def decoding(args: argparse.Namespace) -> dict:
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()
-    large, small, instruct = tb.model("large-base"), tb.model("small-base"), tb.model("small-instruct")
+    device, c = args.device, clock(args.device)
+    large, small, instruct = (tb.model(name).to(device) for name in ("large-base", "small-base", "small-instruct"))
     out: dict[str, dict] = {}
     for batch in (1, 8):
         prompts = [f"{12 + i}+{345 - i}=" for i in range(batch)]
         chat = [[{"role": "user", "content": p}] for p in prompts]
-        enc = tok(prompts, return_tensors="pt", padding=True)
+        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
 
         def eft(prompts=prompts, chat=chat):
             return [
@@ -87,17 +89,18 @@ def decoding(args: argparse.Namespace) -> dict:
                 )
             ]
 
-        chat_enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+        chat_enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True,
+                                           padding=True).to(device)
         contenders = {"large": _decode(large, enc, tok), "instruct": _decode(instruct, chat_enc, tok), "small": _decode(small, enc, tok),
                       "eft": _decode(large, enc, tok, eft)}
         if batch == 1:
             contenders["dlf"] = _decode(large, enc, tok, dlf)
             contenders["naive"] = lambda: _naive_eft(tok, large, instruct, small, prompts[0])
-        result = race(contenders, rounds=args.rounds_decoding)
-        out[f"eft_over_sum_b{batch}"] = ratio(result, "eft", ["large", "instruct", "small"])
+        result = race(contenders, rounds=args.rounds_decoding, device=device)
+        out[f"eft_over_sum_b{batch}"] = ratio(result, "eft", ["large", "instruct", "small"], c)
         if batch == 1:
-            out["dlf_over_eft"] = ratio(result, "dlf", "eft")
-            out["naive_over_eft"] = ratio(result, "naive", "eft")
+            out["dlf_over_eft"] = ratio(result, "dlf", "eft", c)
+            out["naive_over_eft"] = ratio(result, "naive", "eft", c)
     for name, (op, goal) in DECODING_GOALS.items():
         out[name] = judged(out[name], op, goal)
     return out
@@ -115,7 +118,7 @@ def _naive_eft(tok, large, instruct, small, prompt: str) -> list[int]:
     generated: list[int] = []
     for _ in range(NEW_TOKENS):
         lp = {
-            k: torch.log_softmax(m(torch.tensor([own[k] + generated])).logits[0, -1, : len(tok)].float(), -1)
+            k: torch.log_softmax(m(torch.tensor([own[k] + generated], device=m.device)).logits[0, -1, : len(tok)].float(), -1)
             for k, m in models.items()
         }
         generated.append(int((lp["large"] + lp["instruct"] - lp["small"]).argmax()))
@@ -132,7 +135,8 @@ def switching(args: argparse.Namespace) -> dict:
 
     tb = build_testbed(profile)
     tok = tb.tokenizer()
-    large, small, instruct = tb.model("large-base"), tb.model("small-base"), tb.model("small-instruct")
+    device, c = args.device, clock(args.device)
+    large, small, instruct = (tb.model(name).to(device) for name in ("large-base", "small-base", "small-instruct"))
     prompts = [p.prompt for p in eval_problems(32)]
     chat = [[{"role": "user", "content": p}] for p in prompts]
     out: dict[str, float | str | None] = {}
@@ -151,7 +155,8 @@ def switching(args: argparse.Namespace) -> dict:
             rows = slice(i, i + batch)
             out = speculative_eft_generate(
                 AuxiliaryModel(large, tok, prompts[rows]), AuxiliaryModel(instruct, tok, chat[rows]),
-                AuxiliaryModel(small, tok, prompts[rows]), tok(prompts[rows], return_tensors="pt", padding=True)["input_ids"],
+                AuxiliaryModel(small, tok, prompts[rows]),
+                tok(prompts[rows], return_tensors="pt", padding=True)["input_ids"].to(device),
                 max_new_tokens=8, eos_token_id=tok.eos_token_id, k_schedule=schedule,  # k = 3 to start
             )
             if count["rows"] < len(prompts):  # greedy: every call draws the same, count one
@@ -166,18 +171,19 @@ def switching(args: argparse.Namespace) -> dict:
         contenders[f"plain_b{batch}"] = lambda b=batch: plain_eft(b)
         for schedule in ("heuristic", "constant"):
             contenders[f"spec_b{batch}_{schedule}"] = lambda b=batch, s=schedule: spec_eft(b, s)
-    result = race(contenders, rounds=args.rounds_decoding)
+    result = race(contenders, rounds=args.rounds_decoding, device=device)
     for batch, key, goal in ((1, "spec_eft_speedup", 1.5), (8, "spec_eft_speedup_b8", 1.0)):
-        out[key] = judged(ratio(result, f"plain_b{batch}", f"spec_b{batch}_heuristic"), ">=", goal)
-        out[f"{key}_constant_k3"] = ratio(result, f"plain_b{batch}", f"spec_b{batch}_constant")
+        out[key] = judged(ratio(result, f"plain_b{batch}", f"spec_b{batch}_heuristic", c), ">=", goal)
+        out[f"{key}_constant_k3"] = ratio(result, f"plain_b{batch}", f"spec_b{batch}_constant", c)
     out["spec_eft_paths"] = {key: {"acceptance": round(c["accepted"] / max(1, c["drafted"]), 3), "rounds": c["rounds"],
                                    "rows": c["rows"]} for key, c in paths.items()}
-    out.update(_ead_over_formula(tb, tok, chat))
-    out.update(_vllm_ratios(tb, tok))
+    out.update(_ead_over_formula(tb, tok, chat, device))
+    if device == "cpu":  # vLLM's own GPU numbers: the vllm-fusion suite
+        out.update(_vllm_ratios(tb, tok))
     return out
 
 
-def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> dict:
+def _ead_over_formula(tb, tok, chat, device: str = "cpu", rounds: int = 5, new_tokens: int = 32) -> dict:
     """EAD time against its cost formula ``n_S c_S + n_L c_L`` at the claim's τ (batch 1, as in the paper).
 
     Per-token costs c_S, c_L come from the same loop with one model only, in the same round: the
@@ -192,9 +198,9 @@ def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> d
     from decoding.auxiliary import encode_prompts
     from transformers import LogitsProcessorList, SuppressTokensLogitsProcessor
 
-    small, large = tb.model("small-instruct"), tb.model("large-instruct")
-    no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id])])
-    ids = [torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]]) for i in range(len(chat))]
+    small, large = tb.model("small-instruct").to(device), tb.model("large-instruct").to(device)
+    no_eos = LogitsProcessorList([SuppressTokensLogitsProcessor([tok.eos_token_id], device=device)])
+    ids = [torch.tensor([encode_prompts(tok, chat[i : i + 1])[0]], device=device) for i in range(len(chat))]
 
     def run(first, second, tau, **rule) -> tuple[int, int, int]:
         n_s, n_l, switches = 0, 0, 0
@@ -219,19 +225,21 @@ def _ead_over_formula(tb, tok, chat, rounds: int = 5, new_tokens: int = 32) -> d
         "": counted("", small, large, 0.02),  # the spec's rule (window 5, min 10)
         "_window1": counted("_window1", small, large, 0.02, window=1, min_tokens=0),
     }
-    result = race(contenders, rounds=rounds)
+    result = race(contenders, rounds=rounds, device=device)
+    times = result.cpu if clock(device) == "cpu" else result.wall
     per_token = {name: sum(counts[name][:2]) for name in counts}
     # per round: c_S, c_L from the one-model runs; C prices the switching run's tokens with them
-    c_s = [t / per_token["small"] for t in result.cpu["small"]]
-    c_l = [t / per_token["large"] for t in result.cpu["large"]]
-    out = {"ead_measured_cost_small_over_large": summarise([s / l for s, l in zip(c_s, c_l)])}
+    c_s = [t / per_token["small"] for t in times["small"]]
+    c_l = [t / per_token["large"] for t in times["large"]]
+    out = {"ead_measured_cost_small_over_large": {**summarise([s / l for s, l in zip(c_s, c_l)]), "clock": clock(device)}}
     for suffix in ("", "_window1"):
         n_s, n_l, switches = counts[suffix]
         formula = [n_s * s + n_l * l for s, l in zip(c_s, c_l)]
         out[f"ead_large_fraction{suffix}"] = round(n_l / (n_s + n_l), 3)
         out[f"ead_switches_per_token{suffix}"] = round(switches / (n_s + n_l), 3)
         out[f"ead_cost_ratio_C{suffix}"] = round(statistics.median(f / ((n_s + n_l) * l) for f, l in zip(formula, c_l)), 3)
-        out[f"ead_time_over_formula{suffix}"] = summarise([t / f for t, f in zip(result.cpu[suffix], formula)])
+        out[f"ead_time_over_formula{suffix}"] = judged({**summarise([t / f for t, f in zip(times[suffix], formula)]),
+                                                        "clock": clock(device)}, "<=", 1.10)
     return out
 
 
@@ -247,7 +255,7 @@ def training(args: argparse.Namespace) -> dict:
     profile = args.profile
     from .training import training as run
 
-    return run(profile, args.shape)
+    return run(profile, args.shape, args.device)
 
 
 def rewards(args: argparse.Namespace) -> dict:
@@ -298,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="testbed profile; smollm2 (refusal_tokens only): the real model")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed for comparability)")
     parser.add_argument("--build", action="store_true", help="shapes: build the random-init checkpoints first (once)")
-    parser.add_argument("--device", default="cpu", help="shapes, vllm-fusion: cpu, or cuda (shapes: bf16)")
+    parser.add_argument("--device", default="cpu", help="decoding, switching, training, shapes, vllm-fusion: cpu, or cuda (shapes: bf16)")
     parser.add_argument("--shape", default="testbed", choices=["testbed", "small-real"],
                         help="training: the testbed's small model, or random init at a real vocabulary and width")
     parser.add_argument("--only", default=None, help="shapes: one part (overhead, ead, speculative, check, vllm); vllm-fusion: testbed or real; "

@@ -19,6 +19,7 @@ import tempfile
 from typing import Any
 
 from . import Race, judged, race, ratio, seconds
+from .shapes import clock
 
 WARMUP, TIMED, PAIRS_PER_STEP = 10, 200, 8
 # ``--shape small-real``: random init at a real vocabulary and width (Qwen2.5's 151,936 logit rows,
@@ -56,7 +57,7 @@ def shape_loaders(profile: str, shape: str):
     return lambda: build_tokenizer(SMALL_REAL_TOKENIZER), lambda: AutoModelForCausalLM.from_pretrained(path).eval()
 
 
-def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
+def training(profile: str, shape: str = "testbed", device: str = "cpu") -> dict[str, Any]:
     from datasets import Dataset
     from transformers import TrainingArguments
     from trl import DPOConfig, DPOTrainer
@@ -78,7 +79,7 @@ def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
     ])
     out = tempfile.mkdtemp(prefix="alignkit-bench-")
     # TRL defaults to bf16 and gradient checkpointing; the comparison runs both contenders without
-    common = dict(output_dir=out, max_steps=steps, learning_rate=1e-5, report_to=[], use_cpu=True, bf16=False,
+    common = dict(output_dir=out, max_steps=steps, learning_rate=1e-5, report_to=[], use_cpu=device == "cpu", bf16=False,
                   gradient_checkpointing=False,
                   save_strategy="no", logging_steps=10**6, seed=0, disable_tqdm=True)
     # our config is a DPOConfig: the same common settings, our objective fields on top
@@ -111,22 +112,23 @@ def training(profile: str, shape: str = "testbed") -> dict[str, Any]:
     contenders = {"trl_sigmoid": trl(["sigmoid"]), "trl_sigmoid_sft": trl(["sigmoid", "sft"], [1.0, 1.0]),
                   "dpo": ours_dpo(False), "rpo": ours_dpo(True), "bco": ours_bco}
     trainers = {name: make() for name, make in contenders.items()}
-    steps = _alternate(trainers, warmup, timed)
+    steps = _alternate(trainers, warmup, timed, device)
+    c = clock(device)
     result = {
         "shape": shape,
-        "dpo_over_trl": judged(ratio(steps, "dpo", "trl_sigmoid"), "<=", 1.05),
-        "rpo_over_trl": judged(ratio(steps, "rpo", "trl_sigmoid_sft"), "<=", 1.05),
-        "bco_over_trl": judged(ratio(steps, "bco", "trl_sigmoid"), "<=", 1.05),
-        "step_ms": {k: seconds(steps, k, scale=1e3) for k in trainers},
+        "dpo_over_trl": judged(ratio(steps, "dpo", "trl_sigmoid", c), "<=", 1.05),
+        "rpo_over_trl": judged(ratio(steps, "rpo", "trl_sigmoid_sft", c), "<=", 1.05),
+        "bco_over_trl": judged(ratio(steps, "bco", "trl_sigmoid", c), "<=", 1.05),
+        "step_ms": {k: seconds(steps, k, c, scale=1e3) for k in trainers},
     }
     result["reward_over_trl"] = 1.0  # `align train reward` runs TRL's RewardTrainer itself: nothing of ours in its step
-    result.update(_refusal_and_score(load_tokenizer, load_model, shape == "testbed"))
-    if shape == "testbed":
+    result.update(_refusal_and_score(load_tokenizer, load_model, shape == "testbed", device))
+    if shape == "testbed" and device == "cpu":  # peak RSS: host memory
         result.update(_lora_memory())
     return result
 
 
-def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> Race:
+def _alternate(trainers: dict[str, Any], warmup: int, timed: int, device: str = "cpu") -> Race:
     """Per-step times of each trainer over ``timed`` rounds after ``warmup``, the trainers taking
     turns step by step so drift of this shared machine hits all alike."""
     def stepper(trainer):
@@ -138,10 +140,10 @@ def _alternate(trainers: dict[str, Any], warmup: int, timed: int) -> Race:
             trainer.model.zero_grad(set_to_none=True)
         return run
 
-    return race({name: stepper(t) for name, t in trainers.items()}, rounds=timed, warmup=warmup)
+    return race({name: stepper(t) for name, t in trainers.items()}, rounds=timed, warmup=warmup, device=device)
 
 
-def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) -> dict[str, Any]:
+def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Refusal-token SFT vs TRL's SFTTrainer on the same tagged rows; one SCoRe step (two-turn
     rollouts, rewards, loss, backward) vs one TRL GRPOTrainer step. The headline compares equal
     sequential decode steps: GRPO generates the same episodes' worth of completions (P x G) of two
@@ -158,7 +160,7 @@ def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) 
     from align.trainers.score import ScoreArgs, ScoreTrainer, verifier_reward
 
     out = tempfile.mkdtemp(prefix="alignkit-bench-")
-    base = dict(output_dir=out, report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
+    base = dict(output_dir=out, report_to=[], use_cpu=device == "cpu", bf16=False, gradient_checkpointing=False, save_strategy="no",
                 logging_steps=10**6, seed=0, disable_tqdm=True, learning_rate=1e-5)
     rows = tag_rows(refusal_sft(512, 2, seed=0)["train"], RefusalArgs())
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
@@ -170,7 +172,8 @@ def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) 
         tok, model = load_tokenizer(), load_model()
         add_control_tokens(tok, model, ["[refuse]", "[respond]"])
         sft[name] = cls(model=model, args=config, train_dataset=data, processing_class=tok)
-    sft_times = _alternate(sft, 5, 30) if full else _alternate(sft, *SMALL_REAL_STEPS)
+    sft_times = _alternate(sft, 5, 30, device) if full else _alternate(sft, *SMALL_REAL_STEPS, device)
+    c = clock(device)
 
     problems, g, tokens = (4, 4, 16) if full else (2, 2, 8)  # small-real: 8 two-turn episodes a step
     prompts = self_correction(64, 2, seed=0, conversational=True)["train"]
@@ -188,12 +191,12 @@ def _refusal_and_score(load_tokenizer: Any, load_model: Any, full: bool = True) 
                             generation_kwargs={"min_new_tokens": length}, beta=0.04, temperature=1.0))
 
     rl = {"score": score, "trl_grpo_equal_steps": grpo(problems * g, 2 * tokens), "trl_grpo_equal_tokens": grpo(2 * problems * g, tokens)}
-    rl_times = _alternate(rl, 2, 10) if full else _alternate(rl, 1, 4)
+    rl_times = _alternate(rl, 2, 10, device) if full else _alternate(rl, 1, 4, device)
     return {
-        "refusal_sft_over_trl_sft": judged(ratio(sft_times, "refusal", "trl_sft"), "<=", 1.05),
-        "score_step_over_trl_grpo_equal_steps": judged(ratio(rl_times, "score", "trl_grpo_equal_steps"), "<=", 1.2),
-        "score_step_over_trl_grpo_equal_tokens": ratio(rl_times, "score", "trl_grpo_equal_tokens"),
-        "rl_step_ms": {k: seconds(rl_times, k, scale=1e3) for k in rl},
+        "refusal_sft_over_trl_sft": judged(ratio(sft_times, "refusal", "trl_sft", c), "<=", 1.05),
+        "score_step_over_trl_grpo_equal_steps": judged(ratio(rl_times, "score", "trl_grpo_equal_steps", c), "<=", 1.2),
+        "score_step_over_trl_grpo_equal_tokens": ratio(rl_times, "score", "trl_grpo_equal_tokens", c),
+        "rl_step_ms": {k: seconds(rl_times, k, c, scale=1e3) for k in rl},
         "rl_generated_tokens_per_step": 2 * problems * g * tokens,
         "rl_sequential_decode_steps": {"score": 2 * tokens, "trl_grpo_equal_steps": 2 * tokens, "trl_grpo_equal_tokens": tokens},
     }

@@ -7,7 +7,8 @@ real shapes of ``benchmarks shapes`` (a Qwen2.5-0.5B-shaped large and two 2-laye
 logit rows, bf16; random weights: time only). Batch 1 and 64, ``NEW_TOKENS`` greedy tokens per
 request, EOS ignored, every model reading the same token ids (a composite has one token stream).
 
-Contenders (interleaved rounds, fastest round each, :func:`benchmarks.shapes.race`):
+Contenders (raced interleaved, :func:`benchmarks.race`; every ratio the median [IQR] of its per-round
+values on process CPU time, wall time on CUDA):
 
 - ``eft`` / ``dlf``: the composites (DLF with one expert: the same three members as EFT, so DLF/EFT
   prices the per-step α search alone);
@@ -36,8 +37,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from decoding import AuxiliaryModel, EFTLogitsProcessor
 from decoding.fusion import FusionSpec, write_fusion
 
-from . import shapes
-from .shapes import race
+from . import race, ratio, shapes, statistic
+from .shapes import clock
 
 NEW_TOKENS = 32
 BATCHES = (1, 64)
@@ -107,17 +108,22 @@ def measure(members: dict[str, Path], dtype: str, rounds: int, prompts: Callable
 
         names = list(engines)
         contenders = {name: vllm(name, ids) for name in names} | {f"{name}@1": vllm(name, ids, 1) for name in names}
-        t = race(contenders | {"hf_eft": hf_eft}, rounds, device)
-        step = {name: (t[name] - t[f"{name}@1"]) / (NEW_TOKENS - 1) for name in names}
-        members_sum = sum(step[n] for n in ("large", "tuned", "reference"))
+        result = race(contenders | {"hf_eft": hf_eft}, rounds, device=device)
+        c = clock(device)
+
+        def step(t: dict[str, float], name: str) -> float:
+            return (t[name] - t[f"{name}@1"]) / (NEW_TOKENS - 1)
+
+        alone = ("large", "tuned", "reference")
         out[f"b{batch}"] = {
-            "fused_over_hf_throughput": round(t["hf_eft"] / t["eft"], 3),
-            "fused_step_over_member_steps": round(step["eft"] / members_sum, 3),
-            "fused_over_members": round(t["eft"] / sum(t[n] for n in ("large", "tuned", "reference")), 3),
-            "dlf_over_eft": round(t["dlf"] / t["eft"], 3),
-            "dlf_step_over_eft_step": round(step["dlf"] / step["eft"], 3),
-            "ms_per_step": {name: round(1000 * s, 2) for name, s in step.items()},
-            "tokens_per_s": {"eft": round(batch * NEW_TOKENS / t["eft"], 1), "hf_eft": round(batch * NEW_TOKENS / t["hf_eft"], 1)},
+            "fused_over_hf_throughput": ratio(result, "hf_eft", "eft", c),
+            "fused_step_over_member_steps": statistic(result, lambda t: step(t, "eft") / sum(step(t, n) for n in alone), c),
+            "fused_over_members": ratio(result, "eft", list(alone), c),
+            "dlf_over_eft": ratio(result, "dlf", "eft", c),
+            "dlf_step_over_eft_step": statistic(result, lambda t: step(t, "dlf") / step(t, "eft"), c),
+            "ms_per_step": {name: statistic(result, lambda t, n=name: 1000 * step(t, n), c) for name in names},
+            "tokens_per_s": {name: statistic(result, lambda t, n=name: batch * NEW_TOKENS / t[n], "wall")
+                             for name in ("eft", "hf_eft")},
         }
         print(f"{Path(large).name} b{batch}: {out[f'b{batch}']}", flush=True)
     if not device.startswith("cuda"):
