@@ -1,7 +1,8 @@
-"""Speed and memory benchmarks: ``python -m benchmarks NAME``; results go in ``benchmarks/RESULTS.md``.
+"""Speed and memory benchmarks: ``python -m benchmarks NAME``; ``benchmarks/RESULTS.md`` is generated
+from the results files they write (``benchmarks/report.py``).
 
-On a shared 2-core machine one race of whole decodes moves by 10-30% between runs, so suites that
-have moved to :func:`race` time their contenders interleaved (A, B, C, A, B, C, ...), read each
+On a shared 2-core machine one race of whole decodes moves by 10-30% between runs, so every suite
+times its contenders with :func:`race`: interleaved (A, B, C, A, B, C, ...), read each
 round by wall clock and by this process's CPU time (``time.process_time``: another tenant's load
 does not count), and report every ratio as the median and interquartile range of its per-round
 ratios (:func:`ratio`); a bar is met only by its unfavourable quartile (:func:`meets`).
@@ -13,19 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-
-REPEATS = 3
-
-
-def best_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    """Minimum wall time over ``repeats`` runs after one warm-up (the least-disturbed run)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS, NOTES, RESULTS_MD = HERE / "results", HERE / "notes", HERE / "RESULTS.md"
+UNTIMED = {"refusal_tokens"}  # accuracy and AUROC: nothing raced
 ORDER = ("testbed", "decoding", "switching", "training", "rewards", "shapes", "vllm-fusion", "eval", "refusal_tokens")
 HEADER = """# Benchmark results
 
@@ -87,7 +88,7 @@ def section(stem: str, data: dict) -> str:
         out += ["| ratio | median [IQR] | n | clock (other) | bar | met by the quartile |", "|---|---|---|---|---|---|"]
         out += [f"| `{k}` | {fmt(v)} | {v['n']} | {other_clock(v)} | {v.get('goal', '')} | {verdict(v)} |" for k, v in stats]
         out.append("")
-    else:
+    elif data.get("benchmark") not in UNTIMED:
         out += ["Recorded as a single best-of-N run before the suites raced interleaved: no spread. Rerun the "
                 "command above for median [IQR].", ""]
     if rest:

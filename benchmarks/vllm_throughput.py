@@ -21,9 +21,9 @@ def refusal_processor_ratios(model: Any, tokenizer: Any, prompts: list[str], new
         return {"vllm_proc_throughput_ratio": None, "vllm_over_hf": None, "vllm": "not installed: run in the vLLM venv"}
     from vllm import LLM, SamplingParams
 
-    from . import best_seconds
+    from . import race, ratio
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engines in this process: its CPU clock counts them
     tokens = ["[refuse]", "[respond]"]
     path = tempfile.mkdtemp(prefix="alignkit-bench-")
     tokenizer.add_special_tokens({"additional_special_tokens": tokens})
@@ -32,22 +32,21 @@ def refusal_processor_ratios(model: Any, tokenizer: Any, prompts: list[str], new
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
-    def tokens_per_second(llm, extra) -> float:
+    def run(llm, extra):
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True, extra_args=extra)
-        return len(prompts) * new_tokens / best_seconds(lambda: llm.generate(prompts, params, use_tqdm=False))
+        return lambda: llm.generate(prompts, params, use_tqdm=False)
 
     common = dict(model=path, dtype=dtype, max_model_len=256, seed=0, kv_cache_memory_bytes=512 * 2**20)
-    plain_llm = LLM(**common)
-    plain = tokens_per_second(plain_llm, None)
-    del plain_llm
-    proc_llm = LLM(**common, logits_processors=["decoding.vllm_refusal:RefusalTokenVLLMProcessor"])
-    with_proc = tokens_per_second(proc_llm, {"refusal": {"threshold": 0.5}})
-    del proc_llm
-    out: dict[str, Any] = {"vllm_proc_throughput_ratio": round(with_proc / plain, 3), "batch": len(prompts)}
+    contenders = {"plain": run(LLM(**common), None),
+                  "proc": run(LLM(**common, logits_processors=["decoding.vllm_refusal:RefusalTokenVLLMProcessor"]),
+                              {"refusal": {"threshold": 0.5}})}
     if compare_hf:
         enc = tokenizer(prompts, return_tensors="pt", padding=True)
-        hf = len(prompts) * new_tokens / best_seconds(lambda: model.generate(
-            **enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id
-        ))
-        out["vllm_over_hf"] = round(plain / hf, 3)
+        contenders["hf"] = lambda: model.generate(**enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                  pad_token_id=tokenizer.pad_token_id)
+    result = race(contenders, rounds=5)
+    # throughput ratios are time ratios upside down: with/without = t(plain) / t(proc)
+    out: dict[str, Any] = {"vllm_proc_throughput_ratio": ratio(result, "plain", "proc"), "batch": len(prompts)}
+    if compare_hf:
+        out["vllm_over_hf"] = ratio(result, "hf", "plain")
     return out
