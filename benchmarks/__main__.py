@@ -150,7 +150,7 @@ def switching(args: argparse.Namespace) -> dict:
     paths: dict[str, dict[str, int]] = {}
 
     def spec_eft(batch: int, schedule: str):
-        count = paths.setdefault(f"b{batch}_{schedule}", {"rows": 0, "drafted": 0, "accepted": 0, "rounds": 0, "tokens": 0})
+        count = paths.setdefault(f"b{batch}_{schedule}", {"rows": 0, "drafted": 0, "accepted": 0, "rounds": 0})
         for i in range(0, len(prompts), batch):
             rows = slice(i, i + batch)
             out = speculative_eft_generate(
@@ -162,8 +162,7 @@ def switching(args: argparse.Namespace) -> dict:
             if count["rows"] < len(prompts):  # greedy: every call draws the same, count one
                 count["rows"] += out.sequences.shape[0]
                 count.update(drafted=count["drafted"] + out.drafted, accepted=count["accepted"] + out.accepted,
-                             rounds=count["rounds"] + out.rounds,
-                             tokens=count["tokens"] + int((out.sequences[:, -8:] != tok.pad_token_id).sum()))
+                             rounds=count["rounds"] + out.rounds)
 
     # interleaved rounds; a speed-up is plain / speculative per round, met by its lower quartile
     contenders = {}
@@ -175,8 +174,8 @@ def switching(args: argparse.Namespace) -> dict:
     for batch, key, goal in ((1, "spec_eft_speedup", 1.5), (8, "spec_eft_speedup_b8", 1.0)):
         out[key] = judged(ratio(result, f"plain_b{batch}", f"spec_b{batch}_heuristic", c), ">=", goal)
         out[f"{key}_constant_k3"] = ratio(result, f"plain_b{batch}", f"spec_b{batch}_constant", c)
-    out["spec_eft_paths"] = {key: {"acceptance": round(c["accepted"] / max(1, c["drafted"]), 3), "rounds": c["rounds"],
-                                   "rows": c["rows"]} for key, c in paths.items()}
+    out["spec_eft_paths"] = {key: {"acceptance": round(n["accepted"] / max(1, n["drafted"]), 3), "rounds": n["rounds"],
+                                   "rows": n["rows"]} for key, n in paths.items()}
     out.update(_ead_over_formula(tb, tok, chat, device))
     if device == "cpu":  # vLLM's own GPU numbers: the vllm-fusion suite
         out.update(_vllm_ratios(tb, tok))

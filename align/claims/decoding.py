@@ -126,7 +126,9 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resu
     )
 
 
-ALPHAS = (0.5, 1.0, 1.5)  # the DLF paper's fixed weights; 1.0 is proxy-tuning
+# fixed weights: the DLF paper's {0.5, 1, 1.5} (1 is proxy-tuning) and the low end down to 0, the
+# large base alone, where a fixed baseline can be best (issue #29: it was on both builds)
+ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0, 1.5)
 
 
 def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Result:
@@ -136,7 +138,8 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> Resul
     base lacks (``small-expert-zero``: ``a/0`` -> ``undefined``; ``small-expert-big``: 5-6 digit
     operands -> ``too big``), on a mixed set of answerable, ``a/0``, big-operand and ``a/1``
     prompts (exact answers). Premise, on dev: each expert beats the large base on its own task by
-    >= 0.5. The best fixed α of the paper's {0.5, 1, 1.5} (1 is proxy-tuning) is chosen on dev.
+    >= 0.5. The best fixed α of {0, 0.1, 0.25, 0.5, 1, 1.5} is chosen on dev: the paper's
+    {0.5, 1, 1.5} (1 is proxy-tuning) and the low end down to α = 0, the large base alone.
     Seeds: testbed variants (experts retrained). Holds when DLF beats the dev-chosen fixed α over
     the whole interval. Also reported: every fixed α, the large base and each expert alone, and the
     single-task setting (small-instruct as the one expert) under the same rules.
