@@ -152,3 +152,31 @@ def test_a_gguf_file_is_a_model_path(common, prompt_file, tmp_path, smollm2):
     rows = generate(common, prompt_file, tmp_path, "gguf", model=str(gguf_source()))
     plain = generate(common, prompt_file, tmp_path, "plain", model=SMOLLM2)
     assert [r["output"] for r in rows] == [r["output"] for r in plain]
+
+
+def test_speculative_eft_on_the_real_family_equals_plain_eft(smollm2):
+    """Speculative EFT on the real checkpoint (tied head, ChatML with its default system prompt,
+    pad = EOS, left-padded rows of different lengths): the 6-layer cut drafts for
+    full + 0.5 (6-layer - full), every row keeping its own accepted drafts (the others hidden in the
+    caches); greedy, it decodes exactly what the EFT processor decodes, row by row."""
+    from align.models import load_tokenizer
+    from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
+    from decoding.auxiliary import encode_prompts
+    from decoding.generate import eos_token_ids, generate_ids
+
+    tok = load_tokenizer(smollm2.path("smollm2-135m-instruct"))
+    full, small = smollm2.model("smollm2-135m-instruct"), smollm2.model("smollm2-135m-instruct-6l")
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    ids = encode_prompts(tok, chat)
+    eos = eos_token_ids(full, tok)
+    expected = generate_ids(full, tok, ids, lambda r: [EFTLogitsProcessor(
+        tok, [AuxiliaryModel(small, tok, chat[r])], AuxiliaryModel(full, tok, chat[r]), [0.5])],
+        batch_size=len(ids), do_sample=False, max_new_tokens=N)
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in ids])
+    out = speculative_eft_generate(AuxiliaryModel(full, tok, chat, "base"), AuxiliaryModel(small, tok, chat, "tuned"),
+                                   AuxiliaryModel(full, tok, chat, "ref"), input_ids, weight=0.5, k=3, max_new_tokens=N,
+                                   eos_token_id=eos)
+    for row, want in zip(out.sequences[:, width:].tolist(), expected):
+        assert row[: len(want)] == want and set(row[len(want):]) <= {tok.pad_token_id}
+    assert out.accepted > 0 and out.rounds < N  # drafts were accepted: fewer rounds than tokens
