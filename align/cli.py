@@ -60,6 +60,10 @@ class ReproduceArgs(TestbedArgs):
     group: Literal["testbed", "real"] = field(
         default="testbed", metadata={"help": "--all: the testbed's claims, or the real model's (SmolLM2-135M-Instruct + CoCoNot, ~30 min)"}
     )
+    testbed_seeds: str = field(
+        default="", metadata={"help": "base builds, e.g. 0,1,2 (each built with `align testbed build --seed S --variants 2`): "
+                                      "claims that can afford it bootstrap over builds, then seeds, then prompts (~15 min for all of them)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +71,10 @@ class ReproduceArgs(TestbedArgs):
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if self.group not in ("testbed", "real"):
             raise ConfigError(f"group must be testbed or real, got {self.group!r}")
+        parts = [p.strip() for p in self.testbed_seeds.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"testbed_seeds must be distinct seeds >= 0 separated by commas (e.g. 0,1,2), got {self.testbed_seeds!r}")
+        self.build_seeds = tuple(int(p) for p in parts) or (self.seed,)
 
 
 # Commands that later issues implement; they exist now so scripts and docs can name them.
@@ -233,7 +241,6 @@ def _report(argv: Sequence[str], prog: str) -> int:
 
 def _reproduce(argv: Sequence[str], prog: str) -> int:
     from .claims import CLAIMS, profile_of, reproduce
-    from .testbed import load_testbed
 
     if argv and argv[0] == "--readme":  # results -> data/claims -> the README's table
         from .claims.table import publish, update_readme
@@ -246,7 +253,8 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
 
         args = parse_config(ReproduceArgs, argv[1:], prog=f"{prog} --all")
         profile = "smollm2" if args.group == "real" else args.profile
-        rows, path = reproduce_all(load_testbed(profile, args.seed, args.cache_dir), args.n, args.out, group=args.group)
+        builds = _builds(profile, args)
+        rows, path = reproduce_all(builds[0], args.n, args.out, group=args.group, builds=builds)
         for row in rows:
             print(f"{row['name']:<22} value {row['value']!s:<8} baseline {row['baseline']!s:<8} {row.get('status') or ('holds' if row['holds'] else 'does not hold')}")
         print(f"written: {path} (render it: align report {args.out})")
@@ -257,10 +265,20 @@ def _reproduce(argv: Sequence[str], prog: str) -> int:
     if name not in CLAIMS:
         raise ConfigError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
     args = parse_config(ReproduceArgs, rest, prog=f"{prog} {name}")
-    result, path = reproduce(name, load_testbed(profile_of(name, args.profile), args.seed, args.cache_dir), args.n, args.out)
+    builds = _builds(profile_of(name, args.profile), args)
+    result, path = reproduce(name, builds[0], args.n, args.out, builds)
     print(json.dumps(result, indent=2))
     print(f"written: {path}")
     return 0
+
+
+def _builds(profile: str, args: ReproduceArgs) -> list:
+    """The base builds ``--testbed-seeds`` names (or ``--seed``'s alone), every one loaded before any claim runs."""
+    from .testbed import load_testbed
+
+    if profile == "smollm2" and len(args.build_seeds) > 1:
+        raise ConfigError("testbed_seeds: the real model (smollm2) has one build; drop --testbed-seeds for the real group")
+    return [load_testbed(profile, seed, args.cache_dir) for seed in args.build_seeds]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from .decoding import dlf_vs_fixed, ead_tradeoff, eft_upscaling, gedi_steering, 
 from .refusal import refusal_categories, refusal_categories_real, refusal_threshold, refusal_threshold_real
 from .rewards import overoptimization
 from .score import score_selfcorrection
-from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement
+from .training import bco_udm, bco_vs_dpo, ches_filter, dpo_gold, rpo_displacement, rpo_gold
 
 if TYPE_CHECKING:  # the testbed pulls in torch; `align --help` lists claims without it
     from align.testbed import Testbed
@@ -39,6 +39,7 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "gedi-steering": gedi_steering,
     "steer-diversity": steer_diversity,
     "dpo-gold": dpo_gold,
+    "rpo-gold": rpo_gold,
     "rpo-displacement": rpo_displacement,
     "bco-vs-dpo": bco_vs_dpo,
     "bco-udm": bco_udm,
@@ -50,10 +51,20 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "refusal-threshold-real": refusal_threshold_real,
     "refusal-categories-real": refusal_categories_real,
 }
-# `--all` runs one group: the testbed's claims (<= 60 min here), or those on the real model
+# `--all` runs one group: the testbed's claims (<= 75 min here), or those on the real model
 # (SmolLM2-135M-Instruct, the `smollm2` profile; about 30 min here)
 GROUPS = {"real": ["refusal-threshold-real", "refusal-categories-real"]}
 GROUPS["testbed"] = [name for name in CLAIMS if name not in GROUPS["real"]]
+# Claims that take the base build as the outermost level of their interval (a `builds` argument):
+# each costs seconds to a few minutes per build once the builds exist (all of them, 3 builds:
+# about 15 min here). The others say why not.
+ONE_BUILD = {
+    **{name: "one real checkpoint: SmolLM2-135M-Instruct is not rebuilt" for name in GROUPS["real"]},
+    **{name: "trains a grid of models per seed (minutes per build): three builds would add an hour to --all's budget"
+       for name in ("dpo-gold", "rpo-gold", "bco-vs-dpo", "bco-udm", "overoptimization", "score-selfcorrection")},
+    "ches-filter": "trains its subsets per seed; not yet given the build level",
+    **{name: "trains its refusal-token model per seed (minutes per build)" for name in ("refusal-threshold", "refusal-categories")},
+}
 
 
 def profile_of(name: str, profile: str) -> str:
@@ -61,32 +72,59 @@ def profile_of(name: str, profile: str) -> str:
     return "smollm2" if name in GROUPS["real"] else profile
 
 
-def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce") -> tuple[Result, Path]:
-    """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically."""
+def takes_builds(name: str) -> bool:
+    """Whether claim ``name`` can put the base build in its interval (it has a ``builds`` argument)."""
+    return "builds" in inspect.signature(CLAIMS[name]).parameters
+
+
+def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce",
+              builds: Sequence["Testbed"] = ()) -> tuple[Result, Path]:
+    """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically.
+
+    ``builds``: base builds of ``tb``'s profile (``tb`` first, e.g. seeds 0, 1, 2). A claim that
+    takes them (:func:`takes_builds`) bootstraps over builds, then seeds, then prompts; the others
+    run on ``tb``. Every result records under ``builds`` which base builds its interval spans and,
+    when only one, why."""
     if name not in CLAIMS:
         raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
     start = time.perf_counter()
     claim = CLAIMS[name]
+    params = inspect.signature(claim).parameters
     # claims that write files beside result.json (plots) take the directory
-    extra = {"out_dir": Path(out_dir) / name} if "out_dir" in inspect.signature(claim).parameters else {}
+    extra: dict[str, Any] = {"out_dir": Path(out_dir) / name} if "out_dir" in params else {}
+    several = len(builds) > 1 and takes_builds(name)
+    if several:
+        extra["builds"] = list(builds)
     result = claim(tb, n, **extra)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["testbed"] = {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
+    result["builds"] = _builds_record(name, tb, builds if several else [tb])
     path = atomic_write_text(Path(out_dir) / name / "result.json", json.dumps(result, indent=2))
     return result, path
 
 
+def _builds_record(name: str, tb: "Testbed", used: Sequence["Testbed"]) -> dict[str, Any]:
+    seeds = [b.manifest["seed"] for b in used]
+    if len(seeds) > 1:
+        return {"seeds": seeds, "in_interval": True, "level": "outermost: builds, then seeds within a build, then prompts"}
+    why = ONE_BUILD.get(name) or (f"one base build was given: `align reproduce {name} --testbed-seeds 0,1,2` adds the build level"
+                                  if takes_builds(name) else "not given the build level")
+    return {"seeds": seeds, "in_interval": False, "why": why}
+
+
 def reproduce_all(tb: "Testbed", n: int = 500, out_dir: str | Path = "runs/reproduce", skip_done: bool = True,
-                  group: str = "testbed") -> tuple[list[Result], Path]:
-    """Every claim of ``group`` (a finished ``result.json`` for this testbed is reused when
-    ``skip_done``), then one table, ``out_dir/claims.json`` (``claims-real.json`` for the real
-    group): claim, metric, value, baseline, holds, seconds."""
+                  group: str = "testbed", builds: Sequence["Testbed"] = ()) -> tuple[list[Result], Path]:
+    """Every claim of ``group`` (a finished ``result.json`` for this testbed and these builds is
+    reused when ``skip_done``), then one table, ``out_dir/claims.json`` (``claims-real.json`` for
+    the real group): claim, metric, value, baseline, holds, seconds."""
     rows = []
     for name in GROUPS[group]:
         path = Path(out_dir) / name / "result.json"
         done = json.loads(path.read_text()) if skip_done and path.is_file() else None
-        same = done is not None and done.get("testbed") == {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
-        result = done if same else reproduce(name, tb, n, out_dir)[0]
+        seeds = [b.manifest["seed"] for b in builds] if len(builds) > 1 and takes_builds(name) else [tb.manifest["seed"]]
+        same = (done is not None and done.get("testbed") == {"profile": tb.manifest["profile"], "seed": tb.manifest["seed"]}
+                and done.get("builds", {}).get("seeds", [tb.manifest["seed"]]) == seeds)
+        result = done if same else reproduce(name, tb, n, out_dir, builds)[0]
         rows.append({"name": name, **{k: result.get(k) for k in ("claim", "metric", "value", "baseline", "interval", "status", "holds", "seconds")}})
     table = "claims.json" if group == "testbed" else f"claims-{group}.json"
     return rows, atomic_write_text(Path(out_dir) / table, json.dumps(rows, indent=2))

@@ -76,10 +76,16 @@ def select_on_dev(
             "rule": rule + (" over feasible candidates" if feasible is not None else ""), "chosen": pick}
 
 
-def seeded_interval(values: Any, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of a ``[seeds, prompts]`` array and its two-stage percentile bootstrap interval
-    (seeds with replacement, then prompts with replacement within each drawn seed); ``per_seed``
-    holds each seed's mean. One seed reduces to the prompt bootstrap."""
+def seeded_interval(values: Any, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95,
+                    builds: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Mean of a ``[seeds, prompts]`` array and its percentile bootstrap interval: seeds with
+    replacement, then prompts with replacement within each drawn seed; ``per_seed`` holds each
+    seed's mean. One seed reduces to the prompt bootstrap.
+
+    ``builds`` labels each row with the base build it came from (rows of one build: its seeds,
+    as many for every build). The build is then the outermost level: builds with replacement,
+    then seeds within each drawn build, then prompts, so what rebuilding the testbed changes
+    counts too; ``per_build`` holds each build's mean."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
@@ -87,21 +93,48 @@ def seeded_interval(values: Any, n_resamples: int = 2000, seed: int = 0, confide
         raise ValueError(f"values must be a finite [seeds, prompts] array, got shape {x.shape}")
     s, p = x.shape
     rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, s, (n_resamples, s))
-    prompts = rng.integers(0, p, (n_resamples, s, p))
-    means = x[seeds[..., None], prompts].mean(axis=(1, 2))
+    extra: dict[str, Any] = {}
+    if builds is None or len(set(builds)) == 1:
+        seeds = rng.integers(0, s, (n_resamples, s))
+        prompts = rng.integers(0, p, (n_resamples, s, p))
+        means = x[seeds[..., None], prompts].mean(axis=(1, 2))
+    else:
+        if len(builds) != s:
+            raise ValueError(f"builds must label each of the {s} rows, got {len(builds)} labels")
+        labels = list(dict.fromkeys(builds))
+        rows = [[i for i, b in enumerate(builds) if b == label] for label in labels]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"every build needs as many seeds, got {[len(r) for r in rows]}")
+        nested = x[np.array(rows)]  # [builds, seeds, prompts]
+        b, k = nested.shape[:2]
+        drawn = rng.integers(0, b, (n_resamples, b))
+        seeds = rng.integers(0, k, (n_resamples, b, k))
+        prompts = rng.integers(0, p, (n_resamples, b, k, p))
+        means = nested[drawn[..., None, None], seeds[..., None], prompts].mean(axis=(1, 2, 3))
+        extra = {"builds": b, "per_build": [round(float(v), 4) for v in nested.mean(axis=(1, 2))]}
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return {"mean": round(float(x.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
-            "per_seed": [round(float(v), 4) for v in x.mean(axis=1)], "seeds": s, "prompts": p}
+            "per_seed": [round(float(v), 4) for v in x.mean(axis=1)], "seeds": s, "prompts": p, **extra}
 
 
-def paired_difference(treated: Any, control: Any, n_resamples: int = 2000) -> dict[str, Any]:
+def paired_difference(treated: Any, control: Any, n_resamples: int = 2000, builds: Sequence[Any] | None = None) -> dict[str, Any]:
     """:func:`seeded_interval` of ``treated - control`` (two ``[seeds, prompts]`` arms on the same prompts)."""
     a, b = np.asarray(treated, dtype=np.float64), np.asarray(control, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired arms need one shape, got {a.shape} and {b.shape}")
-    return seeded_interval(a - b, n_resamples)
+    return seeded_interval(a - b, n_resamples, builds=builds)
+
+
+def levels(per_seed: list[dict], builds: Sequence[Any] | None) -> dict[str, Any]:
+    """:func:`judge`'s ``seeds`` and ``builds`` for per-row records carrying ``seed`` (and ``build``):
+    with several base builds, the build is the bootstrap's outermost level."""
+    return {"seeds": [p["seed"] for p in per_seed], "builds": [p["build"] for p in per_seed] if builds else None}
+
+
+def unit(p: dict) -> str:
+    """A per-row record's key in a selection's ``chosen``: its seed, and its build when there are several."""
+    return f"build {p['build']} seed {p['seed']}" if "build" in p else str(p["seed"])
 
 
 def judge(
@@ -119,20 +152,22 @@ def judge(
     seeds: Sequence[int] | None = None,
     conditions: Sequence[dict[str, Any]] = (),
     n_resamples: int = 2000,
+    builds: Sequence[Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A claim's result under the rules: every arm's mean and interval, the paired difference
     ``treated - control`` with its interval, and the status: ``untestable`` when the premise
     failed; ``holds`` when the difference's interval lies above ``margin`` (``op`` ``>``), below
     ``-margin`` (``<``), or, with ``equivalence``, inside ``(-margin, margin)``, and every other
-    pre-registered condition (:func:`check` rows, e.g. "large share <= 0.5") passed; else ``does not hold``."""
+    pre-registered condition (:func:`check` rows, e.g. "large share <= 0.5") passed; else ``does not hold``.
+    ``builds`` (one base-build label per seed row) makes the build the outermost bootstrap level."""
     if op not in (">", "<"):
         raise ValueError(f"op must be > or <, got {op!r}")
     arrays = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in arms.items()}
     for k in (treated, control):
         if k not in arrays:
             raise KeyError(f"arm {k!r} not among {list(arrays)}")
-    diff = paired_difference(arrays[treated], arrays[control], n_resamples)
+    diff = paired_difference(arrays[treated], arrays[control], n_resamples, builds)
     if equivalence:
         passed = -margin < diff["low"] and diff["high"] < margin
         bound = f"difference inside (-{margin}, {margin})"
@@ -141,7 +176,7 @@ def judge(
         bound = f"difference {op} {'-' if op == '<' and margin else ''}{margin}"
     passed = passed and all(c["passed"] for c in conditions)
     status = "untestable" if not premise["holds"] else "holds" if passed else "does not hold"
-    summary = {k: seeded_interval(v, n_resamples) for k, v in arrays.items()}
+    summary = {k: seeded_interval(v, n_resamples, builds=builds) for k, v in arrays.items()}
     return {
         "claim": claim,
         "metric": metric,

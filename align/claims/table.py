@@ -11,6 +11,7 @@ A test keeps both in step with the files.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ def render_table(results: dict[str, dict[str, Any]], notes: dict[str, str]) -> s
     for name, r in results.items():
         d, test = r["difference"], r["test"]
         arms = "; ".join(f"{k} {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}]" for k, a in r["arms"].items())
+        units = f"{d['builds']} builds × {d['seeds'] // d['builds']} seeds" if d.get("builds") else f"{d['seeds']} seeds"
         result = (f"{test['treated']} − {test['control']}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-                  f"({d['seeds']} seeds × {d['prompts']} prompts; {test['rule']}). Arms: {arms}")
+                  f"({units} × {d['prompts']} prompts; {test['rule']}). Arms: {arms}")
         if r.get("conditions"):
             result += ". Also: " + "; ".join(_check(c) for c in r["conditions"])
         premise = "<br>".join(_check(c) for c in r["premise"]["checks"]) or "–"
@@ -65,17 +67,81 @@ def _selection(s: dict[str, Any] | None) -> str:
     if isinstance(chosen, dict):
         chosen = ", ".join(f"seed {k}: {v}" if str(k).isdigit() else f"{k}={v}" for k, v in chosen.items())
     grid = f" from {', '.join(s['grid'])}" if s.get("grid") else ""
-    return f"{chosen}{grid} ({s['rule']})"
+    edges = grid_edges(s)
+    return f"{chosen}{grid} ({s['rule']})" + (f"; at the grid's edge: {'; '.join(edges)}" if edges else "")
+
+
+NUMBER = re.compile(r"(\w+)=([-+]?\d[\d.]*(?:e[-+]?\d+)?)")
+
+
+def _point(text: str) -> tuple[str, dict[str, float]]:
+    """A grid point's label split into its text and its numbers: ``"lr=5e-05 steps=50"`` ->
+    ``("", {"lr": 5e-05, "steps": 50})``; ``"0.25"`` -> ``("", {"": 0.25})``."""
+    pairs = dict(NUMBER.findall(text))
+    if pairs:
+        return NUMBER.sub("", text).strip(), {k: float(v) for k, v in pairs.items()}
+    try:
+        return "", {"": float(text)}
+    except ValueError:
+        return text, {}
+
+
+def _chosen_points(chosen: Any) -> list[str]:
+    """Every grid point a selection chose (per seed, per method, per build), as grid labels."""
+    if isinstance(chosen, dict):
+        return [p for v in chosen.values() for p in _chosen_points(v)]
+    return [str(chosen)]
+
+
+def grid_edges(selection: dict[str, Any] | None) -> list[str]:
+    """The chosen points that sit on an edge of their grid, each with the coordinate(s) at the end
+    of its range (``"lr=5e-05 steps=50 (lowest lr, lowest steps)"``): where a wider grid might
+    have found a better baseline. Points are compared with the grid points that share their text
+    and coordinates (``T=...`` with temperatures, ``steer gamma=... eta=...`` with STEER's)."""
+    grid = (selection or {}).get("grid") or []
+    parsed = {g: _point(g) for g in grid}
+    edges = []
+    for chosen in dict.fromkeys(_chosen_points((selection or {}).get("chosen"))):
+        if chosen not in parsed or not parsed[chosen][1]:
+            continue
+        text, values = parsed[chosen]
+        peers = [v for t, v in parsed.values() if t == text and set(v) == set(values)]
+        ends = []
+        for key, value in values.items():
+            axis = sorted({p[key] for p in peers})
+            if len(axis) > 1 and value in (axis[0], axis[-1]):
+                ends.append(f"{'lowest' if value == axis[0] else 'highest'}{' ' + key if key else ''}")
+        if ends:
+            edges.append(f"{chosen} ({', '.join(ends)})")
+    return edges
+
+
+def _builds_cell(r: dict[str, Any]) -> str:
+    b = r.get("builds")
+    if not b:
+        return "1 (not recorded)"
+    if b["in_interval"]:
+        return f"{len(b['seeds'])} ({', '.join(map(str, b['seeds']))}) in the interval"
+    return f"1: {b['why']}"
+
+
+def _grid_cell(r: dict[str, Any]) -> str:
+    s = r.get("selection") or {}
+    if not s.get("grid"):
+        return "nothing chosen"
+    edges = grid_edges(s)
+    return f"{len(s['grid'])} points; " + (f"chose an edge: {'; '.join(edges)}" if edges else "chose inside the grid")
 
 
 def render_compact(results: dict[str, dict[str, Any]]) -> str:
-    """One line per claim: its name and statement, status, and the pre-registered difference
-    (treated − control) with its 95% interval."""
-    lines = ["| claim | status | treated − control [95% interval] |", "|---|---|---|"]
+    """One line per claim: its name and statement, status, the pre-registered difference
+    (treated − control) with its 95% interval, how many base builds the interval spans, and
+    whether dev chose inside its grid or at an edge."""
+    lines = ["| claim | status | treated − control [95% interval] | base builds | dev selection |", "|---|---|---|---|---|"]
     for name, r in results.items():
         d, test = r["difference"], r["test"]
         lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(test['treated'])} − {_cell(test['control'])}: "
-                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
+                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {_cell(_builds_cell(r))} | {_cell(_grid_cell(r))} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,11 +26,16 @@ N_PAIRS = 512
 SAMPLES = 4
 SEEDS = (0, 1, 2)
 GRID = tuple({"learning_rate": lr, "max_steps": steps} for lr in (5e-5, 2e-4, 1e-3) for steps in (50, 200))
+# dpo-gold and rpo-gold: down to lr 1e-5, towards the untrained policy (lr -> 0), where DPO's dev
+# accuracy was best on GRID (issue #29: the lowest corner at every seed)
+GOLD_GRID = tuple({"learning_rate": lr, "max_steps": steps} for lr in (1e-5, 2e-5, 5e-5, 2e-4, 1e-3) for steps in (50, 200))
+ETAS = (0.25, 1.0, 4.0)  # RPO's NLL weight (token_mean, METHODS §A2), chosen on dev with lr and steps
 TINY_GRID = ({"learning_rate": 5e-5, "max_steps": 2}, {"learning_rate": 1e-3, "max_steps": 2})  # plumbing only
+NAMES = {"learning_rate": "lr", "max_steps": "steps", "rpo_eta": "eta"}
 
 
-def _grid(tb: "Testbed") -> tuple[dict, ...]:
-    return GRID if tb.manifest["profile"] == "full" else TINY_GRID
+def _grid(tb: "Testbed", full: tuple[dict, ...] = GRID) -> tuple[dict, ...]:
+    return full if tb.manifest["profile"] == "full" else TINY_GRID
 
 
 def _steps(tb: "Testbed", steps: int) -> int:
@@ -146,7 +152,7 @@ def _curve(result: dict, key: str = "logps/chosen") -> list[list[float]]:
 
 
 def _point(p: dict) -> str:
-    return f"lr={p['learning_rate']:g} steps={p['max_steps']}"
+    return " ".join(f"{NAMES[k]}={v:g}" for k, v in p.items())
 
 
 def _problems(n: int) -> tuple[list, list]:
@@ -159,14 +165,16 @@ def _problems(n: int) -> tuple[list, list]:
     return [problems[i] for i in dev], [problems[i] for i in test]
 
 
-def _grid_runs(kind: str, tb: "Testbed", rows: list[dict], seed: int, dev: list, test: list, **overrides: Any) -> dict[str, Any]:
-    """Train ``kind`` at every ``GRID`` point (training seed ``seed``), score dev and test, and keep
-    the point chosen on dev alone. Returns the selection record and the chosen point's scores."""
+def _grid_runs(kind: str, tb: "Testbed", rows: list[dict], seed: int, dev: list, test: list, grid: tuple[dict, ...] | None = None,
+               **overrides: Any) -> dict[str, Any]:
+    """Train ``kind`` at every point of ``grid`` (default ``GRID``; training seed ``seed``), score
+    dev and test, and keep the point chosen on dev alone. Returns the selection record and the
+    chosen point's scores."""
     from .protocol import select_on_dev
 
     tok, runs = tb.tokenizer(), {}
     with tempfile.TemporaryDirectory() as out:
-        for i, point in enumerate(_grid(tb)):
+        for i, point in enumerate(grid or _grid(tb)):
             model, result = _train(kind, tb, rows, f"{out}/{i}", seed=seed, data_seed=seed, **point, **overrides)
             runs[_point(point)] = (policy_accuracy(model, tok, dev, seed=seed), policy_accuracy(model, tok, test, seed=seed), result)
     selection = select_on_dev(list(runs), lambda p: runs[p][0]["sampled"], n_dev=len(dev))
@@ -179,8 +187,8 @@ def _untrained(tb: "Testbed", dev: list, test: list, seed: int) -> tuple[dict, d
     return policy_accuracy(model, tb.tokenizer(), dev, seed=seed), policy_accuracy(model, tb.tokenizer(), test, seed=seed)
 
 
-def _selection(tb: "Testbed", per_seed: list[dict], key: str, n_dev: int) -> dict[str, Any]:
-    return {"split": "dev", "n_dev": n_dev, "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",
+def _selection(grid: tuple[dict, ...], per_seed: list[dict], key: str, n_dev: int) -> dict[str, Any]:
+    return {"split": "dev", "n_dev": n_dev, "grid": [_point(p) for p in grid], "rule": "max dev sampled accuracy, per seed and method",
             "chosen": {str(r["seed"]): r[key] for r in per_seed}}
 
 
@@ -205,8 +213,9 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     pairs (gold answer vs a plausible slip the policy may never make), which the paper does not
     assume. Premise: the untrained policy leaves room (dev sampled accuracy <= 0.9) and its own
     log-probs do not already rank the pairs (chosen above rejected on <= 0.95 of the training
-    pairs). Selection: learning rate and steps from ``GRID`` on dev, per seed and data. Holds when
-    DPO's test sampled accuracy minus the untrained policy's is above 0 over the whole interval."""
+    pairs). Selection: learning rate and steps from ``GOLD_GRID`` on dev, per seed and data (down to
+    lr 1e-5: towards the untrained policy). Holds when DPO's test sampled accuracy minus the
+    untrained policy's is above 0 over the whole interval."""
     import numpy as np
 
     from .protocol import check, judge, premise
@@ -215,6 +224,7 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     arms: dict[str, list] = {"dpo": [], "small-instruct (untrained)": [], "dpo on synthetic pairs": []}
     per_seed, before_dev, ranked, found = [], [], [], []
     model0, tok = tb.model("small-instruct"), tb.tokenizer()
+    grid = _grid(tb, GOLD_GRID)
     for seed in seeds:
         pairs, on_policy = policy_pairs(tb, seed)
         found.append(on_policy)
@@ -222,7 +232,7 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
         before_dev.append(b_dev["sampled"])
         margin = np.array(chosen_logps(model0, tok, pairs)) - np.array(chosen_logps(model0, tok, [{**r, "chosen": r["rejected"]} for r in pairs]))
         ranked.append(float((margin > 0).mean()))
-        run, synthetic = _grid_runs("dpo", tb, pairs, seed, dev, test), _grid_runs("dpo", tb, _pairs(_n_pairs(tb), seed), seed, dev, test)
+        run, synthetic = _grid_runs("dpo", tb, pairs, seed, dev, test, grid), _grid_runs("dpo", tb, _pairs(_n_pairs(tb), seed), seed, dev, test, grid)
         arms["dpo"].append(run["test"]["per_prompt"])
         arms["small-instruct (untrained)"].append(b_test["per_prompt"])
         arms["dpo on synthetic pairs"].append(synthetic["test"]["per_prompt"])
@@ -234,12 +244,64 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
         premise=premise(_room(before_dev), _found(tb, found), check("untrained policy ranks chosen above rejected (on-policy training pairs, max over seeds)", max(ranked), "<=", 0.95)),
         arms=arms, treated="dpo", control="small-instruct (untrained)",
-        selection=_selection(tb, per_seed, "point", len(dev)), seeds=list(seeds), per_seed=per_seed,
-        recipe={**RECIPE, "pairs": _n_pairs(tb), "grid": [_point(p) for p in _grid(tb)], "data": "on-policy: 8 samples per training problem, T=1"},
+        selection=_selection(grid, per_seed, "point", len(dev)), seeds=list(seeds), per_seed=per_seed,
+        recipe={**RECIPE, "pairs": _n_pairs(tb), "data": "on-policy: 8 samples per training problem, T=1"},
     )
 
 
-def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 200) -> dict:
+def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
+    """RPO 2405.16436 (METHODS §A2) on ``dpo-gold``'s data: DPO plus η x the chosen responses' NLL
+    (token mean) raises small-instruct's verifier accuracy, and by more than DPO alone.
+
+    The paper's premise is that DPO over-optimises the preference and lowers the likelihood of
+    the chosen (right) answers (``rpo-displacement`` measures it here) and that the NLL term
+    mitigates it; iterative RPO on GSM8K reports DPO alone failing where DPO + NLL improves. Data:
+    the on-policy verifier-labelled pairs of :func:`on_policy_pairs` (the same pairs for DPO and
+    RPO at a seed). Selection, per seed on dev sampled accuracy: DPO's lr and steps from
+    ``GOLD_GRID``, RPO's from ``GOLD_GRID`` x η in ``ETAS``. Pre-registered: RPO - untrained above 0
+    over the whole interval (the test) and RPO - DPO above 0 over the whole interval (a
+    condition), on test sampled accuracy. Premise as ``dpo-gold``'s."""
+    from .protocol import check, judge, paired_difference, premise
+
+    dev, test = _problems(n)
+    arms: dict[str, list] = {"rpo": [], "dpo": [], "small-instruct (untrained)": []}
+    per_seed, before_dev, found = [], [], []
+    grid = _grid(tb, GOLD_GRID)
+    rpo_grid = tuple({**p, "rpo_eta": eta} for p in grid for eta in (ETAS if tb.manifest["profile"] == "full" else (1.0,)))
+    for seed in seeds:
+        pairs, on_policy = policy_pairs(tb, seed)
+        found.append(on_policy)
+        b_dev, b_test = _untrained(tb, dev, test, seed)
+        before_dev.append(b_dev["sampled"])
+        dpo, rpo = _grid_runs("dpo", tb, pairs, seed, dev, test, grid), _grid_runs("rpo", tb, pairs, seed, dev, test, rpo_grid)
+        for name, scores in (("rpo", rpo["test"]), ("dpo", dpo["test"]), ("small-instruct (untrained)", b_test)):
+            arms[name].append(scores["per_prompt"])
+        per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "rpo": rpo["selection"]["chosen"],
+                         "dev": {"untrained": b_dev["sampled"], "dpo": dpo["selection"]["dev_values"], "rpo": rpo["selection"]["dev_values"]},
+                         "greedy": {"rpo": rpo["test"]["greedy"], "dpo": dpo["test"]["greedy"], "untrained": b_test["greedy"]},
+                         "rpo_train_nll_end": _last(rpo["result"], "nll_loss"), "rpo_train_logps_chosen": _curve(rpo["result"])})
+    rpo_vs_dpo = paired_difference(arms["rpo"], arms["dpo"])
+    return judge(
+        claim="RPO (DPO + NLL on the chosen) on verifier-labelled on-policy pairs raises small-instruct's verifier accuracy, and more than DPO",
+        metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        premise=premise(_room(before_dev), _found(tb, found)),
+        arms=arms, treated="rpo", control="small-instruct (untrained)",
+        conditions=[check("rpo - dpo, interval low", rpo_vs_dpo["low"], ">", 0)],
+        selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in grid + rpo_grid],
+                   "rule": "max dev sampled accuracy, per seed and method (RPO also over eta)",
+                   "chosen": {str(r["seed"]): {"dpo": r["dpo"], "rpo": r["rpo"]} for r in per_seed}},
+        seeds=list(seeds), per_seed=per_seed, rpo_minus_dpo=rpo_vs_dpo,
+        recipe={**RECIPE, "pairs": _n_pairs(tb), "sft_reduction": "token_mean", "data": "on-policy: 8 samples per training problem, T=1"},
+    )
+
+
+def _last(result: dict, key: str) -> float | None:
+    values = [h[key] for h in result["log_history"] if key in h]
+    return round(values[-1], 4) if values else None
+
+
+def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 200,
+                     builds: "Sequence[Testbed] | None" = None) -> dict:
     """RPO 2405.16436: DPO lowers the chosen log-probability over training (likelihood
     displacement); RPO's NLL term largely stops it.
 
@@ -247,31 +309,35 @@ def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, step
     chosen from results. Premise, on dev held-out pairs: DPO does displace (its mean drop of log
     π(chosen) > 0 at every seed). Arms: per held-out test pair, the change of log π(chosen) after
     training. Holds when RPO's change minus DPO's is above 0 over the whole interval and RPO's
-    mean drop is below half of DPO's."""
+    mean drop is below half of DPO's. With ``builds``, every base build's small-instruct is trained
+    at every seed (the build is the outermost level of the interval)."""
     import numpy as np
 
     from align.testbed.datasets import preference_pairs
 
-    from .protocol import check, dev_test_split, judge, premise
+    from .protocol import check, dev_test_split, judge, levels, premise
 
     steps = _steps(tb, steps)
     held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
     dev_i, test_i = dev_test_split(len(held_out), 0.3, seed=0)
-    tok = tb.tokenizer()
-    start = np.array(chosen_logps(tb.model("small-instruct"), tok, held_out))
     arms: dict[str, list] = {"rpo": [], "dpo": []}
-    per_seed, dev_drops, curves = [], [], {}
+    per_seed, dev_drops, curves, starts = [], [], {}, []
     with tempfile.TemporaryDirectory() as out:
-        for seed in seeds:
-            record = {"seed": seed}
-            for kind in ("dpo", "rpo"):
-                model, result = _train(kind, tb, _pairs(_n_pairs(tb), seed), f"{out}/{kind}{seed}", max_steps=steps, seed=seed, data_seed=seed)
-                change = np.array(chosen_logps(model, tok, held_out)) - start
-                arms[kind].append(change[test_i])
-                record[kind] = {"dev_change": round(float(change[dev_i].mean()), 4), "test_change": round(float(change[test_i].mean()), 4)}
-                curves[f"{kind} seed {seed}"] = _curve(result)
-            dev_drops.append(-record["dpo"]["dev_change"])
-            per_seed.append(record)
+        for base in builds or [tb]:
+            tok = base.tokenizer()
+            start = np.array(chosen_logps(base.model("small-instruct"), tok, held_out))
+            starts.append(start[test_i].mean())
+            for seed in seeds:
+                record = {**({"build": base.manifest["seed"]} if builds else {}), "seed": seed}
+                name = f"build {base.manifest['seed']} seed {seed}" if builds else f"seed {seed}"
+                for kind in ("dpo", "rpo"):
+                    model, result = _train(kind, base, _pairs(_n_pairs(tb), seed), f"{out}/{kind}{seed}", max_steps=steps, seed=seed, data_seed=seed)
+                    change = np.array(chosen_logps(model, tok, held_out)) - start
+                    arms[kind].append(change[test_i])
+                    record[kind] = {"dev_change": round(float(change[dev_i].mean()), 4), "test_change": round(float(change[test_i].mean()), 4)}
+                    curves[f"{kind} {name}"] = _curve(result)
+                dev_drops.append(-record["dpo"]["dev_change"])
+                per_seed.append(record)
     drop = {k: -float(np.mean(v)) for k, v in arms.items()}
     return judge(
         claim="DPO lowers log π(chosen) over training; RPO largely stops that",
@@ -281,7 +347,7 @@ def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, step
         conditions=[check("RPO's mean drop / DPO's (test)", drop["rpo"] / drop["dpo"] if drop["dpo"] > 0 else float("inf"), "<", 0.5)],
         selection={"split": None, "rule": "nothing chosen from results: the recipe is fixed beforehand",
                    "chosen": {**RECIPE, "max_steps": steps, "rpo": "token_mean, eta 1"}},
-        seeds=list(seeds), per_seed=per_seed, start=round(float(start[test_i].mean()), 4), train_logps_chosen=curves,
+        **levels(per_seed, builds), per_seed=per_seed, start=round(float(np.mean(starts)), 4), train_logps_chosen=curves,
     )
 
 

@@ -65,6 +65,51 @@ def test_seed_to_seed_variation_widens_the_interval():
     assert one["low"] == pytest.approx(0.3 - 1.96 * (0.21 / 100) ** 0.5, abs=0.03)
 
 
+def test_base_builds_are_the_outermost_level_of_the_interval():
+    """Three builds whose means are 0, 0.5 and 1, three seeds each, no spread within a build: with
+    the build level the interval spans most of that range; read as nine seeds it is narrower
+    (each build's seeds are then treated as independent draws); one build reduces exactly to
+    the two-stage bootstrap."""
+    x = np.repeat(np.repeat(np.array([[0.0], [0.5], [1.0]]), 3, axis=0), 100, axis=1)
+    builds = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    nested = seeded_interval(x, builds=builds)
+    assert nested["builds"] == 3 and nested["per_build"] == [0.0, 0.5, 1.0] and nested["seeds"] == 9
+    assert nested["low"] <= 0.17 and nested["high"] >= 0.83
+    flat = seeded_interval(x)
+    assert flat["high"] - flat["low"] < nested["high"] - nested["low"] - 0.2
+    rng = np.random.default_rng(3)
+    y = rng.random((3, 50))
+    assert seeded_interval(y, builds=[7, 7, 7]) == seeded_interval(y)
+    with pytest.raises(ValueError, match="as many seeds"):
+        seeded_interval(rng.random((5, 10)), builds=[0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="label each"):
+        seeded_interval(rng.random((4, 10)), builds=[0, 1])
+    # judge carries the level into every arm and the difference
+    arms = {"treated": x + 0.1, "control": x}
+    r = judge(claim="c", metric="m", premise=OK, arms=arms, treated="treated", control="control", builds=builds,
+              seeds=[0, 1, 2] * 3)
+    assert r["difference"]["builds"] == 3 and r["arms"]["control"]["per_build"] == [0.0, 0.5, 1.0]
+
+
+def test_grid_edges_name_the_coordinates_at_the_end_of_their_range():
+    from align.claims.table import grid_edges
+
+    two_d = {"grid": [f"lr={lr:g} steps={s}" for lr in (5e-5, 2e-4, 1e-3) for s in (50, 200)],
+             "chosen": {"0": "lr=5e-05 steps=50", "1": "lr=0.0002 steps=50", "2": "lr=0.0002 steps=200"}}
+    assert grid_edges(two_d) == ["lr=5e-05 steps=50 (lowest lr, lowest steps)", "lr=0.0002 steps=50 (lowest steps)",
+                                 "lr=0.0002 steps=200 (highest steps)"]
+    assert grid_edges({"grid": ["0.0", "0.1", "0.25", "0.5"], "chosen": {"0": 0.25, "1": 0.1}}) == []
+    assert grid_edges({"grid": ["0.1", "0.5", "1.0"], "chosen": {"0": 0.5, "1": 1.0}}) == ["1.0 (highest)"]
+    # points are compared with their own kind: a temperature with temperatures, STEER with STEER
+    mixed = {"grid": ["T=0.7", "T=1.0", "T=1.3", "steer gamma=0.2 eta=0.3", "steer gamma=0.6 eta=0.6", "top-10 (gamma=eta=0)"],
+             "chosen": {"steer": "steer gamma=0.6 eta=0.6", "plain": "T=1.0"}}
+    assert grid_edges(mixed) == ["steer gamma=0.6 eta=0.6 (highest gamma, highest eta)"]
+    # per method and per build
+    nested = {"grid": ["lr=1e-05", "lr=5e-05", "lr=0.001"], "chosen": {"build 0 seed 0": {"dpo": "lr=5e-05", "rpo": "lr=0.001"}}}
+    assert grid_edges(nested) == ["lr=0.001 (highest lr)"]
+    assert grid_edges({"split": None, "chosen": {"k": 3}}) == [] and grid_edges(None) == []
+
+
 def test_selection_reads_dev_values_only_and_splits_are_disjoint():
     dev, test = dev_test_split(100, 0.3, seed=1)
     assert len(dev) == 30 and len(test) == 70 and not set(dev) & set(test) and sorted(dev + test) == list(range(100))
@@ -104,7 +149,8 @@ def test_readme_table_is_generated_from_the_result_files(tmp_path):
     assert text.startswith("intro\n") and text.endswith("rest\n") and "stale" not in text
     d = result["difference"]
     line = next(line for line in text.splitlines() if line.startswith("| `new`"))
-    assert line == f"| `new`: a \\| b | **{result['status']}** | treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+    assert line == (f"| `new`: a \\| b | **{result['status']}** | treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                    "| 1 (not recorded) | 2 points; chose an edge: 2 (highest) |")
     text = details.read_text()
     assert text.startswith("# claims\n") and "stale" not in text
     row = next(line for line in text.splitlines() if line.startswith("| `new`"))

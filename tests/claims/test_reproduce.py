@@ -3,7 +3,7 @@ import json
 import pytest
 
 from align.cli import main
-from align.claims import GROUPS, reproduce
+from align.claims import CLAIMS, GROUPS, reproduce, takes_builds
 from decoding.generate import generate_with
 
 
@@ -17,6 +17,54 @@ def test_claim_writes_result_json(tiny_testbed, tmp_path, name):
     saved = json.loads(path.read_text())
     assert saved == result
     _check_rules(name, saved)  # every claim follows the rules (align.claims.protocol)
+    assert saved["builds"]["seeds"] == [0] and saved["builds"]["in_interval"] is False and saved["builds"]["why"]
+
+
+@pytest.fixture(scope="module")
+def second_build(cache_dir):
+    """The tiny profile's base build under seed 1: every base model retrained."""
+    from align.testbed import build_testbed
+
+    return build_testbed("tiny", seed=1, cache_dir=cache_dir, workers=1, show_progress=False)
+
+
+# one claim per shape of build loop: over variants (dlf-vs-fixed, ead-tradeoff alike), an outer
+# loop over builds (steer-diversity alike: 80 s on tiny), one call per build, and a training claim
+@pytest.mark.parametrize("name", ["eft-upscaling", "gedi-steering", "spec-eft-equivalence", "rpo-displacement"])
+def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
+    """With two base builds the claim runs every seed on each, the build is the outermost level
+    of every interval, and the result says which builds it spans."""
+    result, _ = reproduce(name, tiny_testbed, n=8, out_dir=tmp_path, builds=[tiny_testbed, second_build])
+    _check_rules(name, result)
+    assert result["builds"] == {"seeds": [0, 1], "in_interval": True, "level": "outermost: builds, then seeds within a build, then prompts"}
+    d = result["difference"]
+    assert d["builds"] == 2 and len(d["per_build"]) == 2 and d["seeds"] == 6 == len(result["seeds"])
+    assert [p["build"] for p in result["per_seed"]] == [0, 0, 0, 1, 1, 1]
+    # each build's share of the difference is the mean of its own rows
+    assert sum(d["per_build"]) / 2 == pytest.approx(d["mean"], abs=2e-4)
+    assert d["per_build"][0] == pytest.approx(sum(d["per_seed"][:3]) / 3, abs=2e-4)
+
+
+def test_claims_without_the_build_level_say_why(tiny_testbed, second_build, tmp_path):
+    assert {n for n in CLAIMS if takes_builds(n)} == {"eft-upscaling", "dlf-vs-fixed", "ead-tradeoff", "gedi-steering", "steer-diversity",
+                                                      "spec-eft-equivalence", "rpo-displacement"}
+    result, _ = reproduce("ches-filter", tiny_testbed, n=8, out_dir=tmp_path, builds=[tiny_testbed, second_build])
+    assert result["builds"]["seeds"] == [0] and result["builds"]["in_interval"] is False and "subsets" in result["builds"]["why"]
+    assert "builds" not in result["difference"] and result["seeds"] == [0, 1, 2]
+    result, _ = reproduce("eft-upscaling", tiny_testbed, n=4, out_dir=tmp_path)
+    assert result["builds"]["in_interval"] is False and "--testbed-seeds 0,1,2" in result["builds"]["why"]
+
+
+def test_cli_testbed_seeds(tiny_testbed, second_build, tmp_path, capsys):
+    cache = str(tiny_testbed.root.parents[1])
+    common = ["--profile", "tiny", "--cache_dir", cache, "--n", "4", "--out", str(tmp_path)]
+    assert main(["reproduce", "eft-upscaling", *common, "--testbed_seeds", "0,1"]) == 0
+    saved = json.loads((tmp_path / "eft-upscaling" / "result.json").read_text())
+    assert saved["builds"]["seeds"] == [0, 1] and saved["difference"]["builds"] == 2
+    assert main(["reproduce", "ead-tradeoff", *common, "--testbed_seeds", "0,x"]) == 2
+    assert "testbed_seeds must be distinct seeds" in capsys.readouterr().err
+    assert main(["reproduce", "ead-tradeoff", *common, "--testbed_seeds", "0,7"]) == 2  # seed 7 was never built
+    assert "align testbed build --profile tiny --seed 7" in capsys.readouterr().err
 
 
 def _check_rules(name, saved):
@@ -57,8 +105,10 @@ def _check_rules(name, saved):
             assert arms["fixed alpha (chosen on dev)"]["per_seed"][k] == arms[f"fixed alpha {chosen}"]["per_seed"][k]
         assert saved["single_task"]["status"] in ("holds", "does not hold")
     elif name == "spec-eft-equivalence":  # an equivalence test; every sampling path counted
-        assert test["equivalence"] and saved["identical_greedy_outputs"] == "8/8"
-        assert saved["conditions"][0]["value"] == 1.0 and saved["conditions"][1]["value"] == saved["tv_test"]["tv"]
+        builds = d.get("builds", 1)  # every build's greedy outputs and its own goodness-of-fit test
+        assert test["equivalence"] and saved["identical_greedy_outputs"] == f"{8 * builds}/{8 * builds}"
+        tv = [saved["tv_test"]["tv"]] if builds == 1 else [v["tv"] for v in saved["tv_test"].values()]
+        assert saved["conditions"][0]["value"] == 1.0 and [c["value"] for c in saved["conditions"][1:]] == tv
         paths = saved["paths"]
         assert paths["accepted"] <= paths["drafted"] and paths["bonus_rounds"] + paths["residual_draws"] >= paths["rounds"]
         assert all(-10 < arms[k]["mean"] < 0 for k in arms)  # log-probability per token
@@ -67,6 +117,11 @@ def _check_rules(name, saved):
             dev = point["dev"]
             assert str(point["omega"]) in dev and dev[str(point["omega"])]["negative"] <= max(v["negative"] for v in dev.values())
         assert saved["large_base_accuracy_on_negative_results"]["problems"] > 0
+    elif name == "steer-diversity" and d.get("builds"):  # each build's chosen points are that build's rows of the chosen arms
+        for k, point in enumerate(saved["per_seed"]):
+            assert point == {"build": point["build"], "seed": point["seed"], **selection["chosen"][f"build {point['build']}"]}
+            assert arms["STEER (chosen on dev)"]["per_seed"][k] == arms[point["steer"]]["per_seed"][k]
+            assert arms["plain sampling (chosen on dev)"]["per_seed"][k] == arms[point["plain"]]["per_seed"][k]
     elif name == "steer-diversity":  # each frontier's point chosen from dev numbers only
         frontier, chosen = saved["frontier"], selection["chosen"]
         for kind, prefix in (("steer", "steer"), ("plain", "T=")):
@@ -76,11 +131,15 @@ def _check_rules(name, saved):
             key = "dev_group_1_minus_self_bleu"
             assert frontier[chosen[kind]][key] == max(frontier[c][key] for c in feasible)
         assert arms["STEER (chosen on dev)"] == arms[chosen["steer"]]
-    elif name in ("dpo-gold", "bco-vs-dpo", "bco-udm"):  # learning rate and steps: the dev argmax
+    elif name in ("dpo-gold", "rpo-gold", "bco-vs-dpo", "bco-udm"):  # learning rate and steps (and RPO's eta): the dev argmax
         for point in saved["per_seed"]:
-            dev = {"dpo": point["dev"]} if name == "dpo-gold" else point["dev"]
+            dev = {"dpo": point["dev"]} if name == "dpo-gold" else {k: v for k, v in point["dev"].items() if k != "untrained"}
             chosen = {"dpo": point["point"]} if name == "dpo-gold" else point
             assert all(values[chosen[method]] == max(values.values()) for method, values in dev.items())
+        if name == "rpo-gold":  # the same pairs for both; RPO over eta as well; the condition is RPO - DPO's interval
+            assert all("eta=" in p and "eta=" not in point["dpo"] for point in saved["per_seed"] for p in [point["rpo"]])
+            assert saved["conditions"][0]["value"] == saved["rpo_minus_dpo"]["low"]
+            assert saved["rpo_minus_dpo"]["mean"] == pytest.approx(arms["rpo"]["mean"] - arms["dpo"]["mean"], abs=1e-3)
         if name == "bco-vs-dpo":
             assert test["equivalence"] and test["margin"] == 0.03
             assert [c["name"].split(" ")[0] for c in saved["premise"]["checks"][1:]] == ["dpo", "bco"]
