@@ -57,12 +57,11 @@ GROUPS = {"real": ["refusal-threshold-real", "refusal-categories-real"]}
 GROUPS["testbed"] = [name for name in CLAIMS if name not in GROUPS["real"]]
 # Claims that take the base build as the outermost level of their interval (a `builds` argument):
 # each costs seconds to a few minutes per build once the builds exist (all of them, 3 builds:
-# about 15 min here). The others say why not.
+# about 20 min here). The others say why not.
 ONE_BUILD = {
     **{name: "one real checkpoint: SmolLM2-135M-Instruct is not rebuilt" for name in GROUPS["real"]},
     **{name: "trains a grid of models per seed (minutes per build): three builds would add an hour to --all's budget"
        for name in ("dpo-gold", "rpo-gold", "bco-vs-dpo", "bco-udm", "overoptimization", "score-selfcorrection")},
-    "ches-filter": "trains its subsets per seed; not yet given the build level",
     **{name: "trains its refusal-token model per seed (minutes per build)" for name in ("refusal-threshold", "refusal-categories")},
 }
 

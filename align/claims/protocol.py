@@ -9,9 +9,10 @@
 3. **Seeds and intervals.** Each arm is a ``[seeds, prompts]`` array of per-prompt scores, the same
    prompts in every arm (paired). :func:`seeded_interval` gives the mean and a 95% two-stage
    bootstrap interval: resample seeds, then prompts within each drawn seed, so both what the seed
-   changes (training, sampling) and which prompts were asked count. :func:`judge` calls the claim
-   ``holds`` only when the whole interval of the pre-registered difference clears the bound;
-   equivalence claims need the interval inside ``(-margin, margin)``.
+   changes (training, sampling) and which prompts were asked count; with several base builds
+   of the testbed (``builds``), builds are resampled first, then seeds within each, then prompts.
+   :func:`judge` calls the claim ``holds`` only when the whole interval of the pre-registered
+   difference clears the bound; equivalence claims need the interval inside ``(-margin, margin)``.
 4. **Every baseline reported**: :func:`judge` summarises every arm it is given, not only the two
    the inequality compares.
 

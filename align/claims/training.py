@@ -447,7 +447,7 @@ def bco_udm(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     )
 
 
-def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 100) -> dict:
+def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: int = 100, builds: "Sequence[Testbed] | None" = None) -> dict:
     """CHES 2410.08847: DPO on the lowest-(LN-)CHES half of the pairs displaces the chosen
     likelihood less than DPO on a random half of the same size.
 
@@ -455,24 +455,26 @@ def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: in
     (each arm's drop on its own training pairs is reported too). Seeds: the pairs, the random
     half and the training order. The recipe is fixed beforehand (100 steps). Premise: DPO on a
     random half displaces on dev held-out pairs (mean drop > 0 at every seed). Holds when the
-    lowest-LN-CHES arm's change minus the random arm's is above 0 over the whole interval."""
+    lowest-LN-CHES arm's change minus the random arm's is above 0 over the whole interval. With
+    ``builds``, every base build's small-instruct is scored and trained at every seed (the build is
+    the outermost level of the interval)."""
     import numpy as np
     from datasets import Dataset
 
     from align.diagnostics.ches import ches_scores
     from align.testbed.datasets import preference_pairs
 
-    from .protocol import check, dev_test_split, judge, premise
+    from .protocol import check, dev_test_split, judge, levels, premise
 
-    tok, model0 = tb.tokenizer(), tb.model("small-instruct")
     steps = _steps(tb, steps)
     held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
     dev_i, test_i = dev_test_split(len(held_out), 0.3, seed=0)
-    start = np.array(chosen_logps(model0, tok, held_out))
     arms: dict[str, list] = defaultdict(list)
     per_seed, dev_drops = [], []
     with tempfile.TemporaryDirectory() as out:
-        for seed in seeds:
+        for base, seed in ((b, s) for b in builds or [tb] for s in seeds):
+            tok, model0 = base.tokenizer(), base.model("small-instruct")
+            start = np.array(chosen_logps(model0, tok, held_out))
             pairs = _pairs(2 * _n_pairs(tb), seed)
             scored = [dict(r) for r in ches_scores(Dataset.from_list(pairs), model0, tok)]
             half = len(pairs) // 2
@@ -483,10 +485,10 @@ def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: in
 
             subsets = {"ln_ches_lowest": by("ln_ches"), "random": random.Random(seed).sample(pairs, half),
                        "ln_ches_highest": by("ln_ches", riskiest=True), "ches_lowest": by("ches")}
-            record = {"seed": seed}
+            record = {**({"build": base.manifest["seed"]} if builds else {}), "seed": seed}
             for name, subset in subsets.items():
                 own_start = chosen_logp(model0, tok, subset)
-                model, _ = _train("dpo", tb, subset, f"{out}/{name}{seed}", max_steps=steps, seed=seed, data_seed=seed)
+                model, _ = _train("dpo", base, subset, f"{out}/{name}{seed}", max_steps=steps, seed=seed, data_seed=seed)
                 change = np.array(chosen_logps(model, tok, held_out)) - start
                 arms[name].append(change[test_i])
                 record[name] = {"held_out_dev_change": round(float(change[dev_i].mean()), 4),
@@ -500,5 +502,5 @@ def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: in
         arms=arms, treated="ln_ches_lowest", control="random",
         selection={"split": None, "rule": "nothing chosen from results: the recipe and the half size are fixed beforehand",
                    "chosen": {**RECIPE, "max_steps": steps, "pairs_per_subset": _n_pairs(tb)}},
-        seeds=list(seeds), per_seed=per_seed,
+        **levels(per_seed, builds), per_seed=per_seed,
     )

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from align.cli import main
-from align.claims import CLAIMS, GROUPS, reproduce, takes_builds
+from align.claims import CLAIMS, GROUPS, ONE_BUILD, reproduce, takes_builds
 from decoding.generate import generate_with
 
 
@@ -30,6 +30,7 @@ def second_build(cache_dir):
 
 # one claim per shape of build loop: over variants (dlf-vs-fixed, ead-tradeoff alike), an outer
 # loop over builds (steer-diversity alike: 80 s on tiny), one call per build, and a training claim
+# (ches-filter alike: 60 s on tiny)
 @pytest.mark.parametrize("name", ["eft-upscaling", "gedi-steering", "spec-eft-equivalence", "rpo-displacement"])
 def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
     """With two base builds the claim runs every seed on each, the build is the outermost level
@@ -45,20 +46,35 @@ def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
     assert d["per_build"][0] == pytest.approx(sum(d["per_seed"][:3]) / 3, abs=2e-4)
 
 
-def test_claims_without_the_build_level_say_why(tiny_testbed, second_build, tmp_path):
+def test_claims_without_the_build_level_say_why(tiny_testbed, second_build, tmp_path, monkeypatch):
     assert {n for n in CLAIMS if takes_builds(n)} == {"eft-upscaling", "dlf-vs-fixed", "ead-tradeoff", "gedi-steering", "steer-diversity",
-                                                      "spec-eft-equivalence", "rpo-displacement"}
-    result, _ = reproduce("ches-filter", tiny_testbed, n=8, out_dir=tmp_path, builds=[tiny_testbed, second_build])
-    assert result["builds"]["seeds"] == [0] and result["builds"]["in_interval"] is False and "subsets" in result["builds"]["why"]
+                                                      "spec-eft-equivalence", "rpo-displacement", "ches-filter"}
+    assert set(ONE_BUILD) == set(CLAIMS) - {n for n in CLAIMS if takes_builds(n)}
+    from align.claims.protocol import judge, premise
+
+    seen = []
+
+    def one_build_claim(tb, n):  # no `builds` argument: it runs on the first build only
+        seen.append(tb.manifest["seed"])
+        return judge(claim="c", metric="m", premise=premise(), arms={"a": [[1.0] * n] * 3, "b": [[0.0] * n] * 3}, treated="a", control="b")
+
+    def build_claim(tb, n, builds=None):  # takes builds, but is given one
+        seen.append(builds)
+        return one_build_claim(tb, n)
+
+    monkeypatch.setitem(CLAIMS, "dpo-gold", one_build_claim)
+    monkeypatch.setitem(CLAIMS, "eft-upscaling", build_claim)
+    result, _ = reproduce("dpo-gold", tiny_testbed, n=4, out_dir=tmp_path, builds=[tiny_testbed, second_build])
+    assert seen == [0] and result["builds"] == {"seeds": [0], "in_interval": False, "why": ONE_BUILD["dpo-gold"]}
     assert "builds" not in result["difference"] and result["seeds"] == [0, 1, 2]
-    result, _ = reproduce("eft-upscaling", tiny_testbed, n=4, out_dir=tmp_path)
-    assert result["builds"]["in_interval"] is False and "--testbed-seeds 0,1,2" in result["builds"]["why"]
+    result, _ = reproduce("eft-upscaling", tiny_testbed, n=4, out_dir=tmp_path, builds=[tiny_testbed])
+    assert seen == [0, None, 0] and result["builds"]["in_interval"] is False and "--testbed-seeds 0,1,2" in result["builds"]["why"]
 
 
 def test_cli_testbed_seeds(tiny_testbed, second_build, tmp_path, capsys):
     cache = str(tiny_testbed.root.parents[1])
     common = ["--profile", "tiny", "--cache_dir", cache, "--n", "4", "--out", str(tmp_path)]
-    assert main(["reproduce", "eft-upscaling", *common, "--testbed_seeds", "0,1"]) == 0
+    assert main(["reproduce", "eft-upscaling", *common, "--testbed-seeds", "0,1"]) == 0
     saved = json.loads((tmp_path / "eft-upscaling" / "result.json").read_text())
     assert saved["builds"]["seeds"] == [0, 1] and saved["difference"]["builds"] == 2
     assert main(["reproduce", "ead-tradeoff", *common, "--testbed_seeds", "0,x"]) == 2
