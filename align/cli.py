@@ -62,7 +62,7 @@ class ReproduceArgs(TestbedArgs):
     )
     testbed_seeds: str = field(
         default="", metadata={"help": "base builds, e.g. 0,1,2 (each built with `align testbed build --seed S --variants 2`): "
-                                      "claims that can afford it bootstrap over builds, then seeds, then prompts (~15 min for all of them)"}
+                                      "claims that can afford it bootstrap over builds, then seeds, then prompts (~16 min for all of them here)"}
     )
 
     def __post_init__(self) -> None:

@@ -51,18 +51,25 @@ CLAIMS: dict[str, Callable[["Testbed", int], Result]] = {
     "refusal-threshold-real": refusal_threshold_real,
     "refusal-categories-real": refusal_categories_real,
 }
-# `--all` runs one group: the testbed's claims (<= 75 min here), or those on the real model
+# `--all` runs one group: the testbed's claims (<= 60 min here), or those on the real model
 # (SmolLM2-135M-Instruct, the `smollm2` profile; about 30 min here)
 GROUPS = {"real": ["refusal-threshold-real", "refusal-categories-real"]}
 GROUPS["testbed"] = [name for name in CLAIMS if name not in GROUPS["real"]]
 # Claims that take the base build as the outermost level of their interval (a `builds` argument):
-# each costs seconds to a few minutes per build once the builds exist (all of them, 3 builds:
-# about 20 min here). The others say why not.
+# the decoding claims and the cheapest training claims (up to ~5 min per build) once the builds
+# exist; with `--testbed-seeds 0,1,2` they take about 40 min here (the build-level run's budget).
+# The others say why not: minutes per build here, measured on build 0.
 ONE_BUILD = {
     **{name: "one real checkpoint: SmolLM2-135M-Instruct is not rebuilt" for name in GROUPS["real"]},
-    **{name: "trains a grid of models per seed (minutes per build): three builds would add an hour to --all's budget"
-       for name in ("dpo-gold", "rpo-gold", "bco-vs-dpo", "bco-udm", "overoptimization", "score-selfcorrection")},
-    **{name: "trains its refusal-token model per seed (minutes per build)" for name in ("refusal-threshold", "refusal-categories")},
+    "bco-vs-dpo": "budget: 36 models per build (17 min here); two more builds would add 34 min to the build-level run's ~40",
+    "bco-udm": "budget: 36 models per build (7 min here); two more builds would add 14 min to the build-level run's ~40",
+    "overoptimization": "budget: 15 reward models per build (4 min here); two more builds would add 8 min to the build-level run's ~40",
+    "score-selfcorrection": "budget: SCoRe and its SFT baseline at 3 seeds per build (3.5 min here); two more builds would add 7 min "
+                            "to the build-level run's ~40",
+    "refusal-threshold": "budget: a refusal-token model and its baselines per seed (6.6 min per build here); two more builds would add "
+                         "13 min to the build-level run's ~40",
+    "refusal-categories": "budget: a refusal-token model per seed (3.5 min per build here); two more builds would add 7 min to the "
+                          "build-level run's ~40",
 }
 
 

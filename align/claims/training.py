@@ -188,8 +188,16 @@ def _untrained(tb: "Testbed", dev: list, test: list, seed: int) -> tuple[dict, d
 
 
 def _selection(grid: tuple[dict, ...], per_seed: list[dict], key: str, n_dev: int) -> dict[str, Any]:
+    from .protocol import unit
+
     return {"split": "dev", "n_dev": n_dev, "grid": [_point(p) for p in grid], "rule": "max dev sampled accuracy, per seed and method",
-            "chosen": {str(r["seed"]): r[key] for r in per_seed}}
+            "chosen": {unit(r): r[key] for r in per_seed}}
+
+
+def _units(tb: "Testbed", seeds: tuple[int, ...], builds: "Sequence[Testbed] | None") -> list[tuple["Testbed", int, dict]]:
+    """``(base build, seed, record)`` for every seed of every base build (``builds``, or ``tb``
+    alone); ``record`` starts the row's ``per_seed`` entry (its build only when there are several)."""
+    return [(b, s, {**({"build": b.manifest["seed"]} if builds else {}), "seed": s}) for b in builds or [tb] for s in seeds]
 
 
 def _found(tb: "Testbed", counts: list[int]) -> dict:
@@ -205,7 +213,7 @@ def _room(before_dev: list[float]) -> dict:
     return check("untrained sampled accuracy on dev (mean over seeds) leaves room: <= 0.9", sum(before_dev) / len(before_dev), "<=", 0.9)
 
 
-def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
+def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Sequence[Testbed] | None" = None) -> dict:
     """DPO 2305.18290 on verifier-labelled pairs raises small-instruct's verifier accuracy.
 
     The data is DPO's: pairs sampled from the policy being trained (y ~ π_SFT) and labelled by
@@ -215,28 +223,29 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     log-probs do not already rank the pairs (chosen above rejected on <= 0.95 of the training
     pairs). Selection: learning rate and steps from ``GOLD_GRID`` on dev, per seed and data (down to
     lr 1e-5: towards the untrained policy). Holds when DPO's test sampled accuracy minus the
-    untrained policy's is above 0 over the whole interval."""
+    untrained policy's is above 0 over the whole interval. With ``builds``, all of it runs on
+    every base build (the outermost level of the interval)."""
     import numpy as np
 
-    from .protocol import check, judge, premise
+    from .protocol import check, judge, levels, premise
 
     dev, test = _problems(n)
     arms: dict[str, list] = {"dpo": [], "small-instruct (untrained)": [], "dpo on synthetic pairs": []}
     per_seed, before_dev, ranked, found = [], [], [], []
-    model0, tok = tb.model("small-instruct"), tb.tokenizer()
     grid = _grid(tb, GOLD_GRID)
-    for seed in seeds:
-        pairs, on_policy = policy_pairs(tb, seed)
+    for base, seed, record in _units(tb, seeds, builds):
+        model0, tok = base.model("small-instruct"), base.tokenizer()
+        pairs, on_policy = policy_pairs(base, seed)
         found.append(on_policy)
-        b_dev, b_test = _untrained(tb, dev, test, seed)
+        b_dev, b_test = _untrained(base, dev, test, seed)
         before_dev.append(b_dev["sampled"])
         margin = np.array(chosen_logps(model0, tok, pairs)) - np.array(chosen_logps(model0, tok, [{**r, "chosen": r["rejected"]} for r in pairs]))
         ranked.append(float((margin > 0).mean()))
-        run, synthetic = _grid_runs("dpo", tb, pairs, seed, dev, test, grid), _grid_runs("dpo", tb, _pairs(_n_pairs(tb), seed), seed, dev, test, grid)
+        run, synthetic = _grid_runs("dpo", base, pairs, seed, dev, test, grid), _grid_runs("dpo", base, _pairs(_n_pairs(tb), seed), seed, dev, test, grid)
         arms["dpo"].append(run["test"]["per_prompt"])
         arms["small-instruct (untrained)"].append(b_test["per_prompt"])
         arms["dpo on synthetic pairs"].append(synthetic["test"]["per_prompt"])
-        per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "point": run["selection"]["chosen"], "dev": run["selection"]["dev_values"],
+        per_seed.append({**record, "on_policy_pairs": on_policy, "point": run["selection"]["chosen"], "dev": run["selection"]["dev_values"],
                          "synthetic": {"point": synthetic["selection"]["chosen"], "dev": synthetic["selection"]["dev_values"]},
                          "greedy": {"dpo": run["test"]["greedy"], "untrained": b_test["greedy"], "dpo on synthetic pairs": synthetic["test"]["greedy"]}})
     return judge(
@@ -244,12 +253,12 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
         premise=premise(_room(before_dev), _found(tb, found), check("untrained policy ranks chosen above rejected (on-policy training pairs, max over seeds)", max(ranked), "<=", 0.95)),
         arms=arms, treated="dpo", control="small-instruct (untrained)",
-        selection=_selection(grid, per_seed, "point", len(dev)), seeds=list(seeds), per_seed=per_seed,
+        selection=_selection(grid, per_seed, "point", len(dev)), **levels(per_seed, builds), per_seed=per_seed,
         recipe={**RECIPE, "pairs": _n_pairs(tb), "data": "on-policy: 8 samples per training problem, T=1"},
     )
 
 
-def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
+def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Sequence[Testbed] | None" = None) -> dict:
     """RPO 2405.16436 (METHODS §A2) on ``dpo-gold``'s data: DPO plus η x the chosen responses' NLL
     (token mean) raises small-instruct's verifier accuracy, and by more than DPO alone.
 
@@ -260,27 +269,29 @@ def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     RPO at a seed). Selection, per seed on dev sampled accuracy: DPO's lr and steps from
     ``GOLD_GRID``, RPO's from ``GOLD_GRID`` x η in ``ETAS``. Pre-registered: RPO - untrained above 0
     over the whole interval (the test) and RPO - DPO above 0 over the whole interval (a
-    condition), on test sampled accuracy. Premise as ``dpo-gold``'s."""
-    from .protocol import check, judge, paired_difference, premise
+    condition), on test sampled accuracy. Premise as ``dpo-gold``'s. With ``builds``, all of it
+    runs on every base build (the outermost level of the interval)."""
+    from .protocol import check, judge, levels, paired_difference, premise, unit
 
     dev, test = _problems(n)
     arms: dict[str, list] = {"rpo": [], "dpo": [], "small-instruct (untrained)": []}
     per_seed, before_dev, found = [], [], []
     grid = _grid(tb, GOLD_GRID)
     rpo_grid = tuple({**p, "rpo_eta": eta} for p in grid for eta in (ETAS if tb.manifest["profile"] == "full" else (1.0,)))
-    for seed in seeds:
-        pairs, on_policy = policy_pairs(tb, seed)
+    for base, seed, record in _units(tb, seeds, builds):
+        pairs, on_policy = policy_pairs(base, seed)
         found.append(on_policy)
-        b_dev, b_test = _untrained(tb, dev, test, seed)
+        b_dev, b_test = _untrained(base, dev, test, seed)
         before_dev.append(b_dev["sampled"])
-        dpo, rpo = _grid_runs("dpo", tb, pairs, seed, dev, test, grid), _grid_runs("rpo", tb, pairs, seed, dev, test, rpo_grid)
+        dpo, rpo = _grid_runs("dpo", base, pairs, seed, dev, test, grid), _grid_runs("rpo", base, pairs, seed, dev, test, rpo_grid)
         for name, scores in (("rpo", rpo["test"]), ("dpo", dpo["test"]), ("small-instruct (untrained)", b_test)):
             arms[name].append(scores["per_prompt"])
-        per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "rpo": rpo["selection"]["chosen"],
+        per_seed.append({**record, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "rpo": rpo["selection"]["chosen"],
                          "dev": {"untrained": b_dev["sampled"], "dpo": dpo["selection"]["dev_values"], "rpo": rpo["selection"]["dev_values"]},
                          "greedy": {"rpo": rpo["test"]["greedy"], "dpo": dpo["test"]["greedy"], "untrained": b_test["greedy"]},
                          "rpo_train_nll_end": _last(rpo["result"], "nll_loss"), "rpo_train_logps_chosen": _curve(rpo["result"])})
-    rpo_vs_dpo = paired_difference(arms["rpo"], arms["dpo"])
+    rows = levels(per_seed, builds)
+    rpo_vs_dpo = paired_difference(arms["rpo"], arms["dpo"], builds=rows["builds"])
     return judge(
         claim="RPO (DPO + NLL on the chosen) on verifier-labelled on-policy pairs raises small-instruct's verifier accuracy, and more than DPO",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
@@ -289,8 +300,8 @@ def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
         conditions=[check("rpo - dpo, interval low", rpo_vs_dpo["low"], ">", 0)],
         selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in grid + rpo_grid],
                    "rule": "max dev sampled accuracy, per seed and method (RPO also over eta)",
-                   "chosen": {str(r["seed"]): {"dpo": r["dpo"], "rpo": r["rpo"]} for r in per_seed}},
-        seeds=list(seeds), per_seed=per_seed, rpo_minus_dpo=rpo_vs_dpo,
+                   "chosen": {unit(r): {"dpo": r["dpo"], "rpo": r["rpo"]} for r in per_seed}},
+        **rows, per_seed=per_seed, rpo_minus_dpo=rpo_vs_dpo,
         recipe={**RECIPE, "pairs": _n_pairs(tb), "sft_reduction": "token_mean", "data": "on-policy: 8 samples per training problem, T=1"},
     )
 
@@ -472,7 +483,7 @@ def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: in
     arms: dict[str, list] = defaultdict(list)
     per_seed, dev_drops = [], []
     with tempfile.TemporaryDirectory() as out:
-        for base, seed in ((b, s) for b in builds or [tb] for s in seeds):
+        for base, seed, record in _units(tb, seeds, builds):
             tok, model0 = base.tokenizer(), base.model("small-instruct")
             start = np.array(chosen_logps(model0, tok, held_out))
             pairs = _pairs(2 * _n_pairs(tb), seed)
@@ -485,7 +496,6 @@ def ches_filter(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, steps: in
 
             subsets = {"ln_ches_lowest": by("ln_ches"), "random": random.Random(seed).sample(pairs, half),
                        "ln_ches_highest": by("ln_ches", riskiest=True), "ches_lowest": by("ches")}
-            record = {**({"build": base.manifest["seed"]} if builds else {}), "seed": seed}
             for name, subset in subsets.items():
                 own_start = chosen_logp(model0, tok, subset)
                 model, _ = _train("dpo", base, subset, f"{out}/{name}{seed}", max_steps=steps, seed=seed, data_seed=seed)

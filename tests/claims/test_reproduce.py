@@ -30,8 +30,8 @@ def second_build(cache_dir):
 
 # one claim per shape of build loop: over variants (dlf-vs-fixed, ead-tradeoff alike), an outer
 # loop over builds (steer-diversity alike: 80 s on tiny), one call per build, and a training claim
-# (ches-filter alike: 60 s on tiny)
-@pytest.mark.parametrize("name", ["eft-upscaling", "gedi-steering", "spec-eft-equivalence", "rpo-displacement"])
+# over (build, seed) units (dpo-gold, rpo-displacement, ches-filter alike)
+@pytest.mark.parametrize("name", ["eft-upscaling", "gedi-steering", "spec-eft-equivalence", "rpo-gold"])
 def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
     """With two base builds the claim runs every seed on each, the build is the outermost level
     of every interval, and the result says which builds it spans."""
@@ -48,7 +48,7 @@ def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
 
 def test_claims_without_the_build_level_say_why(tiny_testbed, second_build, tmp_path, monkeypatch):
     assert {n for n in CLAIMS if takes_builds(n)} == {"eft-upscaling", "dlf-vs-fixed", "ead-tradeoff", "gedi-steering", "steer-diversity",
-                                                      "spec-eft-equivalence", "rpo-displacement", "ches-filter"}
+                                                      "spec-eft-equivalence", "rpo-displacement", "ches-filter", "dpo-gold", "rpo-gold"}
     assert set(ONE_BUILD) == set(CLAIMS) - {n for n in CLAIMS if takes_builds(n)}
     from align.claims.protocol import judge, premise
 
@@ -62,10 +62,10 @@ def test_claims_without_the_build_level_say_why(tiny_testbed, second_build, tmp_
         seen.append(builds)
         return one_build_claim(tb, n)
 
-    monkeypatch.setitem(CLAIMS, "dpo-gold", one_build_claim)
+    monkeypatch.setitem(CLAIMS, "bco-udm", one_build_claim)
     monkeypatch.setitem(CLAIMS, "eft-upscaling", build_claim)
-    result, _ = reproduce("dpo-gold", tiny_testbed, n=4, out_dir=tmp_path, builds=[tiny_testbed, second_build])
-    assert seen == [0] and result["builds"] == {"seeds": [0], "in_interval": False, "why": ONE_BUILD["dpo-gold"]}
+    result, _ = reproduce("bco-udm", tiny_testbed, n=4, out_dir=tmp_path, builds=[tiny_testbed, second_build])
+    assert seen == [0] and result["builds"] == {"seeds": [0], "in_interval": False, "why": ONE_BUILD["bco-udm"]}
     assert "builds" not in result["difference"] and result["seeds"] == [0, 1, 2]
     result, _ = reproduce("eft-upscaling", tiny_testbed, n=4, out_dir=tmp_path, builds=[tiny_testbed])
     assert seen == [0, None, 0] and result["builds"]["in_interval"] is False and "--testbed-seeds 0,1,2" in result["builds"]["why"]
