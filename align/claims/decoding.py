@@ -81,7 +81,7 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds:
     from decoding import AuxiliaryModel, EFTLogitsProcessor
     from decoding.generate import generate_with
 
-    from .protocol import check, judge, levels, paired_difference, premise, seeded_interval, select_on_dev, unit
+    from .protocol import check, judge, levels, paired_difference, premise, row, seeded_interval, select_on_dev, unit
 
     sets = held_out_sets(n)
     behaviours = ("ill-posed", "beyond-horizon", "contrast")
@@ -117,7 +117,7 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds:
             a, c = axes(system, 1, w)
             acc[system].append(a)
             comply[system].append(c)
-        per_seed.append({**({"build": build} if builds else {}), "seed": seed, "w": w, "dev": {str(k): {"accuracy": round(float(np.mean(a)), 4), "compliance": round(float(np.mean(c)), 4)}
+        per_seed.append({**row(build, seed, builds), "w": w, "dev": {str(k): {"accuracy": round(float(np.mean(a)), 4), "compliance": round(float(np.mean(c)), 4)}
                                                          for k, (a, c) in dev.items()}})
     gaps = np.array(premise_rows)
     rows = levels(per_seed, builds)
@@ -161,7 +161,7 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
     from decoding import AuxiliaryModel, DLFLogitsProcessor, EFTLogitsProcessor
     from decoding.generate import generate_with
 
-    from .protocol import check, judge, levels, premise, select_on_dev, unit
+    from .protocol import check, judge, levels, premise, row, select_on_dev, unit
 
     sets = held_out_sets(n)
     kinds = ("answer", "ill-posed", "beyond-horizon", "contrast")
@@ -195,7 +195,7 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
         large_own = {k: np.mean(run(rows_of(0, k), "large-base")) for k in ("ill-posed", "beyond-horizon")}
         own_gaps.append([np.mean(run(rows_of(0, "ill-posed"), "small-expert-zero")) - large_own["ill-posed"],
                          np.mean(run(rows_of(0, "beyond-horizon"), "small-expert-big")) - large_own["beyond-horizon"]])
-        record = {**({"build": build} if builds else {}), "seed": seed}
+        record = row(build, seed, builds)
         large_test = run(rows_of(1), "large-base")
         for setting, experts in settings.items():
             dev = {a: np.mean(run(rows_of(0), "fixed", experts, a)) for a in ALPHAS}
@@ -254,7 +254,7 @@ def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), bui
     from decoding import GeDiLogitsProcessor
     from decoding.generate import generate_with
 
-    from .protocol import check, dev_test_split, judge, levels, premise, select_on_dev, unit
+    from .protocol import check, dev_test_split, judge, levels, premise, row, select_on_dev, unit
 
     prompts = [f"{a}-" for a in np.random.default_rng(0).integers(10, 1000, n).tolist()]
     dev, test = dev_test_split(n, 0.3, seed=0)
@@ -291,7 +291,7 @@ def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), bui
             for name, (negative, correct) in (("gedi towards negative", towards), ("plain", plain_test), ("gedi away from negative", away)):
                 arms[name].append(negative)
                 arms[f"{name}: correct"].append(correct)
-            per_seed.append({**({"build": base.manifest["seed"]} if builds else {}), "seed": seed, "omega": selection["chosen"],
+            per_seed.append({**row(base.manifest["seed"], seed, builds), "omega": selection["chosen"],
                              "guide_auroc": round(aurocs[-1], 4),
                              "dev": {str(w): {"negative": round(float(a.mean()), 4), "correct": round(float(c.mean()), 4)} for w, (a, c) in runs.items()}})
     guided_correct, plain_correct = np.mean(arms["gedi towards negative: correct"]), np.mean(arms["plain: correct"])
@@ -347,7 +347,7 @@ def steer_diversity(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), d
     from decoding import AuxiliaryModel, NegativePool, SteerLogitsProcessor
     from decoding.generate import generate_with
 
-    from .protocol import check, judge, levels, premise, select_on_dev, unit
+    from .protocol import check, judge, levels, premise, row, select_on_dev
 
     count = max(GROUP, min(n, 256) // GROUP * GROUP)
     prompts = [""] * count
@@ -396,7 +396,7 @@ def steer_diversity(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), d
                 test[c].append(r)
             test["STEER (chosen on dev)"].append(runs[pick["steer"]])
             test["plain sampling (chosen on dev)"].append(runs[pick["plain"]])
-            per_seed.append({**({"build": build} if builds else {}), "seed": seed, **pick})
+            per_seed.append({**row(build, seed, builds), **pick})
     arms = {c: [r["diversity"] for r in runs] for c, runs in test.items()}
     coherence = {c: float(np.mean([r["coherence"].mean() for r in runs])) for c, runs in test.items()}
     dev_mean = {c: {m: float(np.mean([d[c][m].mean() for d in dev_runs])) for m in ("coherence", "diversity")} for c in configs}
@@ -442,7 +442,7 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
     from decoding.auxiliary import encode_prompts
     from decoding.generate import decode_completions, eos_token_ids, generate_with, pad_token_id
 
-    from .protocol import check, dev_test_split, judge, levels, premise, select_on_dev, unit
+    from .protocol import check, dev_test_split, judge, levels, premise, row, select_on_dev, unit
 
     problems = eval_problems(n)
     dev, test = dev_test_split(n, 0.3, seed=0)
@@ -483,7 +483,7 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
         arms["0.9 x large-instruct"].append(0.9 * large_test)
         arms["large-instruct"].append(large_test)
         arms["small-instruct"].append(alone(small, test))
-        per_seed.append({**({"build": build} if builds else {}), "seed": seed, "tau": tau, "dev_large_share": round(dev_runs[tau][1], 4), "test_large_share": round(share, 4),
+        per_seed.append({**row(build, seed, builds), "tau": tau, "dev_large_share": round(dev_runs[tau][1], 4), "test_large_share": round(share, 4),
                          "dev": {str(t): {"accuracy": round(float(a.mean()), 4), "large_share": round(f, 4)} for t, (a, f) in dev_runs.items()},
                          "spec defaults (window 5, min 10, tau 1.0) on test": round(float(ead(test, 1.0, 5, 10)[0].mean()), 4)})
     return judge(
@@ -556,7 +556,7 @@ def spec_eft_equivalence(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 
     from decoding import AuxiliaryModel, EFTLogitsProcessor, speculative_eft_generate
     from decoding.generate import decode_completions, generate_with
 
-    from .protocol import check, judge, levels, premise
+    from .protocol import check, judge, levels, premise, row
 
     problems = eval_problems(n)
     prompts = [p.prompt for p in problems]
@@ -627,7 +627,7 @@ def spec_eft_equivalence(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 
     paths = {key: sum(r["paths"][key] for r in runs.values()) for key in next(iter(runs.values()))["paths"]}
     identical = sum(r["identical"] for r in runs.values())
     fits = {b: r["fit"] for b, r in runs.items()}
-    per_seed = [{**({"build": b} if builds else {}), "seed": seed} for b in runs for seed in seeds]
+    per_seed = [row(b, seed, builds) for b in runs for seed in seeds]
     label = (lambda b: f" (build {b})") if builds else (lambda b: "")
     return judge(
         claim="speculative EFT samples the EFT distribution (equivalence) and reproduces its greedy outputs",

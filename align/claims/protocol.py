@@ -133,6 +133,11 @@ def levels(per_seed: list[dict], builds: Sequence[Any] | None) -> dict[str, Any]
     return {"seeds": [p["seed"] for p in per_seed], "builds": [p["build"] for p in per_seed] if builds else None}
 
 
+def row(build: Any, seed: int, several: Any) -> dict[str, Any]:
+    """The start of a per-row record: its seed, and its base build when there are ``several``."""
+    return {"build": build, "seed": seed} if several else {"seed": seed}
+
+
 def unit(p: dict) -> str:
     """A per-row record's key in a selection's ``chosen``: its seed, and its build when there are several."""
     return f"build {p['build']} seed {p['seed']}" if "build" in p else str(p["seed"])

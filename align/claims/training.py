@@ -197,7 +197,9 @@ def _selection(grid: tuple[dict, ...], per_seed: list[dict], key: str, n_dev: in
 def _units(tb: "Testbed", seeds: tuple[int, ...], builds: "Sequence[Testbed] | None") -> list[tuple["Testbed", int, dict]]:
     """``(base build, seed, record)`` for every seed of every base build (``builds``, or ``tb``
     alone); ``record`` starts the row's ``per_seed`` entry (its build only when there are several)."""
-    return [(b, s, {**({"build": b.manifest["seed"]} if builds else {}), "seed": s}) for b in builds or [tb] for s in seeds]
+    from .protocol import row
+
+    return [(b, s, row(b.manifest["seed"], s, builds)) for b in builds or [tb] for s in seeds]
 
 
 def _found(tb: "Testbed", counts: list[int]) -> dict:
@@ -326,7 +328,7 @@ def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, step
 
     from align.testbed.datasets import preference_pairs
 
-    from .protocol import check, dev_test_split, judge, levels, premise
+    from .protocol import check, dev_test_split, judge, levels, premise, row
 
     steps = _steps(tb, steps)
     held_out = [dict(r) for r in preference_pairs(8, 200, 0, True)["eval"]]
@@ -339,7 +341,7 @@ def rpo_displacement(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, step
             start = np.array(chosen_logps(base.model("small-instruct"), tok, held_out))
             starts.append(start[test_i].mean())
             for seed in seeds:
-                record = {**({"build": base.manifest["seed"]} if builds else {}), "seed": seed}
+                record = row(base.manifest["seed"], seed, builds)
                 name = f"build {base.manifest['seed']} seed {seed}" if builds else f"seed {seed}"
                 for kind in ("dpo", "rpo"):
                     model, result = _train(kind, base, _pairs(_n_pairs(tb), seed), f"{out}/{kind}{seed}", max_steps=steps, seed=seed, data_seed=seed)
