@@ -227,7 +227,9 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
     )
 
 
-OMEGAS = (5.0, 15.0, 30.0, 60.0)  # GeDi's posterior weight, chosen on dev
+# GeDi's posterior weight, chosen on dev; down to 1 (issue #29: 5, then the lowest, was chosen where no
+# weight kept guided equations coherent, and a weaker pull is what coherence asks for)
+OMEGAS = (1.0, 2.0, 5.0, 15.0, 30.0, 60.0)
 
 
 def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), builds: "Sequence[Testbed] | None" = None) -> Result:
@@ -240,7 +242,7 @@ def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), bui
 
     * Premise: each guide's posterior separates negative from non-negative held-out equations
       (AUROC >= 0.8), and the large base alone leaves room (negative share on dev <= 0.8).
-    * Selection, per seed on dev prompts: ω from 5, 15, 30, 60, the largest dev negative share
+    * Selection, per seed on dev prompts: ω from 1, 2, 5, 15, 30, 60, the largest dev negative share
       among the ω whose dev share of arithmetically right equations is >= 0.9 x plain decoding's.
     * Holds when guided - plain negative share is above 0 over the whole interval and the guided
       completions stay >= 0.8 x as often arithmetically right as plain ones (coherence). Also
@@ -312,7 +314,9 @@ def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), bui
 
 
 TEMPERATURES = (0.7, 1.0, 1.3, 1.6)  # plain sampling's frontier
-STEER_GRID = ((0.2, 0.3), (0.2, 0.6), (0.2, 1.0), (0.6, 0.6), (1.0, 0.6))  # (gamma, eta); top_k 10 as the code
+# (gamma, eta); top_k 10 as the code. Down to (0.05, 0.1) towards gamma = eta = 0, plain top-10 sampling
+# (issue #29: the lowest corner was chosen)
+STEER_GRID = ((0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.2, 0.6), (0.2, 1.0), (0.6, 0.6), (1.0, 0.6))
 GROUP = 32  # diversity is measured within groups of this many samples (one group = one paired unit)
 
 
