@@ -88,8 +88,8 @@ def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "run
     """Run claim ``name`` on testbed ``tb`` and write ``out_dir/name/result.json`` atomically.
 
     ``builds``: base builds of ``tb``'s profile (``tb`` first, e.g. seeds 0, 1, 2). A claim that
-    takes them (:func:`takes_builds`) bootstraps over builds, then seeds, then prompts; the others
-    run on ``tb``. Every result records under ``builds`` which base builds its interval spans and,
+    takes them (:func:`takes_builds`) counts the base build in its intervals; the others run on
+    ``tb``. Every result records under ``builds`` which base builds its interval spans and,
     when only one, why."""
     if name not in CLAIMS:
         raise KeyError(f"unknown claim {name!r}; available: {', '.join(CLAIMS)}")
@@ -112,7 +112,7 @@ def reproduce(name: str, tb: "Testbed", n: int = 500, out_dir: str | Path = "run
 def _builds_record(name: str, tb: "Testbed", used: Sequence["Testbed"]) -> dict[str, Any]:
     seeds = [b.manifest["seed"] for b in used]
     if len(seeds) > 1:
-        return {"seeds": seeds, "in_interval": True, "level": "outermost: builds, then seeds within a build, then prompts"}
+        return {"seeds": seeds, "in_interval": True, "level": "builds crossed with the shared prompts, seeds within a build"}
     why = ONE_BUILD.get(name) or (f"one base build was given: `align reproduce {name} --testbed-seeds 0,1,2` adds the build level"
                                   if takes_builds(name) else "not given the build level")
     return {"seeds": seeds, "in_interval": False, "why": why}

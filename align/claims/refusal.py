@@ -12,7 +12,7 @@ Under the rules of :mod:`align.claims.protocol`. Premise (from the paper): after
 SFT the control token's step-0 probability separates prompts to refuse from the rest (AUROC > 0.5
 on the dev half, every seed). Held-out rows alternate between a dev half, where any choice is
 made, and a test half, which is reported. Seeds 0, 1, 2 set the training data and order (a model
-per seed); intervals are the two-stage bootstrap over seeds and test prompts. No training
+per seed); intervals count seeds and test prompts (:func:`~align.claims.protocol.seeded_interval`). No training
 hyperparameter is tuned: the recipe is the shipped config's.
 
 Pre-registered rules (written before the first full-profile run):
