@@ -270,3 +270,35 @@ def agreement(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
     p_e = ((both + only_a) * (both + only_b) + (neither + only_b) * (neither + only_a)) / n**2
     kappa = (p_o - p_e) / (1 - p_e) if p_e < 1 else 1.0
     return {"agreement": round(p_o, 4), "kappa": round(kappa, 4), "both": both, "only_a": only_a, "only_b": only_b, "neither": neither}
+
+
+LABELS = Path(__file__).resolve().parent.parent / "data" / "refusal" / "matcher-labels" / "labels.jsonl"
+
+
+def estimated_agreement(labels: str | Path = LABELS, total: int = 1380, confidence: float = 0.95) -> dict[str, Any]:
+    """The string matcher's agreement with hand labels over all ``total`` answers, estimated from
+    the two labelled strata of ``data/refusal/matcher-labels``: every answer where the rules differ
+    (a census, counted as it is) and a random sample of the rest (agreement there extrapolated to
+    the whole stratum). The interval is conservative: the census exact, the sampled stratum's
+    rate at its Clopper–Pearson ends, weighted by the stratum sizes.
+
+    Example:
+        >>> e = estimated_agreement()
+        >>> round(e["estimate"], 3), [round(v, 3) for v in e["interval"]]     # 32/36 differing + 40/40 random of 1,344
+        (0.997, [0.911, 0.997])
+    """
+    from scipy.stats import binomtest
+
+    from .eval.scorers import refusal_string_match
+
+    rows = [json.loads(line) for line in Path(labels).read_text().splitlines() if line.strip()]
+    verdicts = refusal_string_match([[{"role": "user", "content": r["prompt"]}] for r in rows], [r["answer"] for r in rows], rows)
+    right: dict[str, list[bool]] = {"rules differ": [], "random": []}
+    for r, v in zip(rows, verdicts):
+        right[r["stratum"]].append(v["refused"] == r["refused"])
+    census, sample = right["rules differ"], right["random"]
+    rest = total - len(census)
+    ci = binomtest(sum(sample), len(sample)).proportion_ci(confidence_level=confidence, method="exact")
+    return {"estimate": (sum(census) + rest * sum(sample) / len(sample)) / total,
+            "interval": [(sum(census) + rest * ci.low) / total, (sum(census) + rest * ci.high) / total],
+            "rules_differ": [sum(census), len(census)], "random": [sum(sample), len(sample)], "total": total}
