@@ -34,10 +34,11 @@ from rewards.io import atomic_write_text
 
 from .config import ConfigError
 from .data import last_text
-from .eval.stats import holm
+from .eval.stats import verdicts as holm_verdicts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PRIMARY = (".correct", ".refused", ".reward")  # the metrics a scoreboard shows, when a set has them
+ALPHA = 0.05  # family-wise error rate of the page's verdicts (Holm across its comparisons)
 
 
 @dataclass
@@ -157,16 +158,13 @@ def comparisons(runs: list[Run]) -> list[dict[str, Any]]:
             if d["metric"] in primary.get((d["system"], d["prompt_set"]), ()):
                 out.append({**d, "run": run.name, "label": _label(run, d["system"], runs),
                             "baseline_label": _label(run, d["baseline"], runs), "direction": direction(d["metric"], expects.get(d["prompt_set"]))})
-    tested = [c for c in out if c.get("p_value") is not None]
-    for c, p in zip(tested, holm([c["p_value"] for c in tested])):
-        c["p_holm"] = p
-    return out
+    return holm_verdicts(out, ALPHA)
 
 
 def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[str, Any]:
     """Systems as rows, each prompt set's primary metrics as columns: mean and 95% interval per
-    cell, the best per column (by the metric's direction) and the cells whose paired difference
-    from the baseline excludes 0 marked; generated tokens per second last."""
+    cell, the best per column (by the metric's direction) and the cells that differ from the
+    baseline by the page's verdict rule (:func:`~align.eval.stats.verdicts`) marked; generated tokens per second last."""
     expects = {s["name"]: s.get("expect") for s in run.summary.get("prompt_sets", [])}
     entries = {(e["system"], e["prompt_set"]): e for e in run.summary.get("table", [])}
     systems = list(dict.fromkeys(e["system"] for e in run.summary.get("table", [])))
@@ -200,9 +198,9 @@ def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[s
 
 
 def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4) -> list[str]:
-    """Two or three sentences from the paired intervals: which systems are better than the
-    baseline and where, which are worse, what is not shown to differ (each difference with its
-    interval and Holm-adjusted p; a system's throughput ratio once, where it moved by over 10%).
+    """Two or three sentences from the page's verdicts (:func:`~align.eval.stats.verdicts`: Holm across its
+    comparisons): which systems are better than the baseline and where, which are worse, what is
+    not shown to differ (each difference with its interval and Holm-adjusted p; a system's throughput ratio once, where it moved by over 10%).
     Nothing here is hand-written."""
     mine = [d for d in diffs if d["run"] == board["run"]]
     speed = {r["system"]: r["tokens_per_s"] for r in board["rows"]}
@@ -228,13 +226,13 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
     same = [d for d in mine if not d["significant"]]
     out = []
     if better:
-        out.append(f"Better than {base} (paired 95% interval above 0 in the good direction): {system_items(better)}.")
+        out.append(f"Better than {base} (Holm-adjusted p <= {ALPHA:g}, in the good direction): {system_items(better)}.")
     if worse:
         out.append(f"Worse than {base}: {system_items(worse)}.")
     if moved:
         out.append(f"Different from {base}, direction not judged on a mixed set: {system_items(moved)}.")
     if same:
-        out.append(f"Not shown to differ from {base} (interval holds 0): {system_items(same, detail=False)}.")
+        out.append(f"Not shown to differ from {base} (Holm-adjusted p > {ALPHA:g}): {system_items(same, detail=False)}.")
     if not mine:
         out.append("One system only: nothing to compare.")
     return out
@@ -665,7 +663,8 @@ def markdown(runs: list[Run], claims: list[dict[str, Any]], boards: list[dict[st
             cells = ["–" if c is None else f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" + ("*" if c["mark"] else "")
                      for c in r["cells"]]
             lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {_num(r['tokens_per_s'], 1)} |")
-        lines += ["", "\\* paired difference from the baseline excludes 0.", ""]
+        lines += ["", f"\\* differs from the baseline: Holm-adjusted p <= {ALPHA:g} across the {len(diffs)} comparisons "
+                  "(the interval alone decides nothing).", ""]
         lines += [f"- {s}" for s in board.get("sentences") or headline(board, diffs)]
         lines.append("")
     if diffs:

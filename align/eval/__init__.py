@@ -6,7 +6,7 @@ from .judges import (LocalJudge, PairwiseJudge, RefusalJudge, alpaca_win_rate, b
                      length_controlled_minimal, parse_pair_scores, parse_refusal_verdict)
 from .run import EvalArgs, run_eval
 from .scorers import RewardScorer, exact_match, math_answer, opening_sentences, refusal_string_match, verifier
-from .stats import Estimate, estimate, holm, mcnemar_exact, paired_difference, paired_test
+from .stats import Estimate, estimate, holm, mcnemar_exact, paired_difference, paired_test, verdicts
 
 __all__ = [
     "Estimate",
@@ -31,5 +31,6 @@ __all__ = [
     "parse_refusal_verdict",
     "refusal_string_match",
     "run_eval",
+    "verdicts",
     "verifier",
 ]

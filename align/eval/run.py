@@ -36,7 +36,7 @@ from rewards.io import atomic_write_text
 from ..config import ConfigError
 from ..data import as_messages
 from ..generate import GenerateArgs
-from .stats import estimate, paired_difference, paired_test
+from .stats import estimate, paired_difference, paired_test, verdicts
 
 SCORERS = ("verifier", "exact", "math", "refusal_string", "refusal_judge", "ensemble", "length")
 SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
@@ -526,7 +526,8 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
                     d = paired_difference(x, y, n_resamples=args.n_bootstrap, seed=args.seed)
                     test, p = paired_test(x, y)
                     differences.append({"system": other, "baseline": baseline, "prompt_set": set_name, "metric": metric,
-                                        **d.as_dict(), "significant": d.significant, "test": test, "p_value": p})
+                                        **d.as_dict(), "test": test, "p_value": p})
+    verdicts(differences)  # Holm across this run's comparisons (a report recomputes it across its page)
     refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects, args.n_bootstrap, args.seed)
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,

@@ -1,7 +1,8 @@
 """Uncertainty for every reported number: a mean with its standard error and a 95% bootstrap
 interval over prompts, and the paired version for two systems that answered the same prompts.
 
-A difference is called one only when its interval excludes 0 (``Estimate.significant``). Bootstrap
+A difference is called one only by the multiplicity-adjusted test (:func:`verdicts`: Holm across
+every comparison shown together); the interval gives its size. Bootstrap
 intervals are percentile intervals from ``scipy.stats.bootstrap`` (resampling prompts, seeded);
 percentile rather than BCa because per-prompt scores are often 0/1 with few distinct values,
 where BCa's acceleration estimate is unstable or undefined.
@@ -139,3 +140,25 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, p_values[i] * (len(p_values) - k)))
         adjusted[i] = running
     return adjusted
+
+
+def verdicts(diffs: list[dict], alpha: float = 0.05) -> list[dict]:
+    """One verdict rule for comparisons shown together: Holm's adjustment (:func:`holm`) across
+    every comparison's ``p_value`` (``p_holm``), and ``significant`` iff ``p_holm <= alpha``. The
+    unadjusted paired interval stays beside it as ``interval_excludes_0`` but decides nothing: a p
+    of 0.02 among ten comparisons is not shown to differ. A comparison without a test never differs.
+    Updates and returns ``diffs``.
+
+    Example:
+        >>> ds = [{"p_value": 0.02, "low": 0.01, "high": 0.2}, {"p_value": 0.03, "low": -0.1, "high": 0.1},
+        ...       {"p_value": 0.5, "low": -0.1, "high": 0.1}]
+        >>> [(d["p_holm"], d["significant"], d["interval_excludes_0"]) for d in verdicts(ds)]
+        [(0.06, False, True), (0.06, False, False), (0.5, False, False)]
+    """
+    tested = [d for d in diffs if d.get("p_value") is not None]
+    for d, p in zip(tested, holm([d["p_value"] for d in tested])):
+        d["p_holm"] = p
+    for d in diffs:
+        d["interval_excludes_0"] = d["low"] > 0 or d["high"] < 0
+        d["significant"] = d.get("p_holm") is not None and d["p_holm"] <= alpha
+    return diffs

@@ -30,7 +30,7 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     assert "large_fraction" in summary["table"][6]["compute"]
     # the page and the terminal lead with the scoreboard (both axes) and sentences generated from the intervals
     assert "| system | answerable verifier.correct | answerable ensemble.reward | behaviours exact.correct | tokens/s |" in out
-    assert "from base (interval holds 0)" in out or "than base" in out
+    assert "from base (Holm-adjusted p > 0.05)" in out or "than base" in out
     page = (tmp_path / "qs" / "report.html").read_text()
     assert page.count('class="sentence"') >= 1 and "behaviours" in page
     if CHROMIUM is not None:  # the page as people see it: 1280 px, no console errors; the screenshot is kept

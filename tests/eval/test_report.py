@@ -99,9 +99,45 @@ def test_scoreboard_comparisons_and_sentences_from_the_paired_intervals(tmp_path
         row["metrics"]["verifier.correct"]["value"] = 0.5
     assert not any(r["cells"][0]["best"] for r in scoreboard(runs[0], runs, diffs)["rows"])
     better, same_sentence = headline(board, diffs)
-    assert better.startswith("Better than base (paired 95% interval above 0 in the good direction): good on chat verifier.correct +0.500 [")
+    assert better.startswith("Better than base (Holm-adjusted p <= 0.05, in the good direction): good on chat verifier.correct +0.500 [")
     assert better.endswith("] (Holm p < 0.001), at 0.1× base's tokens/s.")
-    assert same_sentence.startswith("Not shown to differ from base (interval holds 0): same on chat verifier.correct +0.000 [")
+    assert same_sentence.startswith("Not shown to differ from base (Holm-adjusted p > 0.05): same on chat verifier.correct +0.000 [")
+
+
+def test_one_verdict_rule_the_adjusted_test_decides_every_place_on_the_page(tmp_path):
+    """60 prompts: `edge` fixes 7 of base's misses and breaks none (exact McNemar p = 2 * 0.5**7 =
+    0.016, its paired interval excludes 0), four more systems answer as base does (p = 1). Holm
+    across the five comparisons: 5 * 0.016 = 0.078 > 0.05, so edge is *not shown to differ*: no
+    arrow, no colour, no asterisk, the verdict column, the sentences and the Markdown summary agree."""
+    import math
+
+    from align.report import comparisons, load_runs
+
+    names = ["base", "edge", "same1", "same2", "same3", "same4"]
+    args = EvalArgs(systems=[{"name": n, "model": n} for n in names], prompt_sets=[{"name": "chat", "dataset": "d.jsonl"}],
+                    scorers=["verifier"], output_dir=str(tmp_path / "many"), n_bootstrap=500)
+    right = {n: set(range(20)) for n in names} | {"edge": set(range(27))}
+    samples = [{"system": n, "prompt_set": "chat", "index": i, "prompt": f"q{i}", "output": f"{n} {i}", "finished": True, "tokens": 5,
+                "seconds": 0.1, "row": {"answer": "1"}, "scores": {"verifier.correct": i in right[n]}} for n in names for i in range(60)]
+    out = tmp_path / "many"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    summary = summarise(samples, args)
+    (out / "summary.json").write_text(json.dumps(summary))
+    edge = next(d for d in summary["differences"] if d["system"] == "edge")
+    assert math.isclose(edge["p_value"], 2 * 0.5**7) and edge["low"] > 0 and edge["interval_excludes_0"]
+    assert math.isclose(edge["p_holm"], 5 * 2 * 0.5**7) and not edge["significant"]  # the run's own summary: the same rule
+    runs, _ = load_runs([str(out)])
+    assert not next(d for d in comparisons(runs) if d["system"] == "edge")["significant"]
+    page, md = render(ReportArgs(runs=[str(out)], output=str(tmp_path / "r.html")))
+    html, text = page.read_text(), md.read_text()
+    assert '<span class="arrow">' not in html and " up better" not in html and '<span class="sig">differs</span>' not in html
+    assert html.count("<td>not shown to differ</td>") == 5
+    sentences = [line for line in text.splitlines() if line.startswith("- ")]
+    assert sentences == [next(s for s in sentences if s.startswith("- Not shown to differ from base (Holm-adjusted p > 0.05): edge on chat"))]
+    assert "Better than" not in html and "Better than" not in text
+    assert "| edge | 0.450 [" in text and "| edge | 0.450 [" in text and not any("*" in line for line in text.splitlines() if line.startswith("| edge |"))
+    assert "| edge − base | chat | verifier.correct | +0.117 [+0.0" in text and "| 0.016 | 0.078 |" in text
 
 
 def test_claims_view_from_data_claims(tmp_path):
