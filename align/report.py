@@ -34,7 +34,7 @@ from rewards.io import atomic_write_text
 
 from .config import ConfigError
 from .data import last_text
-from .eval.stats import verdicts as holm_verdicts
+from .eval.stats import ABSTAIN_WARN, verdicts as holm_verdicts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PRIMARY = (".correct", ".refused", ".reward")  # the metrics a scoreboard shows, when a set has them
@@ -169,25 +169,30 @@ def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[s
     entries = {(e["system"], e["prompt_set"]): e for e in run.summary.get("table", [])}
     systems = list(dict.fromkeys(e["system"] for e in run.summary.get("table", [])))
     sets = list(dict.fromkeys(e["prompt_set"] for e in run.summary.get("table", [])))
-    columns = [(s, m) for s in sets for m in dict.fromkeys(m for sys in systems for m in primary_metrics(entries.get((sys, s), {}).get("metrics", {})))]
+    scored = {k: {**e.get("abstentions", {}), **e["metrics"]} for k, e in entries.items()}  # a score nobody got a verdict on too
+    columns = [(s, m) for s in sets for m in dict.fromkeys(m for sys in systems for m in primary_metrics(scored.get((sys, s), {})))]
     by_key = {(d["system"], d["prompt_set"], d["metric"]): d for d in diffs if d["run"] == run.name}
     rows = []
     for system in systems:
         cells = []
         for set_name, metric in columns:
             m = entries.get((system, set_name), {}).get("metrics", {}).get(metric)
+            a = entries.get((system, set_name), {}).get("abstentions", {}).get(metric)
             d = by_key.get((system, set_name, metric))
             moved = d is not None and d["significant"]
             quality = d["direction"] * d["value"] if moved else 0
-            cells.append(None if m is None else {**m, "diff": d, "mark": ("up" if d["value"] > 0 else "down") if moved else "",
-                                                 "quality": "better" if quality > 0 else "worse" if quality < 0 else "", "best": False})
+            abstained = a and {**a, "warn": a["no_verdict"] / a["samples"] > ABSTAIN_WARN,
+                               "text": f"no verdict on {a['no_verdict']} of {a['samples']}; rate over {a['samples'] - a['no_verdict']}"}
+            cells.append(None if m is None and a is None else {"value": None, **(m or {}), "diff": d, "abstained": abstained,
+                                                               "mark": ("up" if d["value"] > 0 else "down") if moved else "",
+                                                               "quality": "better" if quality > 0 else "worse" if quality < 0 else "", "best": False})
         seconds = sum(entries.get((system, s), {}).get("compute", {}).get("seconds") or 0 for s in sets)
         tokens = sum(entries.get((system, s), {}).get("compute", {}).get("generated_tokens") or 0 for s in sets)
         rows.append({"system": _label(run, system, runs), "cells": cells, "tokens_per_s": tokens / seconds if seconds and tokens else None})
     header = []
     for k, (set_name, metric) in enumerate(columns):
         sense = direction(metric, expects.get(set_name))
-        values = [r["cells"][k]["value"] for r in rows if r["cells"][k] is not None]
+        values = [r["cells"][k]["value"] for r in rows if r["cells"][k] is not None and r["cells"][k]["value"] is not None]
         if sense and len(set(values)) > 1:  # a column where every system ties has no best
             best = max(values) if sense > 0 else min(values)
             for r in rows:
@@ -235,6 +240,11 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
         out.append(f"Not shown to differ from {base} (Holm-adjusted p > {ALPHA:g}): {system_items(same, detail=False)}.")
     if not mine:
         out.append("One system only: nothing to compare.")
+    warned = [f"{r['system']} on {c['prompt_set']} {c['metric']}: {cell['abstained']['text']}"
+              for r in board["rows"] for c, cell in zip(board["columns"], r["cells"]) if cell and cell["abstained"] and cell["abstained"]["warn"]]
+    if warned:
+        out.append(f"Warning: a scorer gave no verdict on over {ABSTAIN_WARN:.0%} of the samples, and those rates are over the judged "
+                   f"rest: {'; '.join(warned)}.")
     return out
 
 
@@ -660,8 +670,8 @@ def markdown(runs: list[Run], claims: list[dict[str, Any]], boards: list[dict[st
         lines += [f"**{board['run']}** (baseline {board['baseline']})", "", "| system | " + " | ".join(heads) + " | tokens/s |",
                   "|---" * (len(heads) + 2) + "|"]
         for r in board["rows"]:
-            cells = ["–" if c is None else f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" + ("*" if c["mark"] else "")
-                     for c in r["cells"]]
+            cells = ["–" if c is None else ("–" if c["value"] is None else f"{c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}]")
+                     + ("*" if c["mark"] else "") + (f" ({c['abstained']['text']})" if c["abstained"] else "") for c in r["cells"]]
             lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {_num(r['tokens_per_s'], 1)} |")
         lines += ["", f"\\* differs from the baseline: Holm-adjusted p <= {ALPHA:g} across the {len(diffs)} comparisons "
                   "(the interval alone decides nothing).", ""]

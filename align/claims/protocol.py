@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 from scipy.stats import t as t_dist
+
+from ..eval.stats import exact_proportion
 
 OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 STATUSES = ("holds", "does not hold", "untestable")
@@ -182,17 +183,6 @@ def crossed_interval(y: np.ndarray, confidence: float = 0.95, draws: int = 20_00
     low, high = np.quantile(grand - spread, [(1 - confidence) / 2, (1 + confidence) / 2])
     se = math.sqrt((ms_u + max(ms_p - ms_i, 0.0)) / (u * p))
     return float(low), float(high), se
-
-
-def exact_proportion(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Clopper–Pearson interval of ``k`` successes in ``n`` trials (never zero-width).
-
-    Example:
-        >>> [round(v, 4) for v in exact_proportion(0, 130)]        # 0/130: the upper end is not 0
-        [0.0, 0.028]
-    """
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 def paired_difference(treated: Any, control: Any, builds: Sequence[Any] | None = None) -> dict[str, Any]:

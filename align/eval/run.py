@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from rewards.io import atomic_write_text
 from ..config import ConfigError
 from ..data import as_messages
 from ..generate import GenerateArgs
-from .stats import estimate, paired_difference, paired_test, verdicts
+from .stats import ABSTAIN_WARN, estimate, paired_difference, paired_test, verdicts
 
 SCORERS = ("verifier", "exact", "math", "refusal_string", "refusal_judge", "ensemble", "length")
 SYSTEM_KEYS = {f.name for f in fields(GenerateArgs) if f.init} - {"prompts", "output", "prompt_field", "split", "dataset_config"}
@@ -415,6 +416,8 @@ def run_eval(args: EvalArgs, progress: bool = True) -> Path:
     if args.pairwise:
         judge_pairs(args, samples, judge_store, out / "pairwise.jsonl")
     summary = summarise(samples, args)
+    for warning in summary["warnings"]:
+        warnings.warn(warning, stacklevel=2)
     if args.pairwise:
         summary["pairwise"] = pairwise_summary(read_samples(out / "pairwise.jsonl"))
     if args.annotations:
@@ -485,11 +488,16 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
     order = {(a["name"], b["name"]): i for i, (a, b) in enumerate((a, b) for a in args.systems for b in args.prompt_sets)}
     for (system, set_name), rows in sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))):
         rows.sort(key=lambda r: (r["index"], r.get("sample", 0)))
-        metrics = {}
-        for metric in sorted({k for r in rows for k, v in r["scores"].items() if _number(v)}):
+        metrics, abstentions = {}, {}
+        for metric in sorted({k for r in rows for k, v in r["scores"].items() if _number(v) or v is None}):
+            unlabelled = sum(not _number(r["scores"].get(metric)) for r in rows)
+            if unlabelled:  # a judge without a verdict: counted, and the rate is over the rest
+                abstentions[metric] = {"no_verdict": unlabelled, "samples": len(rows)}
+            if unlabelled == len(rows):
+                continue
             per_prompt = per_prompt_means(rows, lambda r, m=metric: r["scores"].get(m))
             metrics[metric] = {**estimate(list(per_prompt.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict(),
-                               "unlabelled": sum(not _number(r["scores"].get(metric)) for r in rows)}
+                               "unlabelled": unlabelled, "judged": len(rows) - unlabelled}
         finished = per_prompt_means(rows, lambda r: float(r["finished"]))
         metrics["finished"] = estimate(list(finished.values()), n_resamples=args.n_bootstrap, seed=args.seed).as_dict()
         curves = []
@@ -509,7 +517,7 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
             models = sorted({m for r in rows for m in r["forward_tokens"]})
             compute["forward_tokens"] = {m: round(sum(r["forward_tokens"].get(m, 0) for r in rows)) for m in models}
         table.append({"system": system, "prompt_set": set_name, "n": len(rows), "metrics": metrics, "compute": compute,
-                      **({"best_of_n": curves} if curves else {})})
+                      **({"abstentions": abstentions} if abstentions else {}), **({"best_of_n": curves} if curves else {})})
     names = [s["name"] for s in args.systems]
     baseline = names[0]
     differences = []
@@ -531,7 +539,27 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
     refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects, args.n_bootstrap, args.seed)
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
-            "prompt_sets": args.prompt_sets, "scorers": args.scorers}
+            "prompt_sets": args.prompt_sets, "scorers": args.scorers, "warnings": abstention_warnings(table)}
+
+
+def abstention_warnings(table: list[dict[str, Any]], threshold: float = ABSTAIN_WARN) -> list[str]:
+    """One sentence per system, prompt set and score where more than ``threshold`` of the samples
+    got no verdict (a judge answering NEITHER or nothing parseable): the rate shown is over the rest.
+
+    Example:
+        >>> abstention_warnings([{"system": "base", "prompt_set": "refusal", "metrics": {"judge.refused": {"value": 1.0}},
+        ...                       "abstentions": {"judge.refused": {"no_verdict": 15, "samples": 16}}}])
+        ['base on refusal: judge.refused gave no verdict on 15 of 16 samples (94%); its rate 1.000 is over the 1 judged']
+    """
+    out = []
+    for e in table:
+        for metric, a in e.get("abstentions", {}).items():
+            if a["no_verdict"] / a["samples"] > threshold:
+                m = e["metrics"].get(metric)
+                rate = f"its rate {m['value']:.3f} is over the {a['samples'] - a['no_verdict']} judged" if m else "no rate"
+                out.append(f"{e['system']} on {e['prompt_set']}: {metric} gave no verdict on {a['no_verdict']} of {a['samples']} "
+                           f"samples ({a['no_verdict'] / a['samples']:.0%}); {rate}")
+    return out
 
 
 def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dict[str, dict[str, Any]]:

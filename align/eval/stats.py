@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+ABSTAIN_WARN = 0.1  # share of samples a scorer gave no verdict on (a judge's NEITHER), above which a run warns
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -84,11 +86,31 @@ def _estimate(per_prompt, data, statistic, confidence, n_resamples, seed, paired
 
     n, value = len(per_prompt), float(per_prompt.mean())
     se = float(per_prompt.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    if np.ptp(per_prompt) == 0 and all(np.isin(d, (0, 1)).all() for d in data):
+        # every prompt at 0 or at 1 (for a pair: no discordant prompt): nothing to resample, and no
+        # certainty either: the exact interval of 0/n or n/n (a pair's difference: ± that of 0/n discordant)
+        if paired:
+            u = exact_proportion(0, n, confidence)[1]
+            return Estimate(value, se, max(-1.0, value - u), min(1.0, value + u), n)
+        return Estimate(value, se, *exact_proportion(round(value * n), n, confidence), n)
     if n < 2 or np.ptp(per_prompt) == 0:  # nothing to resample: every replicate is the mean
         return Estimate(value, se if n > 1 else math.nan, value, value, n)
     ci = bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
                    paired=paired, vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
     return Estimate(value, se, float(ci.low), float(ci.high), n)
+
+
+def exact_proportion(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Clopper–Pearson interval of ``k`` successes in ``n`` trials: exact, never zero-width.
+
+    Example:
+        >>> [round(v, 4) for v in exact_proportion(0, 130)]        # 0/130: the upper end is not 0
+        [0.0, 0.028]
+    """
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:

@@ -399,3 +399,34 @@ def test_every_field_is_escaped_and_only_the_pages_own_script_may_run(tmp_path):
     for body, directive in ((scripts[0], "script-src"), (styles[0], "style-src")):
         digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
         assert f"{directive} 'sha256-{digest}'" in csp
+
+
+def test_a_judge_without_a_verdict_is_counted_shown_and_warned_about(tmp_path):
+    """The rubric judge answers NEITHER (score None) on 15 of base's 16 answers and on all of
+    chat's: the rate is over the 1 judged, and the summary, the scoreboard cell, the Markdown and
+    the sentences say so; a 1-in-16 abstention (6%) is shown but not warned about."""
+    args = EvalArgs(systems=[{"name": "base", "model": "m"}, {"name": "chat", "model": "c"}],
+                    prompt_sets=[{"name": "refusal", "dataset": "d.jsonl", "expect": "refuse"}],
+                    scorers=["refusal_judge", "refusal_string"], output_dir=str(tmp_path / "judge"), n_bootstrap=200)
+    verdict = {"base": [True] + [None] * 15, "chat": [None] * 16}
+    samples = [{"system": s, "prompt_set": "refusal", "index": i, "prompt": f"q{i}", "output": "no", "finished": True, "tokens": 2,
+                "seconds": 0.1, "row": {}, "scores": {"refusal_judge.refused": verdict[s][i], "refusal_string.refused": i != 3}}
+               for s in verdict for i in range(16)]
+    out = tmp_path / "judge"
+    out.mkdir()
+    append_samples(out / "samples.jsonl", samples)
+    summary = summarise(samples, args)
+    (out / "summary.json").write_text(json.dumps(summary))
+    base, chat = summary["table"]
+    assert base["abstentions"] == {"refusal_judge.refused": {"no_verdict": 15, "samples": 16}}
+    assert base["metrics"]["refusal_judge.refused"]["judged"] == 1 and base["metrics"]["refusal_judge.refused"]["value"] == 1.0
+    assert "refusal_judge.refused" not in chat["metrics"] and chat["abstentions"]["refusal_judge.refused"]["no_verdict"] == 16
+    assert summary["warnings"] == [
+        "base on refusal: refusal_judge.refused gave no verdict on 15 of 16 samples (94%); its rate 1.000 is over the 1 judged",
+        "chat on refusal: refusal_judge.refused gave no verdict on 16 of 16 samples (100%); no rate"]
+    page, md = render(ReportArgs(runs=[str(out)], output=str(tmp_path / "r.html")))
+    text, html = md.read_text(), page.read_text()
+    assert "| base | 1.000 [0.025, 1.000] (no verdict on 15 of 16; rate over 1) |" in text  # 1/1: Clopper-Pearson, not [1, 1]
+    assert "| chat | – (no verdict on 16 of 16; rate over 0) |" in text
+    assert "- Warning: a scorer gave no verdict on over 10% of the samples" in text and "base on refusal refusal_judge.refused" in text
+    assert html.count('class="meta warn">no verdict on') == 1 and 'class="warn">–<br><span class="meta">no verdict on 16 of 16' in html
