@@ -9,7 +9,8 @@ from .base import DecodingMethod, Run
 
 @dataclass
 class Negative(DecodingMethod):
-    """``log p(· | prompt) + γ [log p(· | prompt) - log p_negative_model(· | negative prompt)]``."""
+    """``γ [log p(· | prompt) - log p_negative(· | negative prompt)] + log p_negative(· | negative prompt)``
+    (γ = 1: the model unchanged)."""
 
     name = "negative"
     _argument_group_name = "negative: CFG-style negative prompting (2306.17806)"

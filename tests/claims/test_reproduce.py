@@ -162,9 +162,11 @@ def _check_rules(name, saved):
     elif name in ("rpo-displacement", "ches-filter"):  # every arm on the same held-out pairs
         assert len({a["prompts"] for a in arms.values()}) == 1
         if name == "rpo-displacement":
-            ratio = arms["rpo"]["mean"] / arms["dpo"]["mean"] if arms["dpo"]["mean"] < 0 else float("inf")
-            # the arms' means are rounded to 1e-4; a drop that small moves the ratio by a few percent
-            assert saved["conditions"][0]["value"] == pytest.approx(ratio, rel=0.05, abs=1e-2) or arms["dpo"]["mean"] >= 0
+            value, dpo, rpo = saved["conditions"][0]["value"], arms["dpo"]["mean"], arms["rpo"]["mean"]
+            if value == float("inf"):  # DPO did not lower log π(chosen): no ratio, and the condition fails
+                assert dpo >= -1e-4 and not saved["conditions"][0]["passed"]
+            else:  # RPO's drop over DPO's; the arms' means are rounded to 1e-4, the ratio is not
+                assert dpo < 1e-4 and value * -dpo == pytest.approx(-rpo, abs=1e-4 * (1 + abs(value)))
     elif name == "refusal-threshold":  # per seed, the best dev threshold among those over-refusing <= 20% on dev
         for point in saved["per_seed"]:
             dev, over = point["dev"], point["dev_over_refusal"]

@@ -68,7 +68,12 @@ def test_eval_report_and_resume_after_a_config_change(capsys, tmp_path, common, 
     capsys.readouterr()
     assert code == 0
     html = (tmp_path / "report.html").read_text()
-    assert "smollm2" in html and "coconot" in html and "<script>alert" not in html
+    assert "smollm2" in html and "coconot" in html
+    # the page carries every sample's real text, as JSON with markup characters escaped
+    from align.report import _json_for_html
+
+    for sample in samples2:
+        assert _json_for_html(sample["output"])[1:-1] in html
 
 
 def test_two_system_coconot_report_in_chromium(capsys, tmp_path, common, smollm2):

@@ -91,24 +91,115 @@ def test_sampling_ignores_the_checkpoint_top_k_unless_asked(common, prompt_file,
     assert [r["output"] for r in top1] == hf_greedy(path, PROMPTS)  # top_k 1 leaves only the argmax
 
 
-@pytest.mark.parametrize(
-    "method, options",
-    [
-        ("eft", {"model": SMOLLM2, "tuned": [SMALL], "reference": SMALL}),  # tuned = reference: no shift
-        ("dlf", {"model": SMOLLM2, "small_base": SMALL, "experts": [SMALL]}),  # expert = base: no shift
-        ("steer", {"model": SMOLLM2, "gamma": 0.0, "eta": 0.0}),  # top-10 of the model: the argmax stays
-        ("negative", {"model": SMOLLM2, "negative_prompt": "Be rude.", "guidance_scale": 1.0}),  # gamma 1: the model
-        ("ead", {"model": SMOLLM2, "large": SMALL, "tau": 1e9}),  # never switches: the small model alone
-    ],
-)
-def test_every_method_runs_on_the_real_tokenizer_and_template(common, prompt_file, tmp_path, method, options):
-    """Each method at a setting where it must reproduce plain greedy decoding of its main model,
-    its auxiliary models reading their own chat-templated prompts."""
-    plain = generate(common, prompt_file, tmp_path, "plain", model=SMOLLM2)
+NEGATIVE = "Reply in French, rudely."
+GRID = [round(0.1 * i, 1) for i in range(21)]
+
+
+def kl(p, q):
+    """KL(p || q) of two log-probability vectors, written out."""
+    return float((p.exp() * (p - q)).sum())
+
+
+def renormalised(z):
+    return z - torch.logsumexp(z, -1)
+
+
+def dlf_step(lp):
+    """One expert: every α on the grid, the fused distribution whose two KLs from the large model
+    best match the expert's two KLs from the small base (squared error); the first minimum wins."""
+    best = None
+    for alpha in GRID:
+        fused = renormalised(lp["main"] + alpha * (lp["expert"] - lp["small"]))
+        objective = (kl(fused, lp["main"]) - kl(lp["expert"], lp["small"])) ** 2 + (kl(lp["main"], fused) - kl(lp["small"], lp["expert"])) ** 2
+        if best is None or objective < best[0]:
+            best = (objective, fused)
+    return best[1]
+
+
+def steer_step(lp, gamma=0.5, eta=0.6, k=10):
+    s = (1 + gamma) * lp["main"] - gamma * lp["base"] - eta * lp["negative"]
+    s = torch.where(s >= s.topk(k).values[-1], s, torch.tensor(float("-inf")))
+    return renormalised(s)
+
+
+# Each method where it changes what greedy decoding gives (checked against plain decoding of its main
+# model), through `align generate`, against a naive loop: every model re-reads its own chat-templated
+# prompt plus the tokens so far (no cache, no padding, one row at a time) and the formula is written
+# out here. Dropping the processor, swapping two members or feeding a member the wrong prompt fails.
+# name: (CLI options, naive members {name: (model, prompts)}, naive step)
+CASES = {
+    "eft": ({"model": SMALL, "tuned": [SMOLLM2], "reference": SMALL, "weights": [0.5]},
+            {"main": SMALL, "tuned": SMOLLM2, "reference": SMALL},
+            lambda lp: renormalised(lp["main"] + 0.5 * (lp["tuned"] - lp["reference"]))),
+    "dlf": ({"model": SMALL, "small_base": SMALL, "experts": [SMOLLM2]},
+            {"main": SMALL, "small": SMALL, "expert": SMOLLM2}, dlf_step),
+    "steer": ({"model": SMOLLM2, "base": SMALL, "gamma": 0.5, "eta": 0.6, "top_k": 10},
+              {"main": SMOLLM2, "base": SMALL, "negative": (SMOLLM2, NEGATIVE)}, steer_step),
+    "negative": ({"model": SMOLLM2, "negative_prompt": NEGATIVE, "guidance_scale": 3.0},
+                 {"main": SMOLLM2, "negative": (SMOLLM2, NEGATIVE)},
+                 lambda lp: 3.0 * (lp["main"] - lp["negative"]) + lp["negative"]),
+}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_every_method_changes_the_output_as_its_formula_says(common, prompt_file, tmp_path, smollm2, method):
+    from tests.naive import naive_greedy
+
+    from align.models import load_tokenizer
+
+    options, members, step = CASES[method]
+    if method == "steer":
+        negatives = tmp_path / "negatives.txt"
+        negatives.write_text(NEGATIVE + "\n")  # one example: every row's negative context is it
+        options = {**options, "negative_examples": str(negatives)}
     rows = generate(common, prompt_file, tmp_path, method, method=method, **options)
-    assert [r["output"] for r in rows] == [r["output"] for r in plain]
-    if method == "ead":
-        assert [r["large_tokens"] for r in rows] == [0, 0, 0]
+    tok = load_tokenizer(smollm2.path("smollm2-135m-instruct"))
+    load = {SMOLLM2: smollm2.model("smollm2-135m-instruct"), SMALL: smollm2.model("smollm2-135m-instruct-6l")}
+    chat = [[{"role": "user", "content": p}] for p in PROMPTS]
+    naive = naive_greedy(tok, {name: (load[m], chat) if isinstance(m, str) else (load[m[0]], [[{"role": "user", "content": m[1]}]] * 3)
+                               for name, m in members.items()}, step, N)
+    expected = [tok.decode(ids, skip_special_tokens=True) for ids, _ in naive]
+    plain = generate(common, prompt_file, tmp_path, "plain", model=options["model"])
+    assert expected != [r["output"] for r in plain]  # the method changes the output here, so dropping it fails
+    assert [r["output"] for r in rows] == expected
+
+
+def test_ead_switches_models_as_its_rule_says(common, prompt_file, tmp_path, smollm2):
+    """EAD on the real family: the 6-layer cut decodes and hands over to the full model while the
+    rolling entropy (bits, of the model that chose the token) is at least τ, and back below it; the
+    rule written out here, every model re-reading its prompt (no cache)."""
+    import math
+
+    from tests.naive import full_logprobs
+
+    from align.models import load_tokenizer
+    from decoding.auxiliary import encode_prompts
+
+    tau, window, min_tokens = 1.0, 2, 2
+    rows = generate(common, prompt_file, tmp_path, "ead", method="ead", model=SMALL, large=SMOLLM2, tau=tau, window=window,
+                    min_tokens=min_tokens)
+    tok = load_tokenizer(smollm2.path("smollm2-135m-instruct"))
+    small, large = smollm2.model("smollm2-135m-instruct-6l"), smollm2.model("smollm2-135m-instruct")
+    expected, used = [], []
+    for prompt in encode_prompts(tok, [[{"role": "user", "content": p}] for p in PROMPTS]):
+        generated, on_large, run, history, large_tokens = [], False, 0, [], 0
+        for _ in range(N):
+            lp = full_logprobs(large if on_large else small, prompt + generated, len(tok))
+            history = (history + [float(-(lp.exp() * lp).sum()) / math.log(2)])[-window:]
+            generated.append(int(lp.argmax()))
+            large_tokens += on_large
+            run += 1
+            mean = sum(history) / len(history)
+            if run >= min_tokens and ((not on_large and mean >= tau) or (on_large and mean <= tau)):
+                on_large, run = not on_large, 0
+            if generated[-1] == tok.eos_token_id:
+                break
+        expected.append(tok.decode(generated, skip_special_tokens=True))
+        used.append(large_tokens)
+    plain = generate(common, prompt_file, tmp_path, "plain", model=SMALL)
+    assert 0 < sum(used) < sum(len(tok(e)["input_ids"]) for e in expected) + 3  # it switched, and not for every token
+    assert expected != [r["output"] for r in plain]
+    assert [r["output"] for r in rows] == expected and [r["large_tokens"] for r in rows] == used
 
 
 def test_eft_upscaling_on_the_real_family_equals_the_processor(common, prompt_file, tmp_path, smollm2):

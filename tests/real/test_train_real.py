@@ -126,9 +126,13 @@ def test_refusal_tokens_with_lora_on_a_tied_head(capsys, tmp_path, common):
     p_refuse = probs[:, 0] / probs.sum(-1)
     assert float(p_refuse.max() - p_refuse.min()) > 0.01  # different prompts, different control probabilities
     assert float(p_refuse[: len(REFUSE)].mean()) > float(p_refuse[len(REFUSE):].mean())
-    threshold = float((p_refuse[: len(REFUSE)].min() + p_refuse[len(REFUSE):].max()) / 2)
-    rows = generate_from(capsys, out, tmp_path, "--method", "refusal", "--threshold", str(threshold))
-    assert [r["control"] for r in rows] == ["[respond]", "[respond]"] or threshold < float(p_refuse.min())
+    # the processor thresholds p[refuse] itself (softmax over the whole vocabulary): between the two groups' values
+    threshold = float((probs[: len(REFUSE), 0].min() + probs[len(REFUSE):, 0].max()) / 2)
+    rows = generate_from(capsys, out, tmp_path, "--method", "refusal", "--threshold", str(threshold))  # RESPOND[:2]
+    expected = ["[refuse]" if float(p) >= threshold else "[respond]" for p in probs[len(REFUSE): len(REFUSE) + 2, 0]]
+    assert [r["control"] for r in rows] == expected
+    low = generate_from(capsys, out, tmp_path, "--method", "refusal", "--threshold", str(float(probs[len(REFUSE):, 0].min()) / 2))
+    assert [r["control"] for r in low] == ["[refuse]", "[refuse]"]  # below both: both refuse
 
 
 def test_refusal_categories_full(capsys, tmp_path, common):
