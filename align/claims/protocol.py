@@ -42,6 +42,8 @@ from ..eval.stats import exact_proportion
 
 OPS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 STATUSES = ("holds", "does not hold", "untestable")
+# what every interval in a result is (results published before it carry none: a nested bootstrap)
+INTERVAL = "generalized CI over builds/seeds crossed with shared prompts; Clopper-Pearson at 0/n and n/n"
 
 
 def check(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
@@ -280,7 +282,7 @@ def judge(
         "difference": diff,
         "interval": [diff["low"], diff["high"]],
         "test": {"treated": treated, "control": control, "op": op, "margin": margin, "equivalence": equivalence,
-                 "rule": bound + " for the whole 95% interval"},
+                 "rule": bound + " for the whole 95% interval", "interval": INTERVAL},
         "conditions": list(conditions),
         "premise": premise,
         "selection": selection,

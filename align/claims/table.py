@@ -133,15 +133,31 @@ def _grid_cell(r: dict[str, Any]) -> str:
     return f"{len(s['grid'])} points; " + (f"chose an edge: {'; '.join(edges)}" if edges else "chose inside the grid")
 
 
+OLD_INTERVAL = "nested bootstrap"  # what results without ``test.interval`` used (before shared prompts were crossed)
+
+
+def _before_cell(r: dict[str, Any]) -> str:
+    """The published result this one replaced (status and interval, and how that interval was made),
+    or, for a result not re-run since the interval changed, that it still has the old interval."""
+    if "interval" not in r["test"]:
+        return f"not re-run: its interval is the old {OLD_INTERVAL}, which under-covers"
+    p = r.get("previous")
+    if not p:
+        return "–"
+    changed = "status changed" if p["status"] != r["status"] else "status unchanged"
+    return f"{p['status']}, {p['mean']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] by {p['interval']} ({changed})"
+
+
 def render_compact(results: dict[str, dict[str, Any]]) -> str:
     """One line per claim: its name and statement, status, the pre-registered difference
-    (treated − control) with its 95% interval, how many base builds the interval spans, and
-    whether dev chose inside its grid or at an edge."""
-    lines = ["| claim | status | treated − control [95% interval] | base builds | dev selection |", "|---|---|---|---|---|"]
+    (treated − control) with its 95% interval, how many base builds the interval spans, whether
+    dev chose inside its grid or at an edge, and what the result replaced."""
+    lines = ["| claim | status | treated − control [95% interval] | base builds | dev selection | before |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         d, test = r["difference"], r["test"]
         lines.append(f"| `{name}`: {_cell(r['claim'])} | **{r['status']}** | {_cell(test['treated'])} − {_cell(test['control'])}: "
-                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {_cell(_builds_cell(r))} | {_cell(_grid_cell(r))} |")
+                     f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {_cell(_builds_cell(r))} | {_cell(_grid_cell(r))} "
+                     f"| {_cell(_before_cell(r))} |")
     return "\n".join(lines)
 
 
@@ -166,11 +182,21 @@ def update_readme(readme: str | Path, directory: str | Path, details: str | Path
 
 
 def publish(results_dir: str | Path, directory: str | Path) -> list[str]:
-    """Copy every rule-following ``results_dir/NAME/result.json`` to ``directory/NAME.json``."""
+    """Copy every rule-following ``results_dir/NAME/result.json`` to ``directory/NAME.json``, recording
+    under ``previous`` the published result it replaces (status, difference and its interval method)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     names = []
     for path in sorted(Path(results_dir).glob("*/result.json")):
-        if "status" in json.loads(path.read_text()):
-            atomic_write_text(Path(directory) / f"{path.parent.name}.json", path.read_text())
-            names.append(path.parent.name)
+        result = json.loads(path.read_text())
+        if "status" not in result:
+            continue
+        target = Path(directory) / f"{path.parent.name}.json"
+        old = json.loads(target.read_text()) if target.is_file() else None
+        if old is not None and (old["difference"], old["status"]) != (result["difference"], result["status"]):
+            result["previous"] = {"status": old["status"], **{k: old["difference"][k] for k in ("mean", "low", "high")},
+                                  "interval": old["test"].get("interval", OLD_INTERVAL)}
+        elif old is not None and "previous" in old:  # the same result published again keeps what it replaced
+            result["previous"] = old["previous"]
+        atomic_write_text(target, json.dumps(result, indent=2))
+        names.append(path.parent.name)
     return names

@@ -150,7 +150,21 @@ def test_readme_table_is_generated_from_the_result_files(tmp_path):
     d = result["difference"]
     line = next(line for line in text.splitlines() if line.startswith("| `new`"))
     assert line == (f"| `new`: a \\| b | **{result['status']}** | treated − control: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-                    "| 1 (not recorded) | 2 points; chose an edge: 2 (highest) |")
+                    "| 1 (not recorded) | 2 points; chose an edge: 2 (highest) | – |")
+    # published again with another result: it records what it replaced; a result from before the
+    # crossed interval says it was not re-run
+    again = judge(claim="a | b", metric="m", premise=OK, arms=_arms(shift=0.01, noise=0.5), treated="treated", control="control")
+    (runs / "new" / "result.json").write_text(json.dumps(again))
+    old_style = {**result, "test": {k: v for k, v in result["test"].items() if k != "interval"}}
+    (runs / "legacy").mkdir()
+    (runs / "legacy" / "result.json").write_text(json.dumps(old_style))
+    assert publish(runs, tmp_path / "claims") == ["legacy", "new"]
+    text = update_readme(readme, tmp_path / "claims").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("| `new`"))
+    assert line.endswith(f"| holds, {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] by {result['test']['interval']} "
+                         f"(status changed) |") and again["status"] == "does not hold"
+    assert next(line for line in text.splitlines() if line.startswith("| `legacy`")).endswith(
+        "| not re-run: its interval is the old nested bootstrap, which under-covers |")
     text = details.read_text()
     assert text.startswith("# claims\n") and "stale" not in text
     row = next(line for line in text.splitlines() if line.startswith("| `new`"))
