@@ -98,6 +98,11 @@ def _check_rules(name, saved):
     expected = ("untestable" if not all(c["passed"] for c in saved["premise"]["checks"])
                 else "holds" if inside and all(c["passed"] for c in saved["conditions"]) else "does not hold")
     assert saved["status"] == expected and saved["holds"] == (expected == "holds")
+    # a "room to move" check is added exactly when both compared arms sit at one bound (0 or 1 everywhere)
+    a, b = arms[test["treated"]], arms[test["control"]]
+    room = [c for c in saved["premise"]["checks"] if c["name"].startswith("room to move")]
+    assert len(room) == (a["mean"] == b["mean"] and a["mean"] in (0.0, 1.0)) and all(not c["passed"] for c in room)
+    assert "interval" in test
     selection = saved["selection"]
     if name == "ead-tradeoff":
         assert arms["0.9 x large-instruct"]["mean"] == pytest.approx(0.9 * arms["large-instruct"]["mean"], abs=1e-3)
@@ -119,7 +124,9 @@ def _check_rules(name, saved):
             chosen = point["multi-task"]["alpha"]
             assert point["multi-task"]["dev"][str(chosen)] == max(point["multi-task"]["dev"].values())
             assert arms["fixed alpha (chosen on dev)"]["per_seed"][k] == arms[f"fixed alpha {chosen}"]["per_seed"][k]
-        assert saved["single_task"]["status"] in ("holds", "does not hold")
+        single, compared = saved["single_task"], saved["single_task"]["test"]
+        a, b = (single["arms"][compared[k]]["mean"] for k in ("treated", "control"))
+        assert (single["status"] == "untestable") == (a == b and a in (0.0, 1.0))  # untestable only with both at one bound
     elif name == "spec-eft-equivalence":  # an equivalence test; every sampling path counted
         builds = d.get("builds", 1)  # every build's greedy outputs and its own goodness-of-fit test
         assert test["equivalence"] and saved["identical_greedy_outputs"] == f"{8 * builds}/{8 * builds}"
@@ -158,7 +165,7 @@ def _check_rules(name, saved):
             assert saved["rpo_minus_dpo"]["mean"] == pytest.approx(arms["rpo"]["mean"] - arms["dpo"]["mean"], abs=1e-3)
         if name == "bco-vs-dpo":
             assert test["equivalence"] and test["margin"] == 0.03
-            assert [c["name"].split(" ")[0] for c in saved["premise"]["checks"][1:]] == ["dpo", "bco"]
+            assert [c["name"].split(" ")[0] for c in saved["premise"]["checks"][1:3]] == ["dpo", "bco"]
     elif name in ("rpo-displacement", "ches-filter"):  # every arm on the same held-out pairs
         assert len({a["prompts"] for a in arms.values()}) == 1
         if name == "rpo-displacement":
