@@ -93,7 +93,7 @@ def seeded_interval(values: Any, confidence: float = 0.95, builds: Sequence[Any]
     nested: a hard prompt is hard in every row. Resampling prompts independently within each row
     (a nested bootstrap) divides the prompt variance by the number of rows, and a bootstrap over
     3 builds cannot reach 95% (all three draws land on one build 1/27 of the time): simulated on
-    the claims' 3 x 3 designs it covered 0.67-0.78. Instead the seeds of a build are averaged into
+    the claims' designs it covered 0.73-0.86. Instead the seeds of a build are averaged into
     ``y[u, p]`` (``u`` units: the builds, or the seeds when there is one build) and the mean's
     variance comes from the two-way random-effects ANOVA without replication, as for subjects
     crossed with items (Cornfield & Tukey 1956; Clark 1973, "The language-as-fixed-effect fallacy")::

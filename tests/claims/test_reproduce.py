@@ -33,11 +33,11 @@ def second_build(cache_dir):
 # over (build, seed) units (dpo-gold, rpo-displacement, ches-filter alike)
 @pytest.mark.parametrize("name", ["eft-upscaling", "gedi-steering", "spec-eft-equivalence", "rpo-gold"])
 def test_claim_over_two_base_builds(tiny_testbed, second_build, tmp_path, name):
-    """With two base builds the claim runs every seed on each, the build is the outermost level
-    of every interval, and the result says which builds it spans."""
+    """With two base builds the claim runs every seed on each, every interval counts the build,
+    and the result says which builds it spans."""
     result, _ = reproduce(name, tiny_testbed, n=8, out_dir=tmp_path, builds=[tiny_testbed, second_build])
     _check_rules(name, result)
-    assert result["builds"] == {"seeds": [0, 1], "in_interval": True, "level": "outermost: builds, then seeds within a build, then prompts"}
+    assert result["builds"] == {"seeds": [0, 1], "in_interval": True, "level": "builds crossed with the shared prompts, seeds within a build"}
     d = result["difference"]
     assert d["builds"] == 2 and len(d["per_build"]) == 2 and d["seeds"] == 6 == len(result["seeds"])
     assert [p["build"] for p in result["per_seed"]] == [0, 0, 0, 1, 1, 1]
