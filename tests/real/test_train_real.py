@@ -151,7 +151,13 @@ def test_score(capsys, tmp_path, smollm2, common, lora):
     result = train(capsys, "score", out, "--dataset", "testbed:self_correction", "--n_train", "4", "--stage1_steps", "1",
                    "--stage2_steps", "1", "--num_generations", "2", "--max_new_tokens", "6", "--learning_rate", "1e-4",
                    *(["--lora_r", "4"] if lora else []), common=common)
-    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    assert all(torch.isfinite(torch.tensor(result["losses"]))) and len(result["losses"]) == 2  # one step per stage
+    logs = [e for e in result["log_history"] if "loss" in e]
+    assert [e["stage"] for e in logs] == [1.0, 2.0]
+    # the first step's episodes come from the starting policy, which is the reference (LoRA: adapters off,
+    # B = 0): its k3 KL is 0 on both turns; a reference that is not the starting policy fails here
+    assert abs(logs[0]["kl/t1"]) < 1e-4 and abs(logs[0]["kl/t2"]) < 1e-4
+    assert all(0.0 <= e[k] <= 1.0 for e in logs for k in ("reward/t1", "reward/t2"))
     generate_from(capsys, out, tmp_path)
 
 
