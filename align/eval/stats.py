@@ -32,7 +32,8 @@ class Estimate:
 
     @property
     def significant(self) -> bool:
-        """Whether the interval excludes 0 (for a difference: the two systems differ)."""
+        """Whether the interval excludes 0. For a difference this is its size, not the verdict: a
+        comparison shown beside others differs only by the adjusted test (:func:`verdicts`)."""
         return self.low > 0 or self.high < 0
 
     def as_dict(self) -> dict[str, float | int | None]:
