@@ -1,7 +1,8 @@
 """alignkit's rewards: one reward-ensemble module shared by RL trainers, decoding and evaluation.
 
 * :mod:`rewards.aggregation` — ``mean`` / ``min`` (WCO) / ``uwo`` / ``median`` / ``mean_minus_std``.
-* :mod:`rewards.ensemble` — members (HF reward models, plain functions), standardisation, scoring.
+* :mod:`rewards.ensemble` — members (HF reward models, likelihood / DPO implicit rewards, plain functions),
+  standardisation, scoring, pairwise accuracy.
 * :mod:`rewards.transforms` — the log-sigmoid-centred transform and cached per-prompt references.
 * :mod:`rewards.bon` — best-of-n reranking, the unbiased best-of-n estimator, KL_BoN.
 * :mod:`rewards.trl_adapter` — an ensemble as a TRL reward function.
@@ -30,6 +31,8 @@ _EXPORTS = {
     "EnsembleScores": "rewards.ensemble",
     "HFRewardModel": "rewards.ensemble",
     "FunctionReward": "rewards.ensemble",
+    "LikelihoodReward": "rewards.ensemble",
+    "pairwise_accuracy": "rewards.ensemble",
     "load_ensemble": "rewards.ensemble",
     "lsc": "rewards.transforms",
     "combine": "rewards.transforms",

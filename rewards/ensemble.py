@@ -74,6 +74,98 @@ class HFRewardModel:
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+class LikelihoodReward:
+    """A causal LM read as a reward, from its log-likelihood of the completion's tokens::
+
+        r(x, y) = β · Σ_t [log π(y_t | x, y_<t) - log π_ref(y_t | x, y_<t)]
+
+    With ``reference``, the implicit reward of a DPO-trained policy (Rafailov et al. 2023,
+    arXiv:2305.18290 §5; how RewardBench scores DPO models): ``align train reward`` with
+    ``kind: implicit`` trains such members. Without it, ``β · log π(y | x)``: the model's own
+    likelihood as a verifier. A shallow backbone can hold what it knows about an answer in its
+    next-token predictions and nowhere else; this member reads it there, where a classifier head
+    on the last position cannot.
+
+    The completion's tokens are those TRL's ``DPOTrainer`` trains on: the chat-templated
+    conversation after the templated prompt (with its generation prompt), or ``prompt + completion``
+    (+ EOS) after the tokenised prompt; the completion starts where the two first differ.
+
+    Example::
+
+        >>> member = LikelihoodReward(policy, tok, reference=sft, beta=0.1, name="dpo")      # doctest: +SKIP
+        >>> member([[{"role": "user", "content": "2+3="}]], [[{"role": "assistant", "content": "5"}]])  # doctest: +SKIP
+        tensor([0.4173], dtype=torch.float64)
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, reference: Any = None, beta: float = 1.0, name: str = "likelihood",
+                 batch_size: int = 64) -> None:
+        if not beta > 0:
+            raise ValueError(f"{name}: beta must be > 0, got {beta}")
+        self.model, self.reference = model.eval(), (reference.eval() if reference is not None else None)
+        self.tokenizer, self.beta, self.name, self.batch_size = tokenizer, beta, name, batch_size
+        self.device = next(model.parameters()).device
+
+    def encode(self, prompt: Text, completion: Text) -> tuple[list[int], int]:
+        """The conversation's ids and where the completion starts."""
+        tok = self.tokenizer
+        joined = conversation(prompt, completion)
+        if isinstance(joined, str):
+            eos = tok.eos_token
+            prompt_ids = tok(prompt)["input_ids"]
+            ids = tok(joined if joined.endswith(eos) else joined + eos)["input_ids"]
+        else:
+            prompt_ids = list(tok.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"])
+            ids = list(tok.apply_chat_template(joined)["input_ids"])
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+        if start >= len(ids):
+            raise ValueError(f"{self.name}: a completion adds no tokens to its prompt: {completion!r}")
+        return ids, start
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Text], completions: Sequence[Text]) -> torch.Tensor:
+        rows = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        out = []
+        for begin in range(0, len(rows), self.batch_size):
+            batch = rows[begin : begin + self.batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=self.device)
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=self.device)
+            # scored[i, t]: token t + 1 is the completion's
+            scored = torch.tensor([[start - 1 <= t < len(ids) - 1 for t in range(width - 1)] for ids, start in batch],
+                                  device=self.device)
+            total = _sequence_logprob(self.model, input_ids, mask, scored)
+            if self.reference is not None:
+                total = total - _sequence_logprob(self.reference, input_ids, mask, scored)
+            out.append(self.beta * total.cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _sequence_logprob(model: Any, input_ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """``Σ log π(token t+1 | tokens <= t)`` over the ``scored`` positions, per row (fp64)."""
+    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].double()
+    token = logits.gather(-1, input_ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+    return (token * scored).sum(1)
+
+
+def pairwise_accuracy(reward: Callable[[Sequence[Text], Sequence[Text]], torch.Tensor], prompts: Sequence[Text],
+                      chosen: Sequence[Text], rejected: Sequence[Text]) -> float:
+    """The share of pairs whose chosen completion ``reward`` scores above the rejected one (a tie
+    counts half): 0.5 is chance.
+
+    Example:
+        >>> length = FunctionReward(lambda p, c: len(c), "length")
+        >>> pairwise_accuracy(length, ["q", "q", "q"], ["aa", "a", "b"], ["a", "aa", "c"])
+        0.5
+    """
+    if not (len(prompts) == len(chosen) == len(rejected)) or not prompts:
+        raise ValueError(f"pairwise_accuracy needs as many chosen and rejected as prompts (>= 1), got "
+                         f"{len(prompts)}, {len(chosen)}, {len(rejected)}")
+    both = reward(list(prompts) * 2, list(chosen) + list(rejected)).double()
+    a, b = both[: len(prompts)], both[len(prompts) :]
+    return float(((a > b).double() + 0.5 * (a == b).double()).mean())
+
+
 @dataclass
 class FunctionReward:
     """A plain function ``(prompt, completion) -> float`` as a member (applied row by row)."""
@@ -171,18 +263,29 @@ class RewardEnsemble:
 
 def load_ensemble(path: str | Path, device: str = "cpu", **kwargs: Any) -> RewardEnsemble:
     """The ensemble ``align train reward`` saved: ``path/ensemble.json`` names the member directories
-    (safetensors; ``trust_remote_code=False``). ``kwargs`` go to :class:`RewardEnsemble`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    (safetensors; ``trust_remote_code=False``): sequence classifiers (:class:`HFRewardModel`), or
+    with ``kind: implicit`` DPO-trained policies read against their reference
+    (:class:`LikelihoodReward`). ``kwargs`` go to :class:`RewardEnsemble`."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} is not a reward ensemble: {MANIFEST} is missing")
     manifest = json.loads(manifest_path.read_text())
-    members = []
+    members: list[RewardMember] = []
+    references: dict[str, Any] = {}  # members of one base share one reference copy
     for member in manifest["members"]:
         member_dir = path / member["dir"]
+        tok = AutoTokenizer.from_pretrained(member_dir)
+        if member.get("kind", "classifier") == "implicit":
+            model = AutoModelForCausalLM.from_pretrained(member_dir, trust_remote_code=False).to(device)
+            ref = member["reference"]
+            if ref not in references:
+                references[ref] = AutoModelForCausalLM.from_pretrained(ref, trust_remote_code=False).to(device)
+            members.append(LikelihoodReward(model, tok, references[ref], member["beta"], member["dir"]))
+            continue
         # num_labels=1 also for a LoRA member, whose directory holds an adapter on the base checkpoint
         model = AutoModelForSequenceClassification.from_pretrained(member_dir, num_labels=1, trust_remote_code=False).to(device)
-        members.append(HFRewardModel(model, AutoTokenizer.from_pretrained(member_dir), member["dir"]))
+        members.append(HFRewardModel(model, tok, member["dir"]))
     return RewardEnsemble(members, **kwargs)

@@ -305,3 +305,74 @@ def test_math_answers_that_would_hang_sympy_score_zero_in_any_thread():
     worker.start()
     worker.join(100)
     assert out == [[0.0, 1.0]]  # off the main thread signals cannot time it out: a killable process does
+
+
+def _naive_completion_logprob(model, tok, prompt, completion):
+    """log π(completion | prompt) one row at a time, no padding: the completion is what the
+    templated conversation adds to the templated prompt (text: + EOS)."""
+    if isinstance(prompt, str):
+        head, ids = tok(prompt)["input_ids"], tok(prompt + completion + tok.eos_token)["input_ids"]
+    else:
+        head = tok.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"]
+        ids = tok.apply_chat_template(prompt + completion)["input_ids"]
+    start = next(i for i, (a, b) in enumerate(zip(head, ids)) if a != b) if ids[: len(head)] != head else len(head)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    return sum(float(logp[t - 1, ids[t]]) for t in range(start, len(ids)))
+
+
+def test_likelihood_member_is_beta_times_the_log_ratio_of_a_naive_forward(testbed):
+    """Batched, padded scores equal β·(log π - log π_ref) of the completion's tokens recomputed one
+    row at a time, for chat and text prompts on both flavours; π_ref = π gives 0; without a
+    reference it is β·log π."""
+    from rewards import LikelihoodReward
+
+    policy, ref, tok = testbed.model("small-instruct"), testbed.model("small-base"), testbed.tokenizer()
+    chats = [[{"role": "user", "content": "12+3="}], [{"role": "user", "content": "7-9="}], [{"role": "user", "content": "1+1="}]]
+    answers = [[{"role": "assistant", "content": "15"}], [{"role": "assistant", "content": "-2"}], [{"role": "assistant", "content": "3000"}]]
+    texts, tails = ["12+3=", "7-9=", "100+1="], ["15", "-2", "101"]
+    for prompts, completions in ((chats, answers), (texts, tails)):
+        member = LikelihoodReward(policy, tok, reference=ref, beta=0.1, batch_size=2)
+        got = member(prompts, completions)
+        want = [0.1 * (_naive_completion_logprob(policy, tok, p, c) - _naive_completion_logprob(ref, tok, p, c))
+                for p, c in zip(prompts, completions)]
+        assert got.tolist() == pytest.approx(want, abs=1e-6) and got.abs().min() > 1e-4
+        assert LikelihoodReward(policy, tok, reference=policy)(prompts, completions).abs().max() < 1e-9
+        alone = LikelihoodReward(policy, tok, beta=2.0)(prompts, completions)
+        assert alone.tolist() == pytest.approx([2 * _naive_completion_logprob(policy, tok, p, c) for p, c in zip(prompts, completions)], abs=1e-6)
+    with pytest.raises(ValueError, match="beta"):
+        LikelihoodReward(policy, tok, beta=0.0)
+
+
+def test_pairwise_accuracy_by_hand():
+    from rewards import pairwise_accuracy
+
+    score = FunctionReward(lambda p, c: {"a": 3.0, "b": 1.0, "c": 1.0, "d": 0.0}[c], "table")
+    # (a > b) right, (b = c) a tie, (d < a) wrong, (c > d) right: (1 + 0.5 + 0 + 1) / 4
+    assert pairwise_accuracy(score, ["q"] * 4, ["a", "b", "d", "c"], ["b", "c", "a", "d"]) == 0.625
+    with pytest.raises(ValueError, match="as many chosen"):
+        pairwise_accuracy(score, ["q"], ["a", "b"], ["c"])
+
+
+def test_implicit_members_record_their_accuracies_and_load_as_likelihood_rewards(tiny_testbed, tmp_path):
+    """kind implicit: DPO members; ensemble.json carries each member's train / held-out pairwise
+    accuracy, equal to what the loaded member scores on the same pairs."""
+    from align.testbed.datasets import preference_pairs
+    from align.trainers.reward_model import RewardArgs, train_reward
+    from rewards import LikelihoodReward, pairwise_accuracy
+
+    args = RewardArgs(profile="tiny", cache_dir=str(tiny_testbed.root.parents[1]), n_train=24, n_eval=16, ensemble_size=2,
+                      kind="implicit", beta=0.2, max_steps=3, per_device_train_batch_size=8, learning_rate=1e-3,
+                      member_data="disjoint", output_dir=str(tmp_path))
+    manifest = train_reward(args)
+    assert manifest["kind"] == "implicit" and [m["pairs"] for m in manifest["members"]] == [12, 12]
+    ens = load_ensemble(tmp_path)
+    data = preference_pairs(24, 16, 0, True)
+    for i, (member, info) in enumerate(zip(ens.members, manifest["members"])):
+        assert isinstance(member, LikelihoodReward) and member.beta == 0.2 and info["reference"].endswith("small-instruct")
+        for key, rows in (("held_out_accuracy", list(data["eval"])), ("train_accuracy", list(data["train"])[i::2])):
+            want = pairwise_accuracy(member, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+            assert info[key] == round(want, 4)
+        assert info["held_out_pairs"] == 16
+    scores = ens.raw([[{"role": "user", "content": "1+1="}]], [[{"role": "assistant", "content": "2"}]])
+    assert scores.abs().min() > 0  # trained away from the reference
