@@ -88,7 +88,7 @@ commands:
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
   train dpo|rpo       DPO / f-DPO / RPO on TRL's DPOTrainer (--config configs/dpo-testbed.yaml)
-  train reward        Bradley-Terry reward-model ensemble on TRL's RewardTrainer (--config configs/reward-testbed.yaml)
+  train reward        Bradley-Terry reward-model ensemble: classifiers or DPO implicit rewards (--config configs/reward-testbed.yaml)
   data ches           score preference pairs by (LN-)CHES, optionally keep the safest (writes a dataset)
   data coconot        refusal-token SFT rows from CoCoNot with a fixed train/dev/test split (data/refusal/coconot)
   train bco           BCO on unpaired thumbs-up/down data, optional UDM (--config configs/bco-testbed.yaml)

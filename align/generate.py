@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -70,6 +70,10 @@ class GenerationOptions:
                           "min_p) to the final distribution, on either backend; off: decode exactly with these options"},
     )
     batch_size: int = field(default=32, metadata={"help": "prompts per generate() call"})
+    best_of_n: int = field(
+        default=1, metadata={"help": "draw n samples per prompt (needs do_sample) and keep the one `reward` scores highest; 1: off"}
+    )
+    reward: str | None = field(default=None, metadata={"help": "best_of_n: a reward ensemble directory (align train reward)"})
     backend: Literal["transformers", "vllm"] = field(
         default="transformers", metadata={"help": "vllm: run in a vLLM engine (the methods with a vLLM form)"}
     )
@@ -102,8 +106,14 @@ class GenerateArgs(flat_options("GenerateFields", (GenerationOptions, *METHODS.v
         for key in ("temperature",):
             if not math.isfinite(getattr(self, key)):
                 raise ConfigError(f"{key} must be finite, got {getattr(self, key)}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("max_new_tokens and batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.best_of_n < 1:
+            raise ConfigError("max_new_tokens, batch_size and best_of_n must be >= 1")
+        if self.best_of_n > 1 and not (self.do_sample and self.reward):
+            raise ConfigError(f"best_of_n {self.best_of_n} needs do_sample: true (greedy draws are all the same) and reward: "
+                              "a reward ensemble directory (train one: align train reward --config configs/reward-testbed.yaml)")
+        if self.reward and not (Path(self.reward) / "ensemble.json").is_file():
+            raise ConfigError(f"reward: {self.reward} is not a reward ensemble (no ensemble.json); train one first: "
+                              "align train reward --config configs/reward-testbed.yaml")
         from .models import check_device
 
         check_device(self.device)
@@ -146,9 +156,20 @@ class ModelStore:
         self.composites: dict[str, str] = {}  # fusion spec -> its composite directory (vLLM backend)
         self._vocab_checked: set[tuple[str, ...]] = set()
         self._chat: dict[str, bool] = {}
+        self._rewards: dict[str, Any] = {}
         # positions each loaded model computed (batch x new positions per forward call, padding
         # included): the cost of multi-model decoding, model by model
         self.forward_tokens: dict[str, int] = {}
+
+    def reward(self, path: str) -> Any:
+        """The reward ensemble at ``path`` (best-of-n), loaded once."""
+        if path not in self._rewards:
+            from rewards import load_ensemble
+
+            from .models import default_device
+
+            self._rewards[path] = load_ensemble(path, device=self.args.device or default_device())
+        return self._rewards[path]
 
     def path(self, ref: str) -> str:
         from .models import resolve_model
@@ -291,6 +312,8 @@ def generate_outputs(
     seeds = list(seeds) if seeds is not None else [args.seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"seeds: {len(seeds)} seeds for {len(prompts)} prompts")
+    if args.best_of_n > 1:
+        return _best_of_n(args, prompts, store, seeds)
     method = args.decoding()
     run = Run(args, store, list(prompts), seeds)
     method.prepare(run)  # before any model loads
@@ -335,6 +358,36 @@ def generate_outputs(
     texts = decode_completions(tok, [row[1:] if c else row for row, c in zip(ids, controls or [None] * len(ids))], eos)
     rows = _rows(texts, [len(row) for row in ids], controls)
     method.annotate(rows)
+    return rows
+
+
+def _best_of_n(args: GenerateArgs, prompts: list[Any], store: ModelStore, seeds: list[int]) -> list[dict[str, Any]]:
+    """Best-of-n (:func:`rewards.best_of_n`): ``best_of_n`` draws per prompt from the method, each
+    with its own seed, and the one the ensemble scores highest (a finished one when any finished).
+    ``tokens`` counts every draw, what the system paid; ``reward`` is the pick's score."""
+    import zlib
+
+    from rewards import Sample, best_of_n
+
+    n = args.best_of_n
+    drawn = generate_outputs(replace(args, best_of_n=1), [p for p in prompts for _ in range(n)], store,
+                             [zlib.crc32(f"{s}/best-of/{j}".encode()) for s in seeds for j in range(n)])
+    asked = store.prompts_for(args.model, prompts)
+    chat = [not isinstance(p, str) for p in asked]
+
+    def sample(_prompts: Sequence[Any], _n: int) -> list[list[Sample]]:
+        return [[Sample(j, row["finished"]) for j, row in enumerate(drawn[i * n : (i + 1) * n])] for i in range(len(prompts))]
+
+    def reward(reward_prompts: Sequence[Any], picks: Sequence[int]) -> Any:  # picks: draw numbers within a prompt
+        texts = [drawn[(k // n) * n + j]["output"] for k, j in enumerate(picks)]
+        completions = [[{"role": "assistant", "content": t}] if chat[k // n] else t for k, t in enumerate(texts)]
+        return store.reward(args.reward)(list(reward_prompts), completions)
+
+    picks = best_of_n(asked, sample, reward, n)
+    rows = []
+    for i, pick in enumerate(picks):
+        group = drawn[i * n : (i + 1) * n]
+        rows.append({**group[pick.completion], "tokens": sum(r["tokens"] for r in group), "reward": pick.score, "best_of": n})
     return rows
 
 

@@ -110,32 +110,10 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def on_policy_pairs(model: Any, tok: Any, n: int, seed: int = 0, samples: int = 8) -> list[dict]:
-    """Up to ``n`` preference pairs sampled from ``model`` itself, as DPO's data is (y ~ π_SFT,
-    labelled by the gold reward): for each training problem, ``samples`` finished completions at
-    T=1; a right one is chosen and a wrong one rejected (problems with only one kind are skipped)."""
-    import numpy as np
-    import torch
+    """:func:`align.testbed.datasets.policy_pairs`: the verifier-labelled pairs of ``model``'s own samples."""
+    from align.testbed.datasets import policy_pairs as sampled
 
-    from decoding.generate import generate_with
-
-    from align.testbed import gold_reward, sample_problems
-
-    rng = np.random.default_rng(10_000 + seed)
-    problems = sample_problems(rng, 2 * n, "train", digits=(2, 3))
-    chat = [[{"role": "user", "content": p.prompt}] for p in problems for _ in range(samples)]
-    torch.manual_seed(seed)
-    out = generate_with(model, tok, chat, do_sample=True, temperature=1.0, top_k=None, max_new_tokens=8)
-    pairs = []
-    for i, p in enumerate(problems):
-        done = [t for t, finished in out[i * samples : (i + 1) * samples] if finished and t.strip()]
-        right = [t for t in done if gold_reward(t, p.answer, True) == 1.0]
-        wrong = [t for t in done if gold_reward(t, p.answer, True) == 0.0]
-        if right and wrong:
-            pairs.append({"prompt": [{"role": "user", "content": p.prompt}], "chosen": [{"role": "assistant", "content": right[0]}],
-                          "rejected": [{"role": "assistant", "content": wrong[int(rng.integers(len(wrong)))]}]})
-        if len(pairs) == n:
-            break
-    return pairs
+    return sampled(model, tok, n, seed, samples)
 
 
 def policy_pairs(tb: "Testbed", seed: int, n: int | None = None) -> tuple[list[dict], int]:

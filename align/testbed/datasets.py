@@ -9,6 +9,7 @@ dataset, and no eval prompt is ever trained on.
 builder                standard columns                                used by
 =====================  ==============================================  =========================
 preference_pairs       prompt, chosen, rejected                        DPO, f-DPO, RPO, CHES
+policy_preference      prompt, chosen, rejected (a model's own)        RPO, implicit reward models
 unpaired_feedback      prompt, completion, label                       BCO (+UDM), KTO
 refusal_sft            prompt, completion, label, category             refusal-token SFT
 self_correction        problem, answer                                 SCoRe
@@ -96,6 +97,47 @@ def preference_pairs(n_train: int = 2000, n_eval: int = 200, seed: int = 0, conv
         return {"prompt": _user(r["prompt"]), "chosen": _assistant(r["chosen"]), "rejected": _assistant(r["rejected"])}
 
     return _finish(_problem_rows(make, "train", n_train, seed), _problem_rows(make, "eval", n_eval, seed), conversational, convert)
+
+
+def policy_pairs(model: Any, tok: Any, n: int, seed: int = 0, samples: int = 8, split: str = "train") -> list[Row]:
+    """Up to ``n`` conversational preference pairs sampled from ``model`` itself, as DPO's data is
+    (y ~ π_SFT, labelled by the verifier): for each problem of ``split``, ``samples`` finished
+    completions at T=1 (8 new tokens at most); a right one is chosen and a wrong one rejected
+    (problems with only one kind are skipped). Unlike :func:`preference_pairs`' slips, the rejected
+    answers are the mistakes the policy makes."""
+    import torch
+
+    from decoding.generate import generate_with
+
+    from .arithmetic import gold_reward
+
+    rng = np.random.default_rng(10_000 + seed) if split == "train" else np.random.default_rng([10_000 + seed, 1])
+    problems = sample_problems(rng, 2 * n, split, digits=(2, 3))
+    chat = [_user(p.prompt) for p in problems for _ in range(samples)]
+    torch.manual_seed(seed)
+    out = generate_with(model, tok, chat, do_sample=True, temperature=1.0, top_k=None, max_new_tokens=8)
+    pairs = []
+    for i, p in enumerate(problems):
+        done = [t for t, finished in out[i * samples : (i + 1) * samples] if finished and t.strip()]
+        right = [t for t in done if gold_reward(t, p.answer, True) == 1.0]
+        wrong = [t for t in done if gold_reward(t, p.answer, True) == 0.0]
+        if right and wrong:
+            pairs.append({"prompt": _user(p.prompt), "chosen": _assistant(right[0]),
+                          "rejected": _assistant(wrong[int(rng.integers(len(wrong)))])})
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def policy_preference(model: Any, tok: Any, n_train: int = 512, n_eval: int = 200, seed: int = 0, synthetic: int = 0) -> DatasetDict:
+    """``testbed:policy_preference``: :func:`policy_pairs` of ``model`` (conversational), train and
+    eval; with ``synthetic``, that many of :func:`preference_pairs`' slips join the training pairs,
+    shuffled in (a reward model then sees both the slips and the policy's own mistakes)."""
+    train = policy_pairs(model, tok, n_train, seed)
+    if synthetic:
+        train += [dict(r) for r in preference_pairs(synthetic, 1, seed, conversational=True)["train"]]
+        np.random.default_rng(seed).shuffle(train)
+    return DatasetDict(train=Dataset.from_list(train), eval=Dataset.from_list(policy_pairs(model, tok, n_eval, seed, split="eval")))
 
 
 def unpaired_feedback(

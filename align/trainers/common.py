@@ -112,6 +112,16 @@ def load_splits(args: Any, testbed: dict[str, Any]) -> tuple[Any, Any]:
     return train, test
 
 
+def policy_preference_data(args: AlignFields, n_train: int, n_eval: int, synthetic: int = 0) -> Any:
+    """``testbed:policy_preference``: the testbed policy's (small-instruct's) own answers, labelled
+    by the verifier (:func:`align.testbed.datasets.policy_preference`)."""
+    from ..testbed import load_testbed
+    from ..testbed.datasets import policy_preference
+
+    tb = load_testbed(args.profile, args.testbed_seed, args.cache_dir)
+    return policy_preference(tb.model("small-instruct"), tb.tokenizer(), n_train, n_eval, args.seed, synthetic)
+
+
 def lora_config(args: AlignFields, task_type: str = "CAUSAL_LM") -> Any:
     """PEFT LoRA on every linear layer at rank ``lora_r`` (``None`` when ``lora_r`` is 0)."""
     if args.lora_r <= 0:

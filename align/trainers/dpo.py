@@ -35,6 +35,7 @@ from .common import (
     last_checkpoint,
     load_models,
     load_splits,
+    policy_preference_data,
 )
 
 TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence", "alpha": "alpha_divergence"}
@@ -46,9 +47,11 @@ class DPOArgs(AlignFields, DPOConfig):
     f-DPO / RPO options below; our divergence names and the paper's α set TRL's fields."""
 
     dataset: str = field(
-        default="testbed:preference", metadata={"help": "preference data: hub id, directory, file or testbed:preference"}
+        default="testbed:preference",
+        metadata={"help": "preference data: hub id, directory, file, testbed:preference (slips) or testbed:policy_preference "
+                          "(small-instruct's own answers, verifier-labelled)"},
     )
-    n_train: int = field(default=512, metadata={"help": "testbed:preference: training pairs"})
+    n_train: int = field(default=512, metadata={"help": "testbed datasets: training pairs"})
     loss: Literal["dpo", "rpo"] = field(default="dpo", metadata={"help": "dpo, or rpo (adds the chosen NLL)"})
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = field(
         default="reverse_kl", metadata={"help": "f-DPO divergence"}
@@ -174,4 +177,5 @@ def rpo_trainer_class(base: type) -> type:
 def _testbed_datasets(args: DPOArgs) -> dict[str, Any]:
     from ..testbed.datasets import preference_pairs
 
-    return {"testbed:preference": lambda: preference_pairs(args.n_train, 8, seed=args.seed, conversational=True)}
+    return {"testbed:preference": lambda: preference_pairs(args.n_train, 8, seed=args.seed, conversational=True),
+            "testbed:policy_preference": lambda: policy_preference_data(args, args.n_train, 8)}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +41,7 @@ from typing import Any, Literal
 from trl import DPOConfig, RewardConfig
 
 from ..config import ConfigError
-from .common import AlignFields, disable_dropout, load_splits, lora_config
+from .common import AlignFields, disable_dropout, load_splits, lora_config, policy_preference_data
 
 ACCURACY_ROWS = 500  # training pairs a member's train accuracy is measured on (the first of its slice)
 
@@ -50,10 +51,13 @@ class RewardArgs(AlignFields, RewardConfig):
     """``trl.RewardConfig`` (every TRL option, TRL's defaults) plus :class:`AlignFields` and the ensemble options."""
 
     dataset: str = field(
-        default="testbed:preference", metadata={"help": "preference data: hub id, directory, file or testbed:preference"}
+        default="testbed:preference",
+        metadata={"help": "preference data: hub id, directory, file, testbed:preference (slips) or testbed:policy_preference "
+                          "(small-instruct's own answers, verifier-labelled)"},
     )
-    n_train: int = field(default=2000, metadata={"help": "testbed:preference: training pairs"})
-    n_eval: int = field(default=400, metadata={"help": "testbed:preference: held-out pairs (each member's held-out accuracy)"})
+    n_train: int = field(default=2000, metadata={"help": "testbed datasets: training pairs"})
+    n_eval: int = field(default=400, metadata={"help": "testbed datasets: held-out pairs (each member's held-out accuracy)"})
+    n_synthetic: int = field(default=0, metadata={"help": "testbed:policy_preference: also this many slips among the training pairs"})
     kind: Literal["classifier", "implicit"] = field(
         default="classifier",
         metadata={"help": "classifier: sequence classifier, new score head (RewardTrainer); implicit: DPO-trained policy "
@@ -77,8 +81,8 @@ class RewardArgs(AlignFields, RewardConfig):
             raise ConfigError(f"kind must be classifier or implicit, got {self.kind!r}")
         if self.kind == "implicit" and not self.beta > 0:
             raise ConfigError(f"beta must be > 0 for kind implicit (it scales the reward), got {self.beta}")
-        if self.n_eval < 1:
-            raise ConfigError(f"n_eval must be >= 1, got {self.n_eval}")
+        if self.n_eval < 1 or self.n_synthetic < 0:
+            raise ConfigError(f"n_eval must be >= 1 and n_synthetic >= 0, got {self.n_eval}, {self.n_synthetic}")
         if self.dataset.startswith("testbed:") and self.dataset_test_split is None:
             self.dataset_test_split = "eval"
         from ..models import torch_dtype
@@ -113,7 +117,9 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
     from ..models import load_tokenizer
     from ..testbed.datasets import preference_pairs
 
-    testbed = {"testbed:preference": lambda: preference_pairs(args.n_train, args.n_eval, args.seed, True)}
+    testbed = {"testbed:preference": lambda: preference_pairs(args.n_train, args.n_eval, args.seed, True),
+               "testbed:policy_preference": lambda: policy_preference_data(args, args.n_train, args.n_eval, args.n_synthetic)}
+    testbed = {name: cache(build) for name, build in testbed.items()}  # train and held-out splits: one sampling
     train, test = load_splits(args, testbed)
     train, same = select_valid_preferences(train)
     held_out = None
@@ -187,7 +193,8 @@ def dpo_config(config: RewardArgs) -> DPOConfig:
     """``config``'s training options as a ``DPOConfig`` (every field the two configs share), with its β."""
     from dataclasses import fields
 
-    shared = {f.name for f in fields(DPOConfig) if f.init} & {f.name for f in fields(RewardConfig) if f.init}
+    # the policy is loaded before the trainer, so TRL's model_init_kwargs have nothing to do
+    shared = ({f.name for f in fields(DPOConfig) if f.init} & {f.name for f in fields(RewardConfig) if f.init}) - {"model_init_kwargs"}
     return DPOConfig(**{name: getattr(config, name) for name in shared}, beta=config.beta)
 
 

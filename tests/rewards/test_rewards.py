@@ -258,14 +258,17 @@ def test_hf_members_score_like_a_plain_forward(reward_ensemble, tiny_testbed):
     assert isinstance(member, HFRewardModel)
 
 
-def test_shipped_reward_config_is_the_claims_recipe():
+def test_shipped_reward_configs_are_the_proxies_and_the_quickstarts_ensemble():
     from align.claims.rewards import LABEL_NOISE, PROXIES, RM_RECIPE
     from align.config import parse_config
+    from align.quickstart import REWARD
     from align.trainers.reward_model import RewardArgs
 
-    args = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml"])
+    args = parse_config(RewardArgs, ["--config", "configs/reward-proxies-testbed.yaml"])
     assert {k: getattr(args, k) for k in RM_RECIPE} == RM_RECIPE
-    assert (args.ensemble_size, args.label_noise) == (PROXIES, LABEL_NOISE)
+    assert (args.ensemble_size, args.label_noise, args.kind) == (PROXIES, LABEL_NOISE, "classifier")
+    good = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml"])
+    assert {k: getattr(good, k) for k in REWARD} == REWARD and good.label_noise == 0.0
 
 
 def test_trl_adapter_inside_a_real_grpo_step(tiny_testbed, tmp_path):
@@ -376,3 +379,39 @@ def test_implicit_members_record_their_accuracies_and_load_as_likelihood_rewards
         assert info["held_out_pairs"] == 16
     scores = ens.raw([[{"role": "user", "content": "1+1="}]], [[{"role": "assistant", "content": "2"}]])
     assert scores.abs().min() > 0  # trained away from the reference
+
+
+def test_best_of_n_generation_keeps_the_ensembles_pick_of_the_same_draws(tiny_testbed, tmp_path):
+    """``best_of_n: 4`` in align generate: each prompt's output is, of the 4 draws the same seeds
+    give with best_of_n 1, the one the ensemble scores highest (a finished one first); tokens
+    count every draw. Bad settings are named before any model loads."""
+    import zlib
+
+    from align.config import ConfigError
+    from align.generate import GenerateArgs, ModelStore, generate_outputs
+    from align.trainers.reward_model import RewardArgs, train_reward
+
+    common = {"profile": "tiny", "cache_dir": str(tiny_testbed.root.parents[1])}
+    train_reward(RewardArgs(n_train=16, n_eval=4, kind="implicit", max_steps=2, per_device_train_batch_size=8, learning_rate=1e-3,
+                            output_dir=str(tmp_path / "rm"), **common))
+    prompts = ["12+3=", "7-9=", "40+2="]
+    args = GenerateArgs(prompts="<test>", do_sample=True, max_new_tokens=6, best_of_n=4, reward=str(tmp_path / "rm"), **common)
+    store = ModelStore(args)
+    got = generate_outputs(args, prompts, store, seeds=[11, 12, 13])
+    plain = GenerateArgs(prompts="<test>", do_sample=True, max_new_tokens=6, **common)
+    draws = generate_outputs(plain, [p for p in prompts for _ in range(4)], ModelStore(plain),
+                             [zlib.crc32(f"{s}/best-of/{j}".encode()) for s in (11, 12, 13) for j in range(4)])
+    ens = load_ensemble(tmp_path / "rm")
+    chat = store.prompts_for(args.model, prompts)
+    for i, row in enumerate(got):
+        group = draws[4 * i : 4 * i + 4]
+        scores = ens([chat[i]] * 4, [[{"role": "assistant", "content": d["output"]}] for d in group]).tolist()
+        allowed = [j for j in range(4) if group[j]["finished"]] or list(range(4))
+        best = max(allowed, key=lambda j: scores[j])
+        assert row["output"] == group[best]["output"] and row["reward"] == pytest.approx(scores[best], abs=1e-9)
+        assert row["tokens"] == sum(d["tokens"] for d in group) and row["best_of"] == 4
+    assert len({d["output"] for d in draws}) > 3  # the draws differ, so the pick means something
+    with pytest.raises(ConfigError, match="needs do_sample"):
+        GenerateArgs(prompts="<test>", best_of_n=4, reward=str(tmp_path / "rm"), **common)
+    with pytest.raises(ConfigError, match="align train reward"):
+        GenerateArgs(prompts="<test>", do_sample=True, best_of_n=4, reward=str(tmp_path / "nothing"), **common)
