@@ -81,9 +81,9 @@ class ReproduceArgs(TestbedArgs):
 USAGE = """usage: align <command> [options]
 
 commands:
-  quickstart          build the full testbed (cached), train DPO and a reward ensemble, evaluate base /
-                      DPO / EFT / EAD / the large base on accuracy and the fine-tuned behaviours, with
-                      intervals, and write runs/quickstart/report.html
+  quickstart          build the full testbed (cached), train RPO and a reward ensemble, evaluate base /
+                      EFT / EAD / the large base (greedy) and RPO / best-of-8 (T=1) on accuracy and the
+                      fine-tuned behaviours, with intervals, and write runs/quickstart/report.html
   testbed build       build the offline testbed (--profile full|tiny|tiny-bpe|smollm2)
   testbed info        describe a built testbed (--json for machine-readable output)
   testbed datasets    write small samples of every dataset format (default: ./data)
@@ -283,12 +283,12 @@ def _builds(profile: str, args: ReproduceArgs) -> list:
 
 @dataclass
 class QuickstartArgs(BuildArgs):
-    out: str = field(default="runs/quickstart", metadata={"help": "trained models, eval run and report.html go here"})
+    out: str = field(default="runs/quickstart", metadata={"help": "trained models, eval runs and report.html go here"})
     n_eval: int = field(default=500, metadata={"help": "held-out problems to evaluate on"})
 
 
 def _quickstart(argv: Sequence[str], prog: str) -> int:
-    """Build the testbed, train DPO and a reward ensemble, evaluate five systems on both axes, write the report."""
+    """Build the testbed, train RPO and a reward ensemble, evaluate greedy and sampled systems, write the report."""
     from .quickstart import quickstart
 
     from .testbed import load_testbed

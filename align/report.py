@@ -39,6 +39,7 @@ from .eval.stats import ABSTAIN_WARN, verdicts as holm_verdicts
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PRIMARY = (".correct", ".refused", ".reward")  # the metrics a scoreboard shows, when a set has them
 ALPHA = 0.05  # family-wise error rate of the page's verdicts (Holm across its comparisons)
+CHANCE_BAND = 0.1  # a reward check within this of 0.5 reads as chance
 
 
 @dataclass
@@ -199,7 +200,8 @@ def scoreboard(run: Run, runs: list[Run], diffs: list[dict[str, Any]]) -> dict[s
                 if r["cells"][k] is not None and r["cells"][k]["value"] == best:
                     r["cells"][k]["best"] = True
         header.append({"prompt_set": set_name, "metric": metric, "sense": {1: "higher is better", -1: "lower is better"}.get(sense, "")})
-    return {"run": run.name, "baseline": _label(run, systems[0], runs) if systems else "", "columns": header, "rows": rows}
+    return {"run": run.name, "baseline": _label(run, systems[0], runs) if systems else "", "columns": header, "rows": rows,
+            "reward_checks": run.summary.get("reward_checks", [])}
 
 
 def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4) -> list[str]:
@@ -240,12 +242,32 @@ def headline(board: dict[str, Any], diffs: list[dict[str, Any]], limit: int = 4)
         out.append(f"Not shown to differ from {base} (Holm-adjusted p > {ALPHA:g}): {system_items(same, detail=False)}.")
     if not mine:
         out.append("One system only: nothing to compare.")
+    out += [reward_sentence(c) for c in board.get("reward_checks", []) if c["pairwise_accuracy"] is not None]
     warned = [f"{r['system']} on {c['prompt_set']} {c['metric']}: {cell['abstained']['text']}"
               for r in board["rows"] for c, cell in zip(board["columns"], r["cells"]) if cell and cell["abstained"] and cell["abstained"]["warn"]]
     if warned:
         out.append(f"Warning: a scorer gave no verdict on over {ABSTAIN_WARN:.0%} of the samples, and those rates are over the judged "
                    f"rest: {'; '.join(warned)}.")
     return out
+
+
+def reward_sentence(check: dict[str, Any], chance_band: float = CHANCE_BAND) -> str:
+    """One sentence on whether a reward score separates right from wrong on the run's own samples
+    (:func:`align.eval.run.reward_checks`); within ``chance_band`` of 0.5 it says the column is
+    near chance.
+
+    Example:
+        >>> reward_sentence({"prompt_set": "answerable", "reward": "ensemble.reward", "gold": "verifier.correct", "pairs": 1426,
+        ...                  "pairwise_accuracy": 0.5, "spread_auroc_wrong": None})
+        'Warning: ensemble.reward ranks the right answer above the wrong one in 0.500 of 1426 answerable pairs (one prompt, one right and one wrong sample, any systems; 0.5 is chance): near chance, so its column says little about quality.'
+    """
+    text = (f"{check['reward']} ranks the right answer above the wrong one in {check['pairwise_accuracy']:.3f} of {check['pairs']} "
+            f"{check['prompt_set']} pairs (one prompt, one right and one wrong sample, any systems; 0.5 is chance)")
+    if abs(check["pairwise_accuracy"] - 0.5) < chance_band:
+        return f"Warning: {text}: near chance, so its column says little about quality."
+    spread = check.get("spread_auroc_wrong")
+    tail = f"; its members' spread flags wrong answers at AUROC {spread:.3f}" if spread is not None else ""
+    return f"Reward check ({check['gold']} as truth): {text}{tail}."
 
 
 def forest(value: float, low: float, high: float, marks: tuple[float, ...] = (0.0,), colour: str = "#4c72b0",

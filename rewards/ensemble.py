@@ -43,18 +43,34 @@ def conversation(prompt: Text, completion: Text) -> Text:
     return prompt + completion
 
 
+def as_chat(prompt: Text, completion: Text) -> tuple[Text, Text]:
+    """Text as one user turn and one assistant turn (messages pass through): how a member trained
+    on conversational pairs must see a plain prompt, or it scores a format it never saw.
+
+    Example:
+        >>> as_chat("2+3=", "5")
+        ([{'role': 'user', 'content': '2+3='}], [{'role': 'assistant', 'content': '5'}])
+    """
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(completion, str):
+        completion = [{"role": "assistant", "content": completion}]
+    return prompt, completion
+
+
 class HFRewardModel:
     """A sequence-classification reward model (``num_labels=1``), scoring what TRL's
-    ``RewardTrainer`` trains on: the chat-templated conversation, or text + EOS; right padding."""
+    ``RewardTrainer`` trains on: the chat-templated conversation, or text + EOS; right padding.
+    With ``chat`` (a member trained on conversational pairs), text becomes a user and an assistant turn."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "reward", batch_size: int = 64) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str = "reward", batch_size: int = 64, chat: bool = False) -> None:
         if getattr(model.config, "num_labels", None) != 1:
             raise ValueError(f"{name}: a reward model needs num_labels=1, got {model.config.num_labels}")
-        self.model, self.tokenizer, self.name, self.batch_size = model.eval(), tokenizer, name, batch_size
+        self.model, self.tokenizer, self.name, self.batch_size, self.chat = model.eval(), tokenizer, name, batch_size, chat
         self.device = next(model.parameters()).device
 
     def encode(self, prompt: Text, completion: Text) -> list[int]:
-        joined = conversation(prompt, completion)
+        joined = conversation(*as_chat(prompt, completion)) if self.chat else conversation(prompt, completion)
         if isinstance(joined, str):
             eos = self.tokenizer.eos_token
             return self.tokenizer(joined if joined.endswith(eos) else joined + eos)["input_ids"]
@@ -88,7 +104,8 @@ class LikelihoodReward:
 
     The completion's tokens are those TRL's ``DPOTrainer`` trains on: the chat-templated
     conversation after the templated prompt (with its generation prompt), or ``prompt + completion``
-    (+ EOS) after the tokenised prompt; the completion starts where the two first differ.
+    (+ EOS) after the tokenised prompt; the completion starts where the two first differ. With
+    ``chat`` (a member trained on conversational pairs), text becomes a user and an assistant turn.
 
     Example::
 
@@ -98,16 +115,18 @@ class LikelihoodReward:
     """
 
     def __init__(self, model: Any, tokenizer: Any, reference: Any = None, beta: float = 1.0, name: str = "likelihood",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, chat: bool = False) -> None:
         if not beta > 0:
             raise ValueError(f"{name}: beta must be > 0, got {beta}")
         self.model, self.reference = model.eval(), (reference.eval() if reference is not None else None)
-        self.tokenizer, self.beta, self.name, self.batch_size = tokenizer, beta, name, batch_size
+        self.tokenizer, self.beta, self.name, self.batch_size, self.chat = tokenizer, beta, name, batch_size, chat
         self.device = next(model.parameters()).device
 
     def encode(self, prompt: Text, completion: Text) -> tuple[list[int], int]:
         """The conversation's ids and where the completion starts."""
         tok = self.tokenizer
+        if self.chat:
+            prompt, completion = as_chat(prompt, completion)
         joined = conversation(prompt, completion)
         if isinstance(joined, str):
             eos = tok.eos_token
@@ -275,6 +294,7 @@ def load_ensemble(path: str | Path, device: str = "cpu", **kwargs: Any) -> Rewar
     manifest = json.loads(manifest_path.read_text())
     members: list[RewardMember] = []
     references: dict[str, Any] = {}  # members of one base share one reference copy
+    chat = bool(manifest.get("conversational", False))  # trained on messages: text is scored as one chat turn each
     for member in manifest["members"]:
         member_dir = path / member["dir"]
         tok = AutoTokenizer.from_pretrained(member_dir)
@@ -283,9 +303,9 @@ def load_ensemble(path: str | Path, device: str = "cpu", **kwargs: Any) -> Rewar
             ref = member["reference"]
             if ref not in references:
                 references[ref] = AutoModelForCausalLM.from_pretrained(ref, trust_remote_code=False).to(device)
-            members.append(LikelihoodReward(model, tok, references[ref], member["beta"], member["dir"]))
+            members.append(LikelihoodReward(model, tok, references[ref], member["beta"], member["dir"], chat=chat))
             continue
         # num_labels=1 also for a LoRA member, whose directory holds an adapter on the base checkpoint
         model = AutoModelForSequenceClassification.from_pretrained(member_dir, num_labels=1, trust_remote_code=False).to(device)
-        members.append(HFRewardModel(model, tok, member["dir"]))
+        members.append(HFRewardModel(model, tok, member["dir"], chat=chat))
     return RewardEnsemble(members, **kwargs)

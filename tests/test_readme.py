@@ -41,24 +41,26 @@ def scratch(tmp_path, monkeypatch, tiny_testbed):
 
 def run_bash(code: str, extra: dict[str, list[str]]) -> None:
     for line in code.splitlines():
-        argv = shlex.split(line)
+        argv = shlex.split(line, comments=True)
         assert argv[0] == "align", line
         assert main(argv[1:] + extra.get(argv[1], [])) == 0, line
 
 
 def test_train_then_evaluate_and_report(scratch, capsys):
-    shrink = {"dpo": scratch + ["--max_steps", "2", "--n_train", "16", "--report_to", "none"],
-              "reward": scratch + ["--max_steps", "2", "--n_train", "32", "--ensemble_size", "2", "--report_to", "none"]}
+    shrink = {"rpo": scratch + ["--max_steps", "2", "--n_train", "16", "--report_to", "none"],
+              "reward": scratch + ["--max_steps", "2", "--n_train", "16", "--n_synthetic", "16", "--n_eval", "8", "--ensemble_size", "2",
+                                   "--report_to", "none"]}
     ((lang, code),) = blocks("Train")
     assert lang == "bash"
     for line in code.splitlines():
-        argv = shlex.split(line)
+        argv = shlex.split(line, comments=True)
         assert main(argv[1:] + shrink[argv[2]]) == 0, line
-    assert Path("runs/train/dpo/model.safetensors").is_file() and Path("runs/train/reward/ensemble.json").is_file()
+    assert Path("runs/train/rpo/model.safetensors").is_file() and Path("runs/train/reward/ensemble.json").is_file()
     ((lang, code),) = blocks("Evaluate")
-    run_bash(code, {"eval": scratch + ["--max_new_tokens", "4"]})
+    run_bash(code, {"eval": scratch + ["--max_new_tokens", "4", "--samples_per_prompt", "1"]})
     page = Path("runs/report.html").read_text()
-    assert 'class="scoreboard"' in page and 'class="claims' in page and Path("runs/eval/testbed/summary.json").is_file()
+    assert 'class="scoreboard"' in page and 'class="claims' in page
+    assert Path("runs/eval/testbed/summary.json").is_file() and Path("runs/eval/training/summary.json").is_file()
     capsys.readouterr()
 
 

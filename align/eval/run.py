@@ -141,6 +141,13 @@ class EvalArgs:
         if min(self.max_new_tokens, self.batch_size, self.chunk_size, self.n_bootstrap, self.samples_per_prompt) < 1:
             raise ConfigError("max_new_tokens, batch_size, chunk_size, n_bootstrap and samples_per_prompt must be >= 1")
         self.generate_args = {s["name"]: self._generate_args(i, s) for i, s in enumerate(self.systems)}
+        for i, system in enumerate(self.systems):
+            gen = self.generate_args[system["name"]]
+            for ref in (gen.model, *gen.decoding().models()):
+                _check_trained(ref, f"systems[{i}] ({system['name']})")
+        for spec in self.scorers:
+            if isinstance(spec, dict) and spec.get("name") == "ensemble" and spec.get("path"):
+                _check_trained(spec["path"], "scorer ensemble", "ensemble.json")
 
     def _generate_args(self, i: int, system: dict) -> GenerateArgs:
         shared = {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size, "do_sample": self.do_sample,
@@ -151,6 +158,20 @@ class EvalArgs:
             return GenerateArgs(prompts="<eval>", **{**shared, **options})
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"systems[{i}] ({system['name']}): {err}") from err
+
+
+def _check_trained(ref: str, where: str, marker: str = "config.json") -> None:
+    """A local directory an earlier command writes (``runs/train/rpo``, ``runs/train/reward``) must
+    be there before anything loads; the error names the command that makes it."""
+    path = Path(ref)
+    if ref.startswith("testbed:") or not (ref.startswith((".", "/")) or path.parts[:1] == ("runs",)):
+        return  # a testbed model or a hub id
+    if (path / marker).is_file() or (path / "adapter_config.json").is_file():
+        return
+    kind = path.name.split("-")[0] if path.parent.name == "train" else None
+    config = Path("configs") / f"{kind}-testbed.yaml"
+    hint = f"; train it first: align train {kind} --config {config}" if kind and config.is_file() else "; train or download it first"
+    raise ConfigError(f"{where}: {ref} has no {marker}{hint}")
 
 
 def expand_sweeps(systems: list[Any]) -> list[Any]:
@@ -539,7 +560,53 @@ def summarise(samples: list[dict], args: EvalArgs) -> dict[str, Any]:
     refusal = [refusal_summary(system, {k: v for (sys, k), v in groups.items() if sys == system}, expects, args.n_bootstrap, args.seed)
                for system in names]
     return {"table": table, "differences": differences, "refusal": [x for r in refusal for x in r], "systems": args.systems,
-            "prompt_sets": args.prompt_sets, "scorers": args.scorers, "warnings": abstention_warnings(table)}
+            "prompt_sets": args.prompt_sets, "scorers": args.scorers, "warnings": abstention_warnings(table),
+            "reward_checks": reward_checks(samples)}
+
+
+def reward_checks(samples: list[dict]) -> list[dict[str, Any]]:
+    """Does each reward score (``*.reward``) separate what a correctness score (``*.correct``)
+    calls right from wrong, on this run's own samples? Per prompt set: ``pairwise_accuracy``, over
+    every pair of samples of one prompt (any systems) where one is right and the other wrong, the
+    share where the right one scores higher (ties half; 0.5 is chance); and ``spread_auroc_wrong``,
+    the AUROC of the members' spread (``*.reward_spread``) for telling wrong samples from right ones.
+
+    Example:
+        >>> rows = [{"prompt_set": "s", "index": 0, "scores": {"e.reward": r, "e.reward_spread": sp, "v.correct": c}}
+        ...         for r, sp, c in ((2.0, 0.3, True), (1.0, 0.9, False), (0.5, 0.2, False))]
+        >>> reward_checks(rows)[0]["pairwise_accuracy"], reward_checks(rows)[0]["spread_auroc_wrong"]
+        (1.0, 0.5)
+    """
+    from scipy.stats import rankdata
+
+    out = []
+    for set_name in dict.fromkeys(r["prompt_set"] for r in samples):
+        rows = [r for r in samples if r["prompt_set"] == set_name]
+        keys = {k for r in rows for k in r["scores"]}
+        for reward in sorted(k for k in keys if k.endswith(".reward")):
+            for gold in sorted(k for k in keys if k.endswith(".correct") and not k.startswith("t2.")):
+                scored = [(r["index"], float(r["scores"][reward]), bool(r["scores"][gold]), r["scores"].get(f"{reward}_spread"))
+                          for r in rows if _number(r["scores"].get(reward)) and isinstance(r["scores"].get(gold), bool)]
+                by_prompt: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+                for i, value, right, _ in scored:
+                    by_prompt[i].append((value, right))
+                wins = pairs = 0.0
+                for group in by_prompt.values():
+                    for a, right_a in group:
+                        for b, right_b in group:
+                            if right_a and not right_b:
+                                pairs += 1
+                                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+                spreads = [(float(sp), not right) for _, _, right, sp in scored if _number(sp)]
+                auroc = None
+                if spreads and 0 < sum(w for _, w in spreads) < len(spreads):
+                    ranks = rankdata([sp for sp, _ in spreads])  # Mann-Whitney U / (n_wrong n_right)
+                    n_wrong = sum(w for _, w in spreads)
+                    u = sum(rk for rk, (_, w) in zip(ranks, spreads) if w) - n_wrong * (n_wrong + 1) / 2
+                    auroc = round(float(u / (n_wrong * (len(spreads) - n_wrong))), 4)
+                out.append({"prompt_set": set_name, "reward": reward, "gold": gold, "pairs": int(pairs),
+                            "pairwise_accuracy": round(wins / pairs, 4) if pairs else None, "spread_auroc_wrong": auroc})
+    return out
 
 
 def abstention_warnings(table: list[dict[str, Any]], threshold: float = ABSTAIN_WARN) -> list[str]:

@@ -132,12 +132,24 @@ def policy_pairs(model: Any, tok: Any, n: int, seed: int = 0, samples: int = 8, 
 def policy_preference(model: Any, tok: Any, n_train: int = 512, n_eval: int = 200, seed: int = 0, synthetic: int = 0) -> DatasetDict:
     """``testbed:policy_preference``: :func:`policy_pairs` of ``model`` (conversational), train and
     eval; with ``synthetic``, that many of :func:`preference_pairs`' slips join the training pairs,
-    shuffled in (a reward model then sees both the slips and the policy's own mistakes)."""
-    train = policy_pairs(model, tok, n_train, seed)
+    shuffled in (a reward model then sees both the slips and the policy's own mistakes). Where the
+    policy rarely gets a problem both right and wrong (the tiny testbed's never does), slips fill
+    each split up to its size, with a warning that says how many."""
+    import warnings
+
+    splits = {}
+    for split, n in (("train", n_train), ("eval", n_eval)):
+        rows = policy_pairs(model, tok, n, seed, split=split)
+        if len(rows) < n:
+            warnings.warn(f"testbed:policy_preference: the policy gave {len(rows)} of {n} {split} pairs; "
+                          f"{n - len(rows)} synthetic slips fill the rest", stacklevel=2)
+            slips = preference_pairs(n - len(rows), n - len(rows), seed, conversational=True)[split]
+            rows += [dict(r) for r in slips]
+        splits[split] = rows
     if synthetic:
-        train += [dict(r) for r in preference_pairs(synthetic, 1, seed, conversational=True)["train"]]
-        np.random.default_rng(seed).shuffle(train)
-    return DatasetDict(train=Dataset.from_list(train), eval=Dataset.from_list(policy_pairs(model, tok, n_eval, seed, split="eval")))
+        splits["train"] += [dict(r) for r in preference_pairs(synthetic, 1, seed, conversational=True)["train"]]
+        np.random.default_rng(seed).shuffle(splits["train"])
+    return DatasetDict(train=Dataset.from_list(splits["train"]), eval=Dataset.from_list(splits["eval"]))
 
 
 def unpaired_feedback(

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trl import DPOConfig, RewardConfig
+from trl.data_utils import is_conversational
 
 from ..config import ConfigError
 from .common import AlignFields, disable_dropout, load_splits, lora_config, policy_preference_data
@@ -157,15 +158,17 @@ def train_reward(args: RewardArgs) -> dict[str, Any]:
             tok.save_pretrained(str(member_dir))
         logged = [h for h in trainer.state.log_history if "loss" in h]
         scorer = _member_scorer(args, trainer, tok, path)
-        summary = {"final_loss": logged[-1]["loss"] if logged else None,
+        mean_loss = next((h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None)  # logged whatever logging_steps
+        summary = {"final_loss": logged[-1]["loss"] if logged else None, "mean_train_loss": mean_loss,
                    "train_accuracy": _accuracy(scorer, own[:ACCURACY_ROWS]),
                    "held_out_accuracy": _accuracy(scorer, held_out) if held_out else None,
                    "held_out_pairs": len(held_out or [])}
         if trainer.is_world_process_zero():
             atomic_write_text(member_dir / "member.json", json.dumps(summary))
         members.append({**info, **summary})
-    manifest = {"base_model": args.model, "dataset": args.dataset, "kind": args.kind, "pairs": len(rows), "dropped_identical": same,
-                "members": members}
+    # members trained on messages score plain text as one user and one assistant turn (rewards.load_ensemble)
+    manifest = {"base_model": args.model, "dataset": args.dataset, "kind": args.kind, "conversational": is_conversational(rows[0]),
+                "pairs": len(rows), "dropped_identical": same, "members": members}
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -203,7 +206,7 @@ def _member_scorer(args: RewardArgs, trainer: Any, tok: Any, path: str) -> Any:
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if args.kind == "classifier":
-        return HFRewardModel(model, tok, "member")
+        return HFRewardModel(model, tok, "member")  # the pairs it is measured on are in its training format
     ref = trainer.ref_model
     if ref is None:  # LoRA: the reference is the base checkpoint
         from ..models import load_causal_lm

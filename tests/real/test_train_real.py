@@ -189,3 +189,58 @@ def test_score_rollouts_ignore_a_checkpoint_repetition_penalty(tmp_path, smollm2
                                args=ScoreArgs(dataset="x", output_dir=str(tmp_path / "s"), max_new_tokens=12, report_to=[]))
         texts.append([trainer.episodes(rows, 2, greedy=greedy)["texts"] for greedy in (True, False)])
     assert texts[0] == texts[1]
+
+
+def coconot_pairs(split: str) -> list[dict]:
+    """Contrast pairs from CoCoNot on the fixed split: a prompt to refuse prefers its refusal over a
+    compliant answer (another prompt's answer), a look-alike prompt to answer prefers the model's
+    answer over a refusal in its subcategory's words; as many of each. Refusals and answers sit on
+    both sides, so only reading the prompt ranks both kinds right."""
+    from align.coconot import load_rows, refusal_text
+
+    rows = load_rows("data/refusal/coconot", split)
+    respond = [r for r in rows if r["label"] == "respond"]
+    refuse = [r for r in rows if r["label"] == "refuse"][: len(respond)]
+    pairs = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": [{"role": "assistant", "content": refusal_text(r)}],
+              "kind": "respond"} for r in respond]
+    pairs += [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": a["messages"][1:], "kind": "refuse"}
+              for r, a in zip(refuse, respond[1:] + respond[:1])]
+    return pairs
+
+
+def test_lora_reward_model_prefers_the_expected_behaviour_on_held_out_coconot_prompts(tmp_path, common):
+    """A LoRA classifier reward model on SmolLM2, trained on CoCoNot contrast pairs (train split),
+    ranks held-out prompts' pairs (test split) above chance on both kinds; untrained (LoRA rank
+    4, 0 steps of learning: lr 0) it does not."""
+    from rewards import pairwise_accuracy
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({k: v for k, v in p.items() if k != "kind"}) + "\n" for p in coconot_pairs("train")))
+    held_out = coconot_pairs("test")
+
+    def accuracy(out, kind):
+        rows = [p for p in held_out if p["kind"] == kind]
+        member = load_ensemble_member(out)
+        return pairwise_accuracy(member, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+
+    def run(out, lr):
+        code = main(["train", "reward", "--model", SMOLLM2, "--cache_dir", common["cache_dir"], "--output_dir", str(out),
+                     "--dataset", str(data), "--lora_r", "8", "--learning_rate", lr, "--max_steps", REWARD_STEPS,
+                     "--per_device_train_batch_size", "8", "--max_length", "256", "--save_strategy", "no", "--report_to", "none",
+                     "--logging_steps", "1000"])
+        assert code == 0
+        return {kind: accuracy(out, kind) for kind in ("refuse", "respond")}
+
+    trained = run(tmp_path / "rm", "5e-4")
+    assert min(trained.values()) >= REWARD_FLOOR, trained
+    untrained = run(tmp_path / "rm0", "0")
+    assert min(untrained.values()) < REWARD_FLOOR, untrained
+
+
+REWARD_STEPS, REWARD_FLOOR = "60", 0.7
+
+
+def load_ensemble_member(out):
+    from rewards import load_ensemble
+
+    return load_ensemble(str(out)).members[0]

@@ -379,6 +379,8 @@ def test_implicit_members_record_their_accuracies_and_load_as_likelihood_rewards
         assert info["held_out_pairs"] == 16
     scores = ens.raw([[{"role": "user", "content": "1+1="}]], [[{"role": "assistant", "content": "2"}]])
     assert scores.abs().min() > 0  # trained away from the reference
+    # trained on messages: a plain prompt is scored as the chat turn it was trained on, not as raw text
+    assert manifest["conversational"] and torch.equal(ens.raw(["1+1="], ["2"]), scores)
 
 
 def test_best_of_n_generation_keeps_the_ensembles_pick_of_the_same_draws(tiny_testbed, tmp_path):
@@ -415,3 +417,33 @@ def test_best_of_n_generation_keeps_the_ensembles_pick_of_the_same_draws(tiny_te
         GenerateArgs(prompts="<test>", best_of_n=4, reward=str(tmp_path / "rm"), **common)
     with pytest.raises(ConfigError, match="align train reward"):
         GenerateArgs(prompts="<test>", do_sample=True, best_of_n=4, reward=str(tmp_path / "nothing"), **common)
+
+
+@pytest.mark.slow
+def test_reward_members_learn_the_sum_on_the_full_testbed(tmp_path):
+    """The full testbed (built, cached): an implicit member from large-instruct, trained with the
+    shipped recipe for 300 steps, ranks 400 held-out pairs at >= 0.8 (measured 0.855 and 0.858,
+    docs/rewards.md), while the same member untrained (policy = reference: every reward 0) sits at
+    0.5 and a classifier member from small-instruct stays near chance (< 0.7; measured 0.60)."""
+    from align.config import parse_config
+    from align.testbed import load_testbed
+    from align.testbed.datasets import preference_pairs
+    from align.trainers.reward_model import RewardArgs, train_reward
+    from rewards import LikelihoodReward, pairwise_accuracy
+
+    tb = load_testbed("full")
+    held_out = list(preference_pairs(8, 400, 0, True)["eval"])
+
+    def accuracy(member) -> float:
+        return pairwise_accuracy(member, [r["prompt"] for r in held_out], [r["chosen"] for r in held_out], [r["rejected"] for r in held_out])
+
+    args = parse_config(RewardArgs, ["--config", "configs/reward-testbed.yaml", "--ensemble_size", "1", "--output_dir", str(tmp_path / "rm"),
+                                     "--logging_steps", "1000000", "--report_to", "none"])
+    train_reward(args)
+    assert accuracy(load_ensemble(tmp_path / "rm").members[0]) >= 0.8
+    large = tb.model("large-instruct")
+    assert accuracy(LikelihoodReward(large, tb.tokenizer(), reference=large)) == 0.5
+    train_reward(RewardArgs(model="testbed:small-instruct", dataset="testbed:preference", n_train=4000, max_steps=300,
+                            learning_rate=3e-4, per_device_train_batch_size=32, output_dir=str(tmp_path / "clf"),
+                            logging_steps=10**6, report_to=[], save_strategy="no", gradient_checkpointing=False))
+    assert accuracy(load_ensemble(tmp_path / "clf").members[0]) < 0.7
