@@ -67,7 +67,7 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
                   "limit": n_eval, "scorers": ["verifier", "ensemble", "length"]}
     scorers = ["verifier", "exact", {"name": "ensemble", "path": reward}, "length"]
     greedy = EvalArgs(
-        output_dir=str(root / "eval"), max_new_tokens=16, batch_size=64, **testbed, scorers=scorers,
+        output_dir=str(root / "greedy"), max_new_tokens=16, batch_size=64, **testbed, scorers=scorers,
         systems=[{"name": "base", "model": chat},
                  # w = 0.5: what the eft-upscaling claim chose on dev at every seed (w = 1 gave dev accuracy 0.51)
                  {"name": "eft", "model": "testbed:large-base", "method": "eft", "tuned": [chat], "reference": "testbed:small-base",
@@ -79,7 +79,7 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
                      {"name": "behaviours", "dataset": str(write_behaviours(root / "behaviours.jsonl", n_eval)), "scorers": ["exact", "length"]}],
     )
     sampled = EvalArgs(
-        output_dir=str(root / "eval-sampled"), max_new_tokens=16, batch_size=64, **testbed, scorers=scorers, do_sample=True,
+        output_dir=str(root / "sampled"), max_new_tokens=16, batch_size=64, **testbed, scorers=scorers, do_sample=True,
         samples_per_prompt=SAMPLES, prompt_sets=[answerable],
         systems=[{"name": "base (T=1)", "model": chat},
                  {"name": "rpo (T=1)", "model": str(root / "rpo")},
@@ -90,7 +90,7 @@ def quickstart(profile: str = "full", seed: int = 0, cache_dir: str | None = Non
         started = time.perf_counter()
         summaries.append(run_eval(args))
         seconds[Path(args.output_dir).name] = time.perf_counter() - started
-    page, md = render(ReportArgs(runs=[str(root / "eval"), str(root / "eval-sampled")], output=str(root / "report.html"),
+    page, md = render(ReportArgs(runs=[str(root / "greedy"), str(root / "sampled")], output=str(root / "report.html"),
                                  title="alignkit quickstart"))
     tables = [json.loads(p.read_text()) for p in summaries]
     return {"summary": summaries[0], "summaries": summaries, "report": page, "markdown": md,

@@ -21,12 +21,12 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
             "--n_eval", "16", "--workers", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    summary = json.loads((tmp_path / "qs" / "eval" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "qs" / "greedy" / "summary.json").read_text())
     systems = ["base", "eft", "ead", "large-base"]
     assert [(t["system"], t["prompt_set"]) for t in summary["table"]] == [(s, p) for s in systems for p in ("answerable", "behaviours")]
-    sampled = json.loads((tmp_path / "qs" / "eval-sampled" / "summary.json").read_text())
+    sampled = json.loads((tmp_path / "qs" / "sampled" / "summary.json").read_text())
     assert [(t["system"], t["n"]) for t in sampled["table"]] == [("base (T=1)", 32), ("rpo (T=1)", 32), ("best-of-2", 32)]
-    picks = [json.loads(line) for line in (tmp_path / "qs" / "eval-sampled" / "samples.jsonl").read_text().splitlines()]
+    picks = [json.loads(line) for line in (tmp_path / "qs" / "sampled" / "samples.jsonl").read_text().splitlines()]
     assert {r["best_of"] for r in picks if r["system"] == "best-of-2"} == {2}
     checks = {(c["prompt_set"], c["reward"], c["gold"]) for s in (summary, sampled) for c in s["reward_checks"]}
     assert checks == {("answerable", "ensemble.reward", "verifier.correct")}
@@ -39,7 +39,8 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
     assert "large_fraction" in summary["table"][4]["compute"]
     # the page and the terminal lead with the scoreboard (both axes) and sentences generated from the intervals
     assert "| system | answerable verifier.correct | answerable ensemble.reward | behaviours exact.correct | tokens/s |" in out
-    assert "from base (Holm-adjusted p > 0.05)" in out or "than base" in out
+    assert "from greedy/base (Holm-adjusted p > 0.05)" in out or "than greedy/base" in out
+    assert "from sampled/base (T=1) (Holm-adjusted p > 0.05)" in out or "than sampled/base (T=1)" in out
     page = (tmp_path / "qs" / "report.html").read_text()
     assert page.count('class="sentence"') >= 1 and "behaviours" in page
     if CHROMIUM is not None:  # the page as people see it: 1280 px, no console errors; the screenshot is kept
@@ -50,7 +51,7 @@ def test_quickstart_end_to_end_and_rerun(tiny_testbed, tmp_path, capsys, monkeyp
             shot(tab, tmp_path / "quickstart-report.png")
         assert not errors, errors
     assert (tmp_path / "qs" / "report.html").stat().st_size > 10_000 and "report: " in out
-    samples = (tmp_path / "qs" / "eval" / "samples.jsonl").read_text()
+    samples = (tmp_path / "qs" / "greedy" / "samples.jsonl").read_text()
     assert main(argv) == 0  # nothing left to train or generate
-    assert (tmp_path / "qs" / "eval" / "samples.jsonl").read_text() == samples
-    assert "training" not in capsys.readouterr().out
+    assert (tmp_path / "qs" / "greedy" / "samples.jsonl").read_text() == samples
+    assert "training rpo" not in (rerun := capsys.readouterr().out) and "training reward" not in rerun
