@@ -132,7 +132,15 @@ def test_bad_input_is_named_before_any_model_loads(tiny_testbed, tmp_path):
         _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m", "method": "eft"}])
     with pytest.raises(ConfigError, match="names must be unique"):
         _args(tiny_testbed, tmp_path, systems=[{"name": "x", "model": "m"}, {"name": "x", "model": "n"}])
-    missing = [{"name": "ghost", "model": str(tmp_path / "no-such-model")}]
+    with pytest.raises(ConfigError, match=r"systems\[0\] \(ghost\): .*no-such-model has no config.json; train or download it first"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "ghost", "model": str(tmp_path / "no-such-model")}])
+    with pytest.raises(ConfigError, match=r"systems\[0\] \(rpo\): runs/train/rpo has no config.json; train it first: "
+                                          r"align train rpo --config configs/rpo-testbed.yaml"):
+        _args(tiny_testbed, tmp_path, systems=[{"name": "rpo", "model": "runs/train/rpo"}])
+    with pytest.raises(ConfigError, match=r"scorer ensemble: runs/train/reward has no ensemble.json; train it first: "
+                                          r"align train reward --config configs/reward-testbed.yaml"):
+        _args(tiny_testbed, tmp_path, scorers=["verifier", "length", "refusal_string", {"name": "ensemble", "path": "runs/train/reward"}])
+    missing = [{"name": "ghost", "model": "nobody/no-such-model"}]  # a hub id: it would fail only when it loads
     # the refusal set has no `answer`: named before the (missing) model would load
     bad_field = [{"name": "refusal", "dataset": "testbed:refusal", "split": "eval", "limit": 4}]
     with pytest.raises(ConfigError, match="prompt set refusal: row 0 has no 'answer', which scorer 'verifier' needs"):
