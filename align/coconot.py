@@ -3,7 +3,7 @@
 CoCoNot (Brahman et al., "The Art of Saying No", arXiv:2407.12043) ships 1,001 prompts a model
 should not comply with, in 5 categories and their subcategories, and 379 contrast prompts that
 look like them but must be answered; ``data/eval/coconot`` holds them unchanged. Refusal-token
-SFT (Jain et al., arXiv:2412.06748, METHODS §A5) needs responses:
+SFT (Jain et al., arXiv:2412.06748) needs responses:
 
 * a non-compliance prompt gets a short refusal written for its subcategory as CoCoNot's rubric
   (``refusal_evaluation_rubric.json``) describes a refusal there: a safety decline, a corrected

@@ -42,7 +42,7 @@ def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 
 def distinct_n(samples: Sequence[Sequence[str]], n: int) -> float:
-    """Unique / total n-grams over a set of tokenised samples (METHODS §E3); 0 when there are none.
+    """Unique / total n-grams over a set of tokenised samples; 0 when there are none.
 
     Example:
         >>> distinct_n([["a", "b", "a", "b"]], 2)   # ab, ba, ab -> 2 unique of 3
@@ -53,8 +53,7 @@ def distinct_n(samples: Sequence[Sequence[str]], n: int) -> float:
 
 
 def self_bleu(texts: Sequence[str], tokenize: str = "13a") -> float:
-    """Mean sentence BLEU-4 of each text against all the others, in [0, 1] (lower = more diverse;
-    METHODS §E3), by ``sacrebleu`` (effective n-gram order, its default smoothing). ``tokenize``:
+    """Mean sentence BLEU-4 of each text against all the others, in [0, 1] (lower = more diverse), by ``sacrebleu`` (effective n-gram order, its default smoothing). ``tokenize``:
     sacrebleu's tokenizer, ``"13a"`` for words, ``"char"`` for characters (arithmetic strings).
 
     Example:
@@ -84,7 +83,7 @@ def tv_test(counts: torch.Tensor, probs: torch.Tensor, false_alarm: float = 1e-3
 
 
 def self_correction_metrics(correct_t1: Sequence[bool], correct_t2: Sequence[bool]) -> dict[str, float]:
-    """METHODS §E4, as fractions of the whole eval set (never of the wrong first attempts):
+    """Self-correction metrics (Kumar et al. 2409.12917), as fractions of the whole eval set (never of the wrong first attempts):
     ``acc_t1``, ``acc_t2``, ``delta = acc_t2 - acc_t1``, ``delta_i_to_c`` (wrong then right) and
     ``delta_c_to_i`` (right then wrong); ``delta == delta_i_to_c - delta_c_to_i`` is checked.
 

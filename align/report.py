@@ -469,7 +469,7 @@ def _win_rate_plot(runs: list[Run]) -> list[dict[str, str]]:
 
 
 def _transition_plots(runs: list[Run]) -> list[dict[str, str]]:
-    """Self-correction: how first attempts fare on the second (METHODS §E4), one stacked bar each."""
+    """Self-correction: how first attempts fare on the second, one stacked bar each."""
     import matplotlib.pyplot as plt
 
     bars = []

@@ -6,8 +6,8 @@ model and asks other models, at every step, for their next-token distribution gi
 prompt (their own chat template, a negative prompt, a control code) followed by the tokens
 generated so far. :class:`AuxiliaryModel` does that incrementally: it prefills its prompt once,
 then feeds only the new tokens, with ``position_ids`` computed from its own left-padded attention
-mask (METHODS §I.1). All distributions are fp32 ``log_softmax`` over the shared tokenizer's
-``len(tokenizer)`` ids; padded logit rows beyond it are dropped (METHODS §0).
+mask. All distributions are fp32 ``log_softmax`` over the shared tokenizer's
+``len(tokenizer)`` ids; padded logit rows beyond it are dropped.
 """
 
 from __future__ import annotations

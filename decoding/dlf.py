@@ -1,7 +1,7 @@
 """Dynamic Logits Fusion (DLF): EFT/proxy-tuning with a per-step weight chosen by KL matching.
 
 Dynamic Logits Fusion, arXiv:2406.15480
-(METHODS §D2). With P = the large model, Q = the small base, Q_t = small experts and
+. With P = the large model, Q = the small base, Q_t = small experts and
 ``P̃_α = softmax(log P + Σ_t α_t (log Q_t - log Q))``, each step picks α so the large model's shift
 matches the small expert's shift in both KL directions::
 

@@ -1,7 +1,7 @@
 """Entropy Adaptive Decoding (EAD): decode with a small model, switch to a large one while the
 rolling next-token entropy is high.
 
-"Entropy Adaptive Decoding", arXiv:2502.06833 (METHODS §D3; no reference code exists, the
+"Entropy Adaptive Decoding", arXiv:2502.06833 (no reference code exists, the
 mechanics follow third-party summaries and are [unverified]). After each emitted token::
 
     H_t = -Σ_v p(v) log2 p(v)        (bits, raw pre-temperature distribution of the emitting model)

@@ -3,7 +3,7 @@
 Mitchell et al., "An Emulator for Fine-Tuning Large Language Models using Small Language Models",
 arXiv:2310.12962. A fine-tuned model is its base reweighted by the implicit reward
 ``log π_tune - log π_ref``; adding a *small* model's reward to a *large* base emulates fine-tuning
-the large model (up-scaling), and the reverse down-scales (METHODS §D1)::
+the large model (up-scaling), and the reverse down-scales::
 
     log p̃_t(v) = log π_base(v) + Σ_i w_i [log π_tune_i(v) - log π_ref(v)] - log Z_t
 

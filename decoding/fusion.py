@@ -1,7 +1,7 @@
 """Multi-model fusion served as one model: the spec and directory of an EFT or DLF *composite*.
 
 vLLM serves one model, and its logits processors see that model's logits only, so EFT up-scaling
-(arXiv:2310.12962, METHODS §D1) and dynamic logits fusion (arXiv:2406.15480, §D2) cannot run as
+(arXiv:2310.12962) and dynamic logits fusion (arXiv:2406.15480, §D2) cannot run as
 processors there. A composite is a model directory whose ``config.json`` names the member
 checkpoints and the fusion rule; :mod:`decoding.vllm_fusion` builds every member with vLLM's own
 model class (its own attention layers and KV cache), runs all of them on the same tokens and fuses

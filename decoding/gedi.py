@@ -1,7 +1,7 @@
 """GeDi: a small class-conditional LM guides a large LM through Bayes' rule, token by token.
 
 Krause et al., "GeDi: Generative Discriminator Guided Sequence Generation", arXiv:2009.06367
-(METHODS §D5). The guide reads the text after a control code ``c`` (desired ``d`` or anti-control
+. The guide reads the text after a control code ``c`` (desired ``d`` or anti-control
 ``ā``); for every candidate token ``v``::
 
     L_c   = Σ_{j<t} log P_θ(x_j | x_<j, c)                  (prompt text + generated tokens)

@@ -1,7 +1,7 @@
 """Classifier-free-guidance-style negative prompting with any same-vocabulary model, batched.
 
 Sanchez et al., "Stay on topic with Classifier-Free Guidance", arXiv:2306.17806, as implemented by
-transformers' ``UnbatchedClassifierFreeGuidanceLogitsProcessor`` (METHODS §D7)::
+transformers' ``UnbatchedClassifierFreeGuidanceLogitsProcessor``::
 
     s = γ · (log_softmax(z_cond) - log_softmax(z_neg)) + log_softmax(z_neg)
 

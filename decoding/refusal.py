@@ -1,7 +1,7 @@
 """Refusal-token control at inference: decide refuse / respond with one probability at step 0.
 
 Jain et al., "Refusal Tokens: A Simple Way to Calibrate Refusals in Large Language Models",
-arXiv:2412.06748 (METHODS §D6). A model fine-tuned to start every response with ``[refuse]`` or
+arXiv:2412.06748. A model fine-tuned to start every response with ``[refuse]`` or
 ``[respond]`` (or one token per refusal category) exposes its refusal decision as the
 first-token distribution ``p = softmax(logits / T_s)``:
 

@@ -1,6 +1,6 @@
 """Speculative up-scaling: EFT sampled exactly, with the small fine-tuned model as the drafter.
 
-Mitchell et al., arXiv:2310.12962 §speculative decoding (METHODS §D1); acceptance rule of
+Mitchell et al., arXiv:2310.12962 §speculative decoding; acceptance rule of
 Leviathan et al., "Fast Inference from Transformers via Speculative Decoding", arXiv:2211.17192.
 The draft ``q`` is the small tuned model, the target the EFT distribution
 ``p = softmax(log π_base + w (log q - log π_ref))``. Per round the drafter proposes ``k`` tokens;

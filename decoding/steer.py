@@ -1,7 +1,7 @@
 """STEER: contrastive expert guidance with negative prompting, for diverse in-domain synthetic data.
 
 O'Neill et al., "Steering Language Generation: Harnessing Contrastive Expert Guidance and Negative
-Prompting for Coherent and Diverse Synthetic Data Generation", arXiv:2308.07645 (METHODS §D4)::
+Prompting for Coherent and Diverse Synthetic Data Generation", arXiv:2308.07645::
 
     s_t(v) = (1+γ) log p_ft(v | c, x<t) - γ log p_base(v | c, x<t) - η log p_ft(v | c_neg, x<t)
 

@@ -1,7 +1,6 @@
 """EFT and dynamic logits fusion inside vLLM: a composite model of several checkpoints.
 
-Mitchell et al., arXiv:2310.12962 (EFT up-scaling) and Fan et al., arXiv:2406.15480 (DLF);
-METHODS §D1, §D2, §I.2. A vLLM logits processor sees one model's logits, under either model
+Mitchell et al., arXiv:2310.12962 (EFT up-scaling) and Fan et al., arXiv:2406.15480 (DLF), §I.2. A vLLM logits processor sees one model's logits, under either model
 runner, so fusion lives in a *model*: :class:`FusionForCausalLM` builds each member of a composite
 directory (:func:`decoding.fusion.write_fusion`) with vLLM's own class for that checkpoint, under
 its own digit-free prefix, so each member has its own attention layers and KV cache and tensor

@@ -1,4 +1,4 @@
-"""Refusal-token control as a vLLM logits processor, for both of vLLM's model runners (METHODS §I.2, §D6).
+"""Refusal-token control as a vLLM logits processor, for both of vLLM's model runners.
 
 Register the class at engine start and configure each request through ``SamplingParams.extra_args``
 with the keyword arguments of :class:`~decoding.refusal.RefusalTokenLogitsProcessor`::

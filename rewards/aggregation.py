@@ -2,7 +2,7 @@
 
 Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743, and
 Eisenstein et al., "Helping or Herding? Reward Model Ensembles Mitigate but do not Eliminate
-Reward Hacking", arXiv:2312.09244 (METHODS §R1)::
+Reward Hacking", arXiv:2312.09244::
 
     mean            (1/k) Σ_i r_i
     min             min_i r_i                      (worst-case optimisation, WCO)

@@ -1,6 +1,6 @@
 """Best-of-n: rerank samples by a reward, and the unbiased best-of-n estimator for curves.
 
-Coste et al., arXiv:2310.02743 (METHODS §R3). From N samples sorted ascending by proxy score, with
+Coste et al., arXiv:2310.02743. From N samples sorted ascending by proxy score, with
 ``g_(i)`` the gold score at position i (1-based), best-of-n's expected gold score is::
 
     E[gold | BoN-n] = Σ_{i=n}^{N} C(i-1, n-1) / C(N, n) · g_(i),      KL_BoN(n) = log n - (n-1)/n

@@ -4,7 +4,7 @@ Members are anything that maps ``(prompts, completions)`` to one score per row: 
 sequence-classification reward model (:class:`HFRewardModel`, one forward per batch), or a plain
 function (:class:`FunctionReward`: the testbed verifier, a rule, a length penalty). Standardisation
 ``z_i = (r_i - μ_i) / σ_i`` is fitted on a calibration set and frozen, so members on different
-scales mix fairly (METHODS §R1). Scoring returns the aggregate, the per-member scores and their
+scales mix fairly. Scoring returns the aggregate, the per-member scores and their
 spread.
 
 Example::

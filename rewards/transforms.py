@@ -1,7 +1,7 @@
 """The log-sigmoid-centred (LSC) transform and its per-prompt reference rewards.
 
 Wang et al., "Transforming and Combining Rewards for Aligning Large Language Models",
-arXiv:2402.00742 (METHODS §R2)::
+arXiv:2402.00742::
 
     u = log σ(r(x, y) - r_ref(x)) <= 0,   r_ref(x) = quantile_q {r(x, y_j) : y_j ~ π_0, j = 1..m}
     u_total = Σ_p u_p                      (one reference per property: log P(good on all))

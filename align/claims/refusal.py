@@ -1,4 +1,4 @@
-"""Refusal-token claims (Jain et al. 2412.06748; METHODS §A5, §D6, §E2), checked on the testbed.
+"""Refusal-token claims (Jain et al. 2412.06748), checked on the testbed.
 
 Both train small-instruct with ``align train refusal`` on ``testbed:refusal`` (``RECIPE``, the
 values of ``configs/refusal-testbed.yaml``; a handful of steps on the tiny profile) and read, for
@@ -364,7 +364,7 @@ def refusal_threshold_real(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS
 
 def refusal_categories_real(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     """``refusal-categories`` on SmolLM2-135M-Instruct with CoCoNot's five categories (one token
-    each, METHODS §A5); the lowered category, fixed in advance, is the largest one."""
+    each); the lowered category, fixed in advance, is the largest one."""
     from align.coconot import CATEGORIES as COCONOT
 
     cache_dir = str(tb.root.parents[1])

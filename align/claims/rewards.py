@@ -1,4 +1,4 @@
-"""``align reproduce overoptimization``: best-of-n against proxy reward ensembles (METHODS §R4).
+"""``align reproduce overoptimization``: best-of-n against proxy reward ensembles.
 
 Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743. Gold is
 the testbed verifier. Per seed, five proxy reward models (small-instruct backbone) are trained on

@@ -1,4 +1,4 @@
-"""``score-selfcorrection`` (Kumar et al. 2409.12917; METHODS §A4, §E4), checked on the testbed.
+"""``score-selfcorrection`` (Kumar et al. 2409.12917), checked on the testbed.
 
 Three models from small-instruct, evaluated alike with greedy two-turn episodes (attempt, the
 self-correction instruction, attempt) on ``n`` held-out problems (the testbed verifier decides

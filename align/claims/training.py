@@ -29,7 +29,7 @@ GRID = tuple({"learning_rate": lr, "max_steps": steps} for lr in (5e-5, 2e-4, 1e
 # dpo-gold and rpo-gold: down to lr 1e-5, towards the untrained policy (lr -> 0), where DPO's dev
 # accuracy was best on GRID (issue #29: the lowest corner at every seed)
 GOLD_GRID = tuple({"learning_rate": lr, "max_steps": steps} for lr in (1e-5, 2e-5, 5e-5, 2e-4, 1e-3) for steps in (50, 200))
-ETAS = (0.25, 1.0, 4.0)  # RPO's NLL weight (token_mean, METHODS §A2), chosen on dev with lr and steps
+ETAS = (0.25, 1.0, 4.0)  # RPO's NLL weight (token_mean), chosen on dev with lr and steps
 TINY_GRID = ({"learning_rate": 5e-5, "max_steps": 2}, {"learning_rate": 1e-3, "max_steps": 2})  # plumbing only
 NAMES = {"learning_rate": "lr", "max_steps": "steps", "rpo_eta": "eta"}
 
@@ -239,7 +239,7 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Seq
 
 
 def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Sequence[Testbed] | None" = None) -> dict:
-    """RPO 2405.16436 (METHODS §A2) on ``dpo-gold``'s data: DPO plus η x the chosen responses' NLL
+    """RPO 2405.16436 on ``dpo-gold``'s data: DPO plus η x the chosen responses' NLL
     (token mean) raises small-instruct's verifier accuracy, and by more than DPO alone.
 
     The paper's premise is that DPO over-optimises the preference and lowers the likelihood of

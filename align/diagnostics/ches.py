@@ -1,7 +1,7 @@
 """CHES and length-normalised CHES: which preference pairs will make DPO displace the chosen likelihood.
 
 Razin et al., "Unintentional Unalignment: Likelihood Displacement in Direct Preference
-Optimization", arXiv:2410.08847 (METHODS §A6). With ``h_k`` the last hidden state (the unembedding
+Optimization", arXiv:2410.08847. With ``h_k`` the last hidden state (the unembedding
 input) at the position that predicts response token ``k`` — the last prompt token through the
 penultimate response token, the EOS position dropped::
 

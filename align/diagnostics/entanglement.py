@@ -1,7 +1,7 @@
 """Gradient-entanglement diagnostics: will a preference step push the chosen log-prob down?
 
 Yuan et al., "A Common Pitfall of Margin-based Language Model Alignment: Gradient Entanglement",
-arXiv:2410.13828 (METHODS §A7). With ``g = ∇θ logp`` (summed log-probs) and ``c = -ℓ'(m)·β·lr > 0``,
+arXiv:2410.13828. With ``g = ∇θ logp`` (summed log-probs) and ``c = -ℓ'(m)·β·lr > 0``,
 one SGD step on a margin loss changes::
 
     Δlogp_w ≈ c (‖g_w‖² - ⟨g_w, g_l⟩)   → the chosen falls iff ⟨g_w, g_l⟩ > ‖g_w‖²

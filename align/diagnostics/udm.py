@@ -2,7 +2,7 @@
 distributed unlike the thumbs-up prompts.
 
 Jung et al., "Binary Classifier Optimization for Large Language Model Alignment",
-arXiv:2404.04656 (METHODS §A3). A logistic regression with balanced class weights separates
+arXiv:2404.04656. A logistic regression with balanced class weights separates
 desirable (1) from undesirable (0) prompt embeddings; its odds are a density-ratio estimate, and
 each undesirable example gets::
 

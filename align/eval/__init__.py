@@ -1,4 +1,4 @@
-"""Offline evaluation (METHODS §E1-E4): ``align eval`` runs systems (a model and a decoding method)
+"""Offline evaluation: ``align eval`` runs systems (a model and a decoding method)
 on prompt sets and scores every sample; every number carries a standard error and a bootstrap
 interval, and two systems on the same prompts get a paired interval of their difference."""
 

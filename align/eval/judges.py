@@ -1,4 +1,4 @@
-"""Local LLM judges and the pairwise win-rate arithmetic (METHODS §E1, §E1b, §E2).
+"""Local LLM judges and the pairwise win-rate arithmetic.
 
 * :class:`RefusalJudge`: CoCoNot's judge (Brahman et al. 2407.12043): the query's subcategory rubric
   says what counts as a refusal and what as compliance; the judge answers REFUSED, ANSWERED or
@@ -60,7 +60,7 @@ def alpaca_win_rate(preferences: Sequence[float]) -> dict[str, float | int]:
 
 
 def length_controlled_minimal(preferences: Sequence[float], length_delta: Sequence[float], l2: float = 1e-4) -> float:
-    """A *minimal* length-controlled win rate (METHODS §E1b; not AlpacaEval's LC, which also needs
+    """A *minimal* length-controlled win rate (not AlpacaEval's LC, which also needs
     per-instruction difficulty and gamed-baseline fits that offline data lacks): fit
     ``P(model wins) = σ(θ + w·tanh(δ / std δ))`` to the soft labels ``preference - 1`` (δ = model
     length - baseline length) by maximum likelihood with a small L2 on ``w``, then report
@@ -150,7 +150,7 @@ def parse_pair_scores(text: str) -> tuple[float, float] | None:
 
 
 def bpc_verdict(first_order: Sequence[tuple[float, float] | None], swapped: Sequence[tuple[float, float] | None]) -> dict[str, Any]:
-    """Balanced position calibration over ``k`` samples in each order (METHODS §E1).
+    """Balanced position calibration over ``k`` samples in each order.
 
     ``first_order`` holds (score of a, score of b) with a shown first; ``swapped`` holds the
     judge's (first, second) with b shown first, so they are mapped back. Each answer's score is the
@@ -283,7 +283,7 @@ class RefusalJudge(LocalJudge):
     ``verdict`` per sample. ``rubric`` maps a subcategory to ``{"refusal": ..., "compliance": ...}``
     (CoCoNot's ``refusal_evaluation_rubric.json``); rows name theirs in ``subcategory_field``,
     and rubrics missing or empty fall back to ``generic``, then to a plain description.
-    METHODS §E2: the judge samples at T = 0.6.
+    As FairEval does, the judge samples at T = 0.6.
 
     Example::
 

@@ -630,7 +630,7 @@ def abstention_warnings(table: list[dict[str, Any]], threshold: float = ABSTAIN_
 
 
 def self_correction_estimates(rows: list[dict], key: str, args: EvalArgs) -> dict[str, dict[str, Any]]:
-    """METHODS §E4 from a ``*.correct`` score on both attempts, each a mean over the whole prompt
+    """Self-correction metrics (Acc@t1, Acc@t2, Δ, Δi→c, Δc→i) from a ``*.correct`` score on both attempts, each a mean over the whole prompt
     set (per-prompt means first) with its interval: Acc@t1, Acc@t2, Δ (paired), Δ^{i→c}, Δ^{c→i};
     Δ = Δ^{i→c} - Δ^{c→i} is checked."""
     from ..metrics import self_correction_metrics
@@ -696,7 +696,7 @@ def per_prompt_means(rows: list[dict], value: Callable[[dict], Any]) -> dict[int
 
 
 def diversity_metrics(rows: list[dict], args: EvalArgs) -> dict[str, dict[str, Any]]:
-    """METHODS §E3 over each prompt's samples, then a mean with its interval over prompts:
+    """Diversity (distinct-n, self-BLEU, embedding distance) over each prompt's samples, then a mean with its interval over prompts:
     distinct-1..4 (unique / total n-grams), self-BLEU (sacrebleu; lower is more diverse) and,
     with ``embedding_diversity``, the mean pairwise 1 - cos of MiniLM embeddings."""
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -736,7 +736,7 @@ def refusal_summary(system: str, by_set: dict[str, list[dict]], expects: dict[st
     with the run's bootstrap over prompts) and per row ``category``, confusion counts (refusing is
     the positive class), precision, recall, F1, and the over-refusal rate (refusals where answering
     is expected). Unlabelled samples (``None``: the judge gave no verdict) are counted and left out
-    (METHODS §E2)."""
+   ."""
     keys = sorted({k for rows in by_set.values() for r in rows for k in r["scores"] if k.endswith(".refused")})
     out = []
     for key in keys:

@@ -1,4 +1,4 @@
-"""``dlf``: dynamic logits fusion (Fan et al., arXiv:2406.15480; METHODS §D2)."""
+"""``dlf``: dynamic logits fusion (Fan et al., arXiv:2406.15480)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ead``: entropy adaptive decoding, small model to large and back (arXiv:2502.06833; METHODS §D3)."""
+"""``ead``: entropy adaptive decoding, small model to large and back (arXiv:2502.06833)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``eft``: emulated fine-tuning, up- and down-scaling (Mitchell et al., arXiv:2310.12962; METHODS §D1)."""
+"""``eft``: emulated fine-tuning, up- and down-scaling (Mitchell et al., arXiv:2310.12962)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``gedi``: a class-conditional LM guides generation (Krause et al., arXiv:2009.06367; METHODS §D5)."""
+"""``gedi``: a class-conditional LM guides generation (Krause et al., arXiv:2009.06367)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``negative``: CFG-style negative prompting (Sanchez et al., arXiv:2306.17806; METHODS §D7)."""
+"""``negative``: CFG-style negative prompting (Sanchez et al., arXiv:2306.17806)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``refusal``: steer a model trained by ``align train refusal`` through its control tokens
-(Jain et al., arXiv:2412.06748; METHODS §D6). Rows record the token that opened the response in
+(Jain et al., arXiv:2412.06748). Rows record the token that opened the response in
 ``"control"``, apart from the text."""
 
 from __future__ import annotations

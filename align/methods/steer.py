@@ -1,4 +1,4 @@
-"""``steer``: contrastive expert guidance with negative prompting (O'Neill et al., arXiv:2308.07645; METHODS §D4)."""
+"""``steer``: contrastive expert guidance with negative prompting (O'Neill et al., arXiv:2308.07645)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .base import DecodingMethod, Run
 @dataclass
 class Steer(DecodingMethod):
     """``(1+γ) log p_model - γ log p_base - η log p_model(· | negative example)``, top-k, renormalised;
-    the negative pool grows with the outputs (METHODS §D4)."""
+    the negative pool grows with the outputs."""
 
     name = "steer"
     _argument_group_name = "steer: contrastive expert guidance + negative prompting (2308.07645)"

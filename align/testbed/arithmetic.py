@@ -2,7 +2,7 @@
 behaviours fine-tuning adds.
 
 Formats (both keep the answer right after the operands, which is what lets the instruct model
-keep its base's skill, see shared/TESTBED-NOTES.md):
+keep its base's skill, docs/testbed.md):
 
 * pretraining: ``<bos>37+485=522<eos>``
 * chat: user ``37+485=``, assistant ``522``

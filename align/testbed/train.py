@@ -47,7 +47,7 @@ def make_model(size: ModelSize, tokenizer: PreTrainedTokenizerFast, seed: int, d
     """A freshly initialised Llama of ``size`` whose vocabulary is ``len(tokenizer)`` rounded up to 32.
 
     The padded rows exercise the "slice logits to ``len(tokenizer)``" rule every multi-model decoder
-    must follow (METHODS §0). ``eos_token_id`` lists every id that ends a generation in the
+    must follow. ``eos_token_id`` lists every id that ends a generation in the
     tokenizer's flavour (two for BPE); ``dropout`` is attention dropout (trainers must turn it off
     where the method says so).
     """

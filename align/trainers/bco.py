@@ -1,7 +1,7 @@
 """``align train bco``: Binary Classifier Optimization on unpaired thumbs-up/down data.
 
 Jung et al., "Binary Classifier Optimization for Large Language Model Alignment", arXiv:2404.04656
-(METHODS §A3). Rows are ``{prompt, completion, label}``; the loss is :func:`align.losses.bco_loss`
+. Rows are ``{prompt, completion, label}``; the loss is :func:`align.losses.bco_loss`
 on summed completion log-probs, with
 
 * δ (:class:`RewardShift`): the cumulative, count-weighted mean of all training rewards (both
@@ -134,7 +134,7 @@ class BCOArgs(AlignFields, TrainingArguments):
 
 
 def completion_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed completion log-probs ``[B]`` (fp32 log-softmax at the labels, METHODS §0)."""
+    """Summed completion log-probs ``[B]`` (fp32 log-softmax at the labels)."""
     return (token_logps(model, batch["input_ids"], batch["attention_mask"]) * batch["completion_mask"][:, 1:]).sum(-1)
 
 

@@ -147,7 +147,7 @@ def load_models(args: Any) -> tuple[Any, Any, Any, Any]:
 
 def token_logps(model: Any, input_ids: Any, attention_mask: Any, positions: Any = None) -> Any:
     """``log π(token t+1 | tokens <= t)`` at every position, ``[N, T-1]`` (fp32 log-softmax at the
-    labels, METHODS §0); mask it with the completion mask shifted by one.
+    labels); mask it with the completion mask shifted by one.
 
     ``positions``: a sorted 1-D tensor of the positions ``t`` to score (e.g. every column some
     completion uses); the output head runs on those alone (transformers' ``logits_to_keep`` with

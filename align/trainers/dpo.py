@@ -140,7 +140,7 @@ def train_dpo(args: DPOArgs) -> dict[str, Any]:
 
 
 def rpo_trainer_class(base: type) -> type:
-    """``base`` (TRL's ``DPOTrainer``) plus RPO's NLL on the chosen completions (METHODS §A2).
+    """``base`` (TRL's ``DPOTrainer``) plus RPO's NLL on the chosen completions.
 
     The policy's per-token log-probs come from the forward TRL runs anyway: a forward hook on the
     unwrapped model keeps the first call's (the policy's; the reference runs after it). Then

@@ -1,15 +1,15 @@
 """The math of the preference objectives, as pure functions on per-sequence log-probabilities.
 
 Trainers are plumbing around these (the original DPO reference implementation's shape). Inputs are
-summed completion log-probs ``logp(y|x)`` (METHODS §0) unless stated; rewards are ``β·Δ`` with
+summed completion log-probs ``logp(y|x)`` unless stated; rewards are ``β·Δ`` with
 ``Δ = logp - ref_logp`` for every divergence.
 
 * :func:`dpo_loss` — DPO and f-DPO (Wang et al., "Beyond Reverse KL: Generalizing Direct Preference
-  Optimization with Diverse Divergence Constraints", arXiv:2309.16240; METHODS §A1).
+  Optimization with Diverse Divergence Constraints", arXiv:2309.16240).
 * :func:`sft_nll` and :func:`rpo_loss` — RPO (Liu et al., "Provably Mitigating Overoptimization in
-  RLHF: Your SFT Loss is Implicitly an Adversarial Regularizer", arXiv:2405.16436; METHODS §A2).
+  RLHF: Your SFT Loss is Implicitly an Adversarial Regularizer", arXiv:2405.16436).
 * :func:`bco_loss` — BCO (Jung et al., "Binary Classifier Optimization for Large Language Model
-  Alignment", arXiv:2404.04656; METHODS §A3).
+  Alignment", arXiv:2404.04656).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def bco_loss(
 
 
 # ---- SCoRe (Kumar et al., "Training Language Models to Self-Correct via Reinforcement Learning",
-# arXiv:2409.12917; METHODS §A4). Inputs are per-episode tensors [N]; turn log-probs are summed
+# arXiv:2409.12917). Inputs are per-episode tensors [N]; turn log-probs are summed
 # over that turn's generated tokens.
 
 ScoreStage = Literal[1, 2]

@@ -1,7 +1,7 @@
 """``align train refusal``: refusal-token SFT on TRL's ``SFTTrainer``.
 
 Jain et al., "Refusal Tokens: A Simple Way to Calibrate Refusals in Large Language Models",
-arXiv:2412.06748 (METHODS §A5). Every response is prefixed with a control token: ``[refuse]``
+arXiv:2412.06748. Every response is prefixed with a control token: ``[refuse]``
 before refusals and ``[respond]`` before everything else, or, with ``categories``, one token per
 refusal category (``[ill-posed]``, ...) plus ``[respond]``. The tokens are added as special
 tokens; the embedding rows (and an untied output head's) of new ids start at the mean of the

@@ -1,7 +1,7 @@
 """``align train score``: SCoRe, two-turn self-correction RL on ``transformers.Trainer``.
 
 Kumar et al., "Training Language Models to Self-Correct via Reinforcement Learning",
-arXiv:2409.12917 (METHODS §A4). An episode is: the problem (``x1``) → attempt ``y1`` → the
+arXiv:2409.12917. An episode is: the problem (``x1``) → attempt ``y1`` → the
 self-correction ``instruction`` as a user turn (``x2 = x1 ⊕ y1 ⊕ instruction``) → attempt ``y2``.
 Each step samples ``num_generations`` episodes per problem from the current policy (transformers
 ``generate``, KV-cached, batched), scores both attempts with the reward function, and takes one
@@ -17,7 +17,7 @@ with its adapter disabled), summed per turn; advantages are per-turn leave-one-o
 problem's ``num_generations`` samples (``advantage: none`` uses the raw rewards). Only generated
 tokens carry loss: prompts and the instruction are context. A truncated attempt scores 0.
 The stage follows the global step, so ``resume`` continues mid-stage with optimizer, scheduler and
-RNG restored by ``Trainer``. Evaluation runs greedy episodes on the eval split and logs METHODS §E4
+RNG restored by ``Trainer``. Evaluation runs greedy episodes on the eval split and logs the self-correction metrics
 (``eval_acc_t1``, ``eval_acc_t2``, ``eval_delta``, ``eval_delta_i_to_c``, ``eval_delta_c_to_i``).
 
 Example config (``configs/score-testbed.yaml``)::
@@ -338,7 +338,7 @@ class ScoreTrainer(Trainer):
         return r1, r2
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Greedy two-turn episodes on the eval split; METHODS §E4 metrics (a reward >= 0.5 is correct)."""
+        """Greedy two-turn episodes on the eval split metrics (a reward >= 0.5 is correct)."""
         from ..metrics import self_correction_metrics
 
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset

@@ -271,7 +271,7 @@ def test_pairwise_judging_against_a_scripted_judge_and_annotation_files(tiny_tes
 
 def test_several_samples_per_prompt_give_diversity_per_prompt(tiny_testbed, tmp_path):
     """samples_per_prompt: metrics are means over prompts of per-prompt means, and distinct-n /
-    self-BLEU are computed within each prompt's samples (METHODS §E3), checked by recomputation."""
+    self-BLEU are computed within each prompt's samples, checked by recomputation."""
     from align.metrics import distinct_n, self_bleu
 
     sets = [{"name": "chat", "dataset": "testbed:self_correction", "split": "eval", "prompt_field": "problem", "limit": 6}]

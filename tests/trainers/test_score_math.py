@@ -1,5 +1,5 @@
 """SCoRe's math by hand: the shaped reward for all four (r1, r2) in both stages, k3 KL, RLOO, the
-loss's gradient, and the self-correction metrics (METHODS §A4, §E4)."""
+loss's gradient, and the self-correction metrics."""
 
 import math
 
