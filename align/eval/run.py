@@ -573,9 +573,9 @@ def reward_checks(samples: list[dict]) -> list[dict[str, Any]]:
 
     Example:
         >>> rows = [{"prompt_set": "s", "index": 0, "scores": {"e.reward": r, "e.reward_spread": sp, "v.correct": c}}
-        ...         for r, sp, c in ((2.0, 0.3, True), (1.0, 0.9, False), (0.5, 0.2, False))]
+        ...         for r, sp, c in ((2.0, 0.3, True), (1.0, 0.9, False), (2.5, 0.2, False))]
         >>> reward_checks(rows)[0]["pairwise_accuracy"], reward_checks(rows)[0]["spread_auroc_wrong"]
-        (1.0, 0.5)
+        (0.5, 0.5)
     """
     from scipy.stats import rankdata
 
