@@ -121,12 +121,13 @@ def eft_upscaling(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds:
                                                          for k, (a, c) in dev.items()}})
     gaps = np.array(premise_rows)
     rows = levels(per_seed, builds)
-    behaviour = {"arms": {k: seeded_interval(v, builds=rows["builds"]) for k, v in comply.items()},
-                 "difference": paired_difference(comply["eft"], comply["large-base"], builds=rows["builds"])}
+    behaviour = {"arms": {k: seeded_interval(v, builds=rows["builds"], bounds=(0, 1)) for k, v in comply.items()},
+                 "difference": paired_difference(comply["eft"], comply["large-base"], builds=rows["builds"], bounds=(0, 1))}
     n_test = len(sets["answer"][1])
     return judge(
         claim="up-scaling (large base + w x small fine-tune delta) beats small-instruct on accuracy and the large base on the fine-tuned behaviour",
         metric=f"greedy exact answers on {n_test} held-out problems (accuracy) and {behaviour['difference']['prompts']} behaviour prompts (compliance)",
+        bounds=(0, 1),
         premise=premise(check("small-instruct - large-base compliance on dev (min over seeds)", float(gaps[:, 0].min()), ">=", 0.5),
                         check("large-base - small-instruct accuracy on dev (min over seeds)", float(gaps[:, 1].min()), ">=", 0.05)),
         arms=acc, treated="eft", control="small-instruct",
@@ -214,10 +215,11 @@ def dlf_vs_fixed(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
     test_n = len(rows_of(1))
     common = {"treated": "dlf", "control": "fixed alpha (chosen on dev)", **levels(per_seed, builds), "op": ">"}
     single = judge(claim="single-task: DLF with small-instruct as the one expert beats the dev-chosen fixed alpha",
-                   metric="exact answers", premise=premise(), arms=arms["single-task"], **common)
+                   metric="exact answers", premise=premise(), arms=arms["single-task"], bounds=(0, 1), **common)
     return judge(
         claim="dynamic alpha (one active expert per step) beats the best fixed alpha on a two-expert multi-task set",
         metric=f"greedy exact answers on {test_n} held-out prompts (answerable, a/0, 5-6 digit, a/1)",
+        bounds=(0, 1),
         premise=premise(check("small-expert-zero - large-base on a/0 (dev, min over seeds)", float(gaps[:, 0].min()), ">=", 0.5),
                         check("small-expert-big - large-base on big operands (dev, min over seeds)", float(gaps[:, 1].min()), ">=", 0.5)),
         arms=arms["multi-task"], **common,
@@ -300,6 +302,7 @@ def gedi_steering(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), bui
     return judge(
         claim="GeDi guidance raises the share of completions with the desired attribute (a negative result) and keeps them coherent",
         metric=f"share of greedy completions of 'a-' whose result is negative, on {len(test)} test prompts (omega chosen on {len(dev)} dev prompts)",
+        bounds=(0, 1),
         premise=premise(check("guide AUROC negative vs non-negative equations (min over seeds)", min(aurocs), ">=", 0.8),
                         check("plain large-base negative share on dev (max over builds)", max(plain_share), "<=", 0.8)),
         arms=arms, treated="gedi towards negative", control="plain",
@@ -411,6 +414,7 @@ def steer_diversity(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 2), d
     return judge(
         claim="STEER is more diverse than plain sampling at matched coherence (the dev-chosen points of each frontier)",
         metric=f"1 - self-BLEU (char) within groups of {GROUP} free-running samples, {count} samples per seed; coherence = share of right equations",
+        bounds=(0, 1),
         premise=premise(check("plain T=1 coherence on dev (min over builds)", min(d["T=1.0"]["coherence"].mean() for d in dev_runs), ">=", 0.5)),
         arms=arms, treated="STEER (chosen on dev)", control="plain sampling (chosen on dev)",
         conditions=[check("test coherence: STEER - plain (chosen points)",
@@ -493,6 +497,7 @@ def ead_tradeoff(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: 
     return judge(
         claim=">= 90% of large-only accuracy with the large model on <= 50% of tokens (EAD, window 1, no minimum run)",
         metric=f"greedy accuracy on {len(test)} held-out chat problems (tau chosen on {len(dev)} disjoint dev problems)",
+        bounds=(0, 1),
         premise=premise(check("large-instruct - small-instruct accuracy on dev (mean over seeds)", float(np.mean(gaps)), ">=", 0.05),
                         check("small-instruct entropy AUROC for its errors (min over seeds)", float(min(aurocs)), ">=", 0.6)),
         arms=arms, treated="ead", control="0.9 x large-instruct", op=">",

@@ -84,7 +84,9 @@ def select_on_dev(
             "rule": rule + (" over feasible candidates" if feasible is not None else ""), "chosen": pick}
 
 
-def seeded_interval(values: Any, confidence: float = 0.95, builds: Sequence[Any] | None = None) -> dict[str, Any]:
+def seeded_interval(
+    values: Any, confidence: float = 0.95, builds: Sequence[Any] | None = None, bounds: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """Mean of a ``[seeds, prompts]`` array with a 95% interval over everything that would change
     on a rerun: the prompts asked, the seeds (training, sampling) and, with ``builds`` (one base-build
     label per row, as many seeds per build), the base build of the testbed.
@@ -111,6 +113,10 @@ def seeded_interval(values: Any, confidence: float = 0.95, builds: Sequence[Any]
     Values that are all 0 or all 1 (a rate at its floor or ceiling) have no spread to measure: they
     get the exact Clopper–Pearson interval of ``0/p`` or ``p/p``, never a zero-width one.
 
+    ``bounds`` is the metric's range (``(0, 1)`` for a share): the interval is intersected with it.
+    The mean lies in that range, so cutting off what lies outside cannot lower coverage; with 2
+    degrees of freedom a share near its ceiling otherwise gets an interval past 1.
+
     Returns ``mean``, ``low``, ``high``, ``se`` (plug-in standard error), ``per_seed`` (each row's mean), ``seeds``,
     ``prompts`` and, with several builds, ``builds`` and ``per_build``.
 
@@ -130,6 +136,8 @@ def seeded_interval(values: Any, confidence: float = 0.95, builds: Sequence[Any]
         x = x[None]
     if x.ndim != 2 or x.size == 0 or not np.isfinite(x).all():
         raise ValueError(f"values must be a finite [seeds, prompts] array, got shape {x.shape}")
+    if bounds is not None and not bounds[0] <= x.min() <= x.max() <= bounds[1]:
+        raise ValueError(f"values in [{x.min():g}, {x.max():g}] lie outside bounds {bounds}")
     s, p = x.shape
     extra: dict[str, Any] = {}
     y = x
@@ -148,6 +156,8 @@ def seeded_interval(values: Any, confidence: float = 0.95, builds: Sequence[Any]
         se = 0.0
     else:
         low, high, se = crossed_interval(y, confidence)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     return {"mean": round(mean, 4), "low": round(low, 4), "high": round(high, 4), "se": round(se, 6),
             "per_seed": [round(float(v), 4) for v in x.mean(axis=1)], "seeds": s, "prompts": p, **extra}
 
@@ -187,8 +197,11 @@ def crossed_interval(y: np.ndarray, confidence: float = 0.95, draws: int = 20_00
     return float(low), float(high), se
 
 
-def paired_difference(treated: Any, control: Any, builds: Sequence[Any] | None = None) -> dict[str, Any]:
-    """:func:`seeded_interval` of ``treated - control`` (two ``[seeds, prompts]`` arms on the same prompts).
+def paired_difference(
+    treated: Any, control: Any, builds: Sequence[Any] | None = None, bounds: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """:func:`seeded_interval` of ``treated - control`` (two ``[seeds, prompts]`` arms on the same prompts);
+    with the arms' ``bounds`` ``(lo, hi)``, the difference lies in ``(lo - hi, hi - lo)``.
 
     A difference with no spread at all (e.g. a rate at its ceiling against a fixed target, or two
     arms at one ceiling) would get a point; it gets the difference of the arms' own intervals
@@ -196,9 +209,10 @@ def paired_difference(treated: Any, control: Any, builds: Sequence[Any] | None =
     a, b = np.asarray(treated, dtype=np.float64), np.asarray(control, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired arms need one shape, got {a.shape} and {b.shape}")
-    d = seeded_interval(a - b, builds=builds)
+    spread = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    d = seeded_interval(a - b, builds=builds, bounds=spread)
     if np.ptp(a - b) == 0:
-        t, c = seeded_interval(a, builds=builds), seeded_interval(b, builds=builds)
+        t, c = seeded_interval(a, builds=builds, bounds=bounds), seeded_interval(b, builds=builds, bounds=bounds)
         d.update(low=round(t["low"] - c["high"], 4), high=round(t["high"] - c["low"], 4))
     return d
 
@@ -240,6 +254,7 @@ def judge(
     seeds: Sequence[int] | None = None,
     conditions: Sequence[dict[str, Any]] = (),
     builds: Sequence[Any] | None = None,
+    bounds: tuple[float, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A claim's result under the rules: every arm's mean and interval, the paired difference
@@ -247,7 +262,8 @@ def judge(
     failed; ``holds`` when the difference's interval lies above ``margin`` (``op`` ``>``), below
     ``-margin`` (``<``), or, with ``equivalence``, inside ``(-margin, margin)``, and every other
     pre-registered condition (:func:`check` rows, e.g. "large share <= 0.5") passed; else ``does not hold``.
-    ``builds`` (one base-build label per seed row) puts the base build in every interval.
+    ``builds`` (one base-build label per seed row) puts the base build in every interval; ``bounds``
+    (the metric's range, ``(0, 1)`` for a share) clips every interval to what the metric can take.
 
     Two compared arms at the same floor or ceiling (every value 0, or every value 1) leave the
     method no room to move: the premise gets a failed "room to move" check and the claim is
@@ -262,7 +278,7 @@ def judge(
     if bound_t is not None and bound_t == bound_c:
         premise = {**premise, "checks": [*premise["checks"], check(f"room to move: {treated} and {control} are not both at {bound_t:g} "
                                                                   "in every row (1 = room)", 0.0, ">=", 1.0)], "holds": False}
-    diff = paired_difference(arrays[treated], arrays[control], builds)
+    diff = paired_difference(arrays[treated], arrays[control], builds, bounds)
     if equivalence:
         passed = -margin < diff["low"] and diff["high"] < margin
         bound = f"difference inside (-{margin}, {margin})"
@@ -271,7 +287,7 @@ def judge(
         bound = f"difference {op} {'-' if op == '<' and margin else ''}{margin}"
     passed = passed and all(c["passed"] for c in conditions)
     status = "untestable" if not premise["holds"] else "holds" if passed else "does not hold"
-    summary = {k: seeded_interval(v, builds=builds) for k, v in arrays.items()}
+    summary = {k: seeded_interval(v, builds=builds, bounds=bounds) for k, v in arrays.items()}
     return {
         "claim": claim,
         "metric": metric,

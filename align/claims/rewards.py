@@ -133,11 +133,12 @@ def overoptimization(tb: "Testbed", n: int, out_dir: str | Path | None = None, s
                          "best_of_all_kinds": {k: _kinds([texts[i][int(j)] for i, j in zip(test, v[test].argmax(1))], [problems[i] for i in test])
                                                for k, v in proxies.items() if not k.startswith("member")}})
     curves = {k: {m: [round(float(x), 4) for x in np.mean(v[m], axis=0)] for m in ("gold", "proxy")} for k, v in curves.items()}
-    uwo_vs_single = paired_difference(arms["UWO (λ chosen on dev)"], arms["single proxy"])
+    uwo_vs_single = paired_difference(arms["UWO (λ chosen on dev)"], arms["single proxy"], bounds=(0, 1))
     kl = [round(kl_best_of_n(k), 4) for k in ns]
     result = judge(
         claim="WCO ensembles of proxy reward models mitigate best-of-n over-optimisation: more gold than a single proxy at large n (UWO too)",
         metric=f"verifier accuracy of best-of-{ns[-1]} (unbiased estimator from N={big_n} samples) on {len(test)} test chat prompts",
+        bounds=(0, 1),
         premise=premise(check("every member's AUROC for gold among the policy's samples (dev, min over seeds)", min(aurocs), ">=", 0.6),
                         check("members' mean pairwise score correlation (dev, max over seeds)", max(corrs), "<=", 0.95),
                         check("single proxies over-optimise: peak gold - gold at the largest n (dev, min over seeds)", min(falls), ">=", 0.01)),

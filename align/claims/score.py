@@ -52,10 +52,11 @@ def score_selfcorrection(tb: "Testbed", n: int, seeds: tuple[int, ...] = (0, 1, 
         base_delta.append(metrics["base"]["delta"])
         traces.append(info["traces"])
         per_seed.append({"seed": seed, "models": metrics, "sft": info})
-    score_vs = {k: paired_difference(arms["SCoRe"], arms[k]) for k in ("zero", "SFT on traces")}
+    score_vs = {k: paired_difference(arms["SCoRe"], arms[k], bounds=(-1, 1)) for k in ("zero", "SFT on traces")}
     return judge(
         claim="after Stage II, SCoRe's self-correction Δ(t1, t2) is positive and above the base model's and the SFT-on-traces baseline's",
         metric=f"per-problem Δ_i = c2_i - c1_i, greedy two-turn episodes on {len(arms['base'][0])} held-out problems (verifier)",
+        bounds=(-1, 1),
         premise=premise(check("base Acc@t1 (max over seeds)", max(base_t1), "<", 1.0),
                         check("base Δ (max over seeds)", max(base_delta), "<=", 0.0),
                         check("right second attempts among the base's sampled traces (min over seeds)", min(traces), ">", 0)),

@@ -231,6 +231,7 @@ def dpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Seq
     return judge(
         claim="DPO on verifier-labelled pairs sampled from the policy raises small-instruct's verifier accuracy",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        bounds=(0, 1),
         premise=premise(_room(before_dev), _found(tb, found), check("untrained policy ranks chosen above rejected (on-policy training pairs, max over seeds)", max(ranked), "<=", 0.95)),
         arms=arms, treated="dpo", control="small-instruct (untrained)",
         selection=_selection(grid, per_seed, "point", len(dev)), **levels(per_seed, builds), per_seed=per_seed,
@@ -271,10 +272,11 @@ def rpo_gold(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, builds: "Seq
                          "greedy": {"rpo": rpo["test"]["greedy"], "dpo": dpo["test"]["greedy"], "untrained": b_test["greedy"]},
                          "rpo_train_nll_end": _last(rpo["result"], "nll_loss"), "rpo_train_logps_chosen": _curve(rpo["result"])})
     rows = levels(per_seed, builds)
-    rpo_vs_dpo = paired_difference(arms["rpo"], arms["dpo"], builds=rows["builds"])
+    rpo_vs_dpo = paired_difference(arms["rpo"], arms["dpo"], builds=rows["builds"], bounds=(0, 1))
     return judge(
         claim="RPO (DPO + NLL on the chosen) on verifier-labelled on-policy pairs raises small-instruct's verifier accuracy, and more than DPO",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        bounds=(0, 1),
         premise=premise(_room(before_dev), _found(tb, found)),
         arms=arms, treated="rpo", control="small-instruct (untrained)",
         conditions=[check("rpo - dpo, interval low", rpo_vs_dpo["low"], ">", 0)],
@@ -371,10 +373,11 @@ def bco_vs_dpo(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS, margin: fl
         per_seed.append({"seed": seed, "on_policy_pairs": on_policy, "dpo": dpo["selection"]["chosen"], "bco": bco["selection"]["chosen"],
                          "dev": {"dpo": dpo["selection"]["dev_values"], "bco": bco["selection"]["dev_values"]},
                          "bco_delta_end": bco["result"]["delta"]})
-    gains = {k: paired_difference(arms[k], arms["small-instruct (untrained)"]) for k in ("dpo", "bco")}
+    gains = {k: paired_difference(arms[k], arms["small-instruct (untrained)"], bounds=(0, 1)) for k in ("dpo", "bco")}
     return judge(
         claim=f"BCO on the pairs split into unpaired thumbs-up/down rows is equivalent to DPO (within ±{margin})",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        bounds=(0, 1),
         premise=premise(_found(tb, found), *(check(f"{k} - untrained, interval low", g["low"], ">", 0) for k, g in gains.items())),
         arms=arms, treated="bco", control="dpo", equivalence=True, margin=margin,
         selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",
@@ -430,6 +433,7 @@ def bco_udm(tb: "Testbed", n: int, seeds: tuple[int, ...] = SEEDS) -> dict:
     return judge(
         claim="with thumbs-up prompts mostly '+' and thumbs-down mostly '-' (80/20), BCO+UDM beats BCO",
         metric=f"sampled (T=1, {SAMPLES} per prompt) verifier accuracy on {len(test)} test chat problems",
+        bounds=(0, 1),
         premise=premise(check("UDM classifier train accuracy (min over seeds)", min(accuracy), ">=", 0.6)),
         arms=arms, treated="bco+udm", control="bco",
         selection={"split": "dev", "n_dev": len(dev), "grid": [_point(p) for p in _grid(tb)], "rule": "max dev sampled accuracy, per seed and method",

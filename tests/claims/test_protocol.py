@@ -91,6 +91,23 @@ def test_base_builds_are_the_outermost_level_of_the_interval():
     assert r["difference"]["builds"] == 3 and r["arms"]["control"]["per_build"] == [0.0, 0.5, 1.0]
 
 
+def test_a_share_near_its_ceiling_keeps_its_interval_inside_the_range():
+    """Three builds at 0.99, 0.99 and 0.7 on a 0/1 metric: the interval over the build means (2 df)
+    runs past 1; with the metric's bounds it stops at 1 and its lower end is unchanged, and the
+    difference of two shares stays inside [-1, 1]."""
+    rng = np.random.default_rng(0)
+    share = np.repeat((rng.random((3, 300)) < np.array([[0.99], [0.99], [0.7]])).astype(float), 3, axis=0)
+    builds = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    free, bounded = seeded_interval(share, builds=builds), seeded_interval(share, builds=builds, bounds=(0, 1))
+    assert free["high"] > 1.1 and bounded["high"] == 1.0 and bounded["low"] == free["low"] and bounded["mean"] == free["mean"]
+    r = judge(claim="c", metric="m", premise=OK, arms={"treated": share, "control": 1 - share}, treated="treated",
+              control="control", builds=builds, bounds=(0, 1))
+    assert r["arms"]["treated"]["high"] == 1.0 and r["arms"]["control"]["low"] == 0.0
+    assert -1 <= r["difference"]["low"] and r["difference"]["high"] == 1.0
+    with pytest.raises(ValueError, match="outside bounds"):
+        seeded_interval(share + 0.5, bounds=(0, 1))
+
+
 def test_grid_edges_name_the_coordinates_at_the_end_of_their_range():
     from align.claims.table import grid_edges
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from align.cli import main
-from tests.real.conftest import SMOLLM2
+from tests.real.conftest import SMALL, SMOLLM2
 
 pytestmark = pytest.mark.real
 
@@ -209,35 +209,33 @@ def coconot_pairs(split: str) -> list[dict]:
 
 
 def test_lora_reward_model_prefers_the_expected_behaviour_on_held_out_coconot_prompts(tmp_path, common):
-    """A LoRA classifier reward model on SmolLM2, trained on CoCoNot contrast pairs (train split),
-    ranks held-out prompts' pairs (test split) above chance on both kinds; untrained (LoRA rank
-    4, 0 steps of learning: lr 0) it does not."""
+    """A LoRA classifier reward model on SmolLM2's first 6 layers (its tokenizer, ChatML template,
+    tied embeddings and pad = EOS, so the score is read at the right token), trained on CoCoNot
+    contrast pairs (train split), ranks held-out prompts' pairs (test split) above chance on both
+    kinds. Measured here: 0.85 refuse / 0.80 respond after 60 steps (160 s); untrained (one step
+    at lr 0) 0.95 / 0.09: a fresh head prefers refusals whatever the prompt, so only a model that
+    reads the prompt passes both. (The 30-layer model learns it too, 0.84 / 0.82 after 24 steps
+    at batch 4, in twice the time.)"""
     from rewards import pairwise_accuracy
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({k: v for k, v in p.items() if k != "kind"}) + "\n" for p in coconot_pairs("train")))
     held_out = coconot_pairs("test")
 
-    def accuracy(out, kind):
-        rows = [p for p in held_out if p["kind"] == kind]
-        member = load_ensemble_member(out)
-        return pairwise_accuracy(member, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
-
-    def run(out, lr):
-        code = main(["train", "reward", "--model", SMOLLM2, "--cache_dir", common["cache_dir"], "--output_dir", str(out),
-                     "--dataset", str(data), "--lora_r", "8", "--learning_rate", lr, "--max_steps", REWARD_STEPS,
+    def run(out, lr, steps):
+        code = main(["train", "reward", "--model", SMALL, "--cache_dir", common["cache_dir"], "--output_dir", str(out),
+                     "--dataset", str(data), "--lora_r", "8", "--learning_rate", lr, "--max_steps", steps,
                      "--per_device_train_batch_size", "8", "--max_length", "256", "--save_strategy", "no", "--report_to", "none",
                      "--logging_steps", "1000"])
         assert code == 0
-        return {kind: accuracy(out, kind) for kind in ("refuse", "respond")}
+        member = load_ensemble_member(out)
+        return {kind: pairwise_accuracy(member, *zip(*[(r["prompt"], r["chosen"], r["rejected"]) for r in held_out if r["kind"] == kind]))
+                for kind in ("refuse", "respond")}
 
-    trained = run(tmp_path / "rm", "5e-4")
-    assert min(trained.values()) >= REWARD_FLOOR, trained
-    untrained = run(tmp_path / "rm0", "0")
-    assert min(untrained.values()) < REWARD_FLOOR, untrained
-
-
-REWARD_STEPS, REWARD_FLOOR = "60", 0.7
+    trained = run(tmp_path / "rm", "3e-3", "60")
+    assert min(trained.values()) >= 0.7, trained
+    untrained = run(tmp_path / "rm0", "0", "1")
+    assert min(untrained.values()) < 0.5, untrained
 
 
 def load_ensemble_member(out):
