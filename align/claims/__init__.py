@@ -57,7 +57,7 @@ GROUPS = {"real": ["refusal-threshold-real", "refusal-categories-real"]}
 GROUPS["testbed"] = [name for name in CLAIMS if name not in GROUPS["real"]]
 # Claims that take the base build as the outermost level of their interval (a `builds` argument):
 # the decoding claims and the cheapest training claims (up to ~5 min per build) once the builds
-# exist; with `--testbed-seeds 0,1,2` they take about 40 min here (the build-level run's budget).
+# exist; with `--testbed-seeds 0,1,2` they take about 90 min here, `rpo-gold` 26 of them (measured one at a time).
 # The others say why not: minutes per build here, measured on build 0.
 ONE_BUILD = {
     **{name: "one real checkpoint: SmolLM2-135M-Instruct is not rebuilt" for name in GROUPS["real"]},
