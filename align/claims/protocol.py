@@ -136,7 +136,7 @@ def seeded_interval(
         x = x[None]
     if x.ndim != 2 or x.size == 0 or not np.isfinite(x).all():
         raise ValueError(f"values must be a finite [seeds, prompts] array, got shape {x.shape}")
-    # an estimator's rounding (best-of-n's unbiased one gives 1 + 1e-16) is inside its range
+    # an estimator's rounding (best-of-n's unbiased one gives 1 + 5e-13) is inside its range
     if bounds is not None and not bounds[0] - 1e-9 <= x.min() <= x.max() <= bounds[1] + 1e-9:
         raise ValueError(f"values in [{x.min()!r}, {x.max()!r}] lie outside bounds {bounds}")
     s, p = x.shape
